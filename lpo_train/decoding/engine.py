@@ -1,0 +1,292 @@
+"""One batched, KV-cached sampling loop for every decoding method in the project.
+
+``generate(model, tokenizer, prompts, rule, params)`` runs prompts x samples as one batch
+(chunked by ``params.batch_size``), asks ``rule`` what to sample from at every step, and
+returns one ``Trace`` per sequence: tokens, the choice and value applied at each step, the
+entropy, and optionally what LPO training needs so the LM never runs again (the head input
+hidden states and the sampled token's log-probability under every grid choice).
+
+Finished rows leave the batch (their KV cache rows are dropped), so they stop costing compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lpo_train.decoding.adaptive import knob_distribution
+from lpo_train.decoding.rules import FixedTemperature, Rule, StepInput, entropy
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    num_samples: int = 1  # samples per prompt; rows are prompt-major
+    top_k: int = 0  # 0 = off (note: HF generate defaults to top_k=50)
+    top_p: float = 1.0
+    min_p: float = 0.0
+    stop_strings: tuple[str, ...] = ()
+    seed: int = 0
+    batch_size: int = 64  # rows (prompt x sample) per forward batch
+    chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
+    trace_hidden: bool = False  # keep the hidden state the rule saw (per step, or step 0 for sequence rules)
+    trace_choice_logps: bool = False  # keep log P(y_t | choice k) for every grid choice k
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}.")
+        if self.top_k < 0 or not 0 < self.top_p <= 1 or not 0 <= self.min_p < 1:
+            raise ValueError("Need top_k >= 0 (0 = off), 0 < top_p <= 1 and 0 <= min_p < 1.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        self.stop_strings = tuple(self.stop_strings)
+
+
+@dataclass
+class Trace:
+    prompt_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    token_ids: list[int]  # generated tokens, EOS included when produced
+    text: str  # decoded completion, without EOS/special tokens, cut after a stop string
+    finish_reason: str  # "eos", "stop" or "length"
+    values: list[float]  # the temperature applied at each step (0 = greedy)
+    entropies: list[float]  # entropy (nats) of softmax(raw logits) at each step
+    choices: list[int] | None = None  # grid index per step (one entry for sequence rules)
+    hidden: torch.Tensor | None = None  # [steps or 1, H] in the model's dtype
+    choice_logps: torch.Tensor | None = None  # [steps, K] float32
+    extras: dict = field(default_factory=dict)
+
+
+def next_token_distribution(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    probs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The distribution the engine samples from, [B, V].
+
+    Without ``probs``: softmax(logits / T) per row, rows with T = 0 one-hot on the argmax (no
+    division by zero). Truncations act after temperature, as in HF ``generate``.
+    """
+    if probs is None:
+        probs = knob_distribution(logits, "temperature", temperature)
+    if top_k > 0 and top_k < probs.shape[-1]:
+        kth = probs.topk(top_k, dim=-1).values[:, -1:]
+        probs = probs.masked_fill(probs < kth, 0.0)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always the top token)
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
+    if min_p > 0.0:
+        probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def encode_prompts(tokenizer, prompts, chat_template: bool | None = None) -> list[list[int]]:
+    """Token ids per prompt. Prompts are strings or conversations (lists of messages)."""
+    use_template = bool(getattr(tokenizer, "chat_template", None)) if chat_template is None else chat_template
+    encoded = []
+    for p in prompts:
+        if isinstance(p, list):
+            if not use_template:
+                raise ValueError("Conversational prompts need a tokenizer with a chat template.")
+            text = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+        elif isinstance(p, str):
+            text = (tokenizer.apply_chat_template([{"role": "user", "content": p}],
+                                                  add_generation_prompt=True, tokenize=False)
+                    if use_template else p)
+        else:
+            raise TypeError(f"A prompt must be a string or a list of messages, got {type(p)}.")
+        ids = tokenizer(text, add_special_tokens=not use_template)["input_ids"]
+        if not ids:
+            raise ValueError("An empty prompt cannot be decoded from; give at least one token.")
+        encoded.append(ids)
+    return encoded
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if eos is not None:
+            ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    return ids
+
+
+class _Stream:
+    """One model decoding a left-padded batch with its own KV cache, mask and positions."""
+
+    def __init__(self, model, prompt_ids: list[list[int]], pad_id: int):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.body, self.head = model.get_decoder(), model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.device = next(model.parameters()).device
+        width = max(map(len, prompt_ids))
+        ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+        self.mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for r, x in enumerate(prompt_ids):  # left padding
+            ids[r, width - len(x):] = torch.tensor(x)
+            self.mask[r, width - len(x):] = 1
+        ids, self.mask = ids.to(self.device), self.mask.to(self.device)
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = DynamicCache(config=model.config)
+        self._forward(ids, positions)
+        self.next_pos = positions[:, -1:] + 1
+
+    def _forward(self, ids, positions):
+        out = self.body(input_ids=ids, attention_mask=self.mask, position_ids=positions,
+                        past_key_values=self.cache, use_cache=True)
+        self.hidden = out.last_hidden_state[:, -1]
+        logits = self.head(self.hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        self.logits = logits
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows ``keep`` (finished rows leave; beams are reordered) — cache included."""
+        self.cache.batch_select_indices(keep.to(self.device))
+        self.mask, self.next_pos = self.mask[keep], self.next_pos[keep]
+
+    def advance(self, token: torch.Tensor) -> None:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=-1)
+        self._forward(token[:, None].to(self.device), self.next_pos)
+        self.next_pos = self.next_pos + 1
+
+
+def _check_same_vocab(tokenizer, other, what: str) -> None:
+    if other is not tokenizer and other.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"The {what} uses a different vocabulary from the main model's tokenizer; "
+                         "token-level combination needs one shared vocabulary (same tokenizer family).")
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, rule: Rule | None = None,
+             params: SamplingParams | None = None) -> list[Trace]:
+    """Decode ``params.num_samples`` completions per prompt with ``rule`` (default: greedy).
+
+    Returns traces in prompt-major order (prompt 0's samples first). Reproducible for a
+    given seed, batch size and device.
+    """
+    rule = rule if rule is not None else FixedTemperature(0.0)
+    params = params or SamplingParams()
+    if not prompts:
+        raise ValueError("generate() got no prompts.")
+    encoded = encode_prompts(tokenizer, prompts, params.chat_template)
+    aux = []
+    for stream in rule.aux_streams():
+        if len(stream.prompts) != len(prompts):
+            raise ValueError(f"{rule.name} gave {len(stream.prompts)} auxiliary prompts for {len(prompts)} prompts.")
+        aux_tok = stream.tokenizer or tokenizer
+        _check_same_vocab(tokenizer, aux_tok, f"auxiliary model of {rule.name}")
+        aux.append((stream.model or model, encode_prompts(aux_tok, stream.prompts, stream.chat_template)))
+    rows = [(i, s) for i in range(len(encoded)) for s in range(params.num_samples)]
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(params.seed)
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
+    traces: list[Trace] = []
+    for start in range(0, len(rows), params.batch_size):
+        chunk = rows[start:start + params.batch_size]
+        streams = [_Stream(model, [encoded[i] for i, _ in chunk], pad_id)]
+        streams += [_Stream(m, [ids[i] for i, _ in chunk], pad_id) for m, ids in aux]
+        traces += _decode_batch(streams, tokenizer, [encoded[i] for i, _ in chunk], chunk, rule,
+                                params, gen, eos_ids, pad_id)
+    return traces
+
+
+def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, gen, eos_ids, pad_id):
+    main = streams[0]
+    device, batch, steps = main.device, len(prompt_ids), params.max_new_tokens
+    tokens = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)
+    values = torch.zeros((batch, steps), device=device)
+    entropies = torch.zeros((batch, steps), device=device)
+    choices = torch.full((batch, steps), -1, dtype=torch.long, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    finish = ["length"] * batch
+    hidden_steps = 1 if rule.level == "sequence" else steps
+    hiddens = (torch.zeros((batch, hidden_steps, main.hidden.shape[-1]), dtype=main.hidden.dtype, device=device)
+               if params.trace_hidden else None)
+    choice_logps = None
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    max_stop = max((len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in params.stop_strings),
+                   default=0)
+
+    active = torch.arange(batch, device=device)
+    state = rule.init_state(batch, device)
+    for step in range(steps):
+        logits = main.logits
+        out = rule.step(StepInput(logits=logits, hidden=main.hidden, state=state, step=step,
+                                  generator=gen, aux_logits=[s.logits for s in streams[1:]]))
+        step_logits = out.logits if out.logits is not None else logits
+        probs = next_token_distribution(step_logits, out.temperature, params.top_k, params.top_p,
+                                        params.min_p, probs=out.probs)
+        token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+        tokens[active, step] = token
+        values[active, step] = (out.value if out.value is not None else out.temperature).float()
+        entropies[active, step] = entropy(logits)
+        lengths[active] += 1
+        if out.choice is not None and (rule.level == "token" or step == 0):
+            choices[active, step] = out.choice
+        if hiddens is not None and step < hidden_steps:
+            hiddens[active, step] = main.hidden
+        if params.trace_choice_logps:
+            lp = rule.choice_logps(step_logits, token)
+            if lp is not None:
+                if choice_logps is None:
+                    choice_logps = torch.zeros((batch, steps, lp.shape[-1]), device=device)
+                choice_logps[active, step] = lp.float()
+
+        done = torch.isin(token, eos)
+        for j in done.nonzero().flatten().tolist():
+            finish[active[j]] = "eos"
+        if params.stop_strings:
+            for j, r in enumerate(active.tolist()):
+                if not done[j]:
+                    tail = tokenizer.decode(tokens[r, max(0, step - max_stop):step + 1])
+                    if any(s in tail for s in params.stop_strings):
+                        done[j], finish[r] = True, "stop"
+        if step == steps - 1:
+            break
+        if done.any():
+            keep = (~done).nonzero().flatten()
+            if keep.numel() == 0:
+                break
+            active, token = active[keep], token[keep]
+            for s in streams:
+                s.select(keep)
+            state = {k: v[keep] for k, v in state.items()}
+        for s in streams:
+            s.advance(token)
+
+    return [_trace(tokenizer, rows[r], prompt_ids[r], tokens[r, :lengths[r]], finish[r],
+                   values[r, :lengths[r]], entropies[r, :lengths[r]], choices[r, :lengths[r]],
+                   None if hiddens is None else hiddens[r, :min(hidden_steps, lengths[r])],
+                   None if choice_logps is None else choice_logps[r, :lengths[r]],
+                   params.stop_strings)
+            for r in range(batch)]
+
+
+def _trace(tokenizer, row, prompt_ids, tokens, finish, values, entropies, choices, hidden,
+           choice_logps, stop_strings) -> Trace:
+    token_ids = tokens.tolist()
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    if finish == "stop":
+        cut = min((text.find(s) + len(s) for s in stop_strings if s in text), default=len(text))
+        text = text[:cut]
+    picked = [c for c in choices.tolist() if c >= 0]
+    return Trace(prompt_index=row[0], sample_index=row[1], prompt_ids=list(prompt_ids),
+                 token_ids=token_ids, text=text, finish_reason=finish,
+                 values=values.tolist(), entropies=entropies.tolist(),
+                 choices=picked or None,
+                 hidden=None if hidden is None else hidden.cpu(),
+                 choice_logps=None if choice_logps is None else choice_logps.cpu())

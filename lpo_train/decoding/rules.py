@@ -1,0 +1,185 @@
+"""Decoding rules: small objects that decide, per step, the distribution to sample from.
+
+A rule gets a ``StepInput``: the next-token logits (float32, [B, V]), the hidden state that
+produced them ([B, H], the one that feeds the LM head), its own per-row state (a dict of
+tensors with the batch first; the engine drops finished rows from it), the engine's random
+generator and the logits of any auxiliary streams it asked for. It returns a ``StepOutput``:
+a per-row temperature (0 = exact greedy), and optionally new logits (guidance), a full
+distribution (mixture decoding, knobs other than temperature) and the grid choice per row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class StepInput:
+    logits: torch.Tensor  # [B, V] float32
+    hidden: torch.Tensor  # [B, H]
+    state: dict
+    step: int
+    generator: torch.Generator | None = None
+    aux_logits: list[torch.Tensor] = field(default_factory=list)  # one [B, V] per aux stream
+
+
+@dataclass
+class StepOutput:
+    temperature: torch.Tensor  # [B] float; 0.0 means argmax, never a division
+    logits: torch.Tensor | None = None  # [B, V] replaces the LM logits when set
+    probs: torch.Tensor | None = None  # [B, V] sample from this directly
+    choice: torch.Tensor | None = None  # [B] long, index into the rule's grid
+    value: torch.Tensor | None = None  # [B] knob value applied, traced (default: temperature)
+
+
+@dataclass
+class AuxStream:
+    """A second prompt per input prompt, decoded in lockstep (fed the same sampled tokens).
+
+    ``prompts`` are rendered with ``tokenizer``'s own chat template (KLD's evidence-free prompt,
+    a guidance model's template). ``model`` defaults to the main model.
+    """
+
+    prompts: list
+    model: object | None = None
+    tokenizer: object | None = None
+    chat_template: bool | None = None
+
+
+class Rule:
+    """Base class. ``level`` is "token" (a decision every step) or "sequence" (one, at step 0)."""
+
+    level = "token"
+    name = "rule"
+
+    def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        return {}
+
+    def aux_streams(self) -> list[AuxStream]:
+        return []
+
+    def step(self, inp: StepInput) -> StepOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def choice_logps(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor | None:
+        """log P(token | choice k) for every grid choice k, [B, K]; None for grid-free rules."""
+        return None
+
+
+def check_temperature(value: float, what: str = "temperature") -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{what} must be a finite number >= 0 (0 means greedy), got {value}.")
+    return value
+
+
+def _rows(inp: StepInput, value) -> torch.Tensor:
+    return inp.logits.new_full((inp.logits.shape[0],), float(value))
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of softmax(logits) per row; -inf logits contribute 0."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+
+
+class FixedTemperature(Rule):
+    """Sample from softmax(logits / T); T = 0 is greedy."""
+
+    def __init__(self, temperature: float):
+        self.temperature = check_temperature(temperature)
+        self.name = "greedy" if self.temperature == 0 else f"T={self.temperature:g}"
+
+    def step(self, inp):
+        return StepOutput(temperature=_rows(inp, self.temperature))
+
+
+def greedy() -> FixedTemperature:
+    return FixedTemperature(0.0)
+
+
+# --- entropy-based rules ----------------------------------------------------------------------
+
+MIN_ENTROPY = 1e-6  # below this a distribution is numerically one-hot: decode greedily
+
+
+def edt_temperature(entropy: torch.Tensor, T0: float, theta: float, N: float = 0.8) -> torch.Tensor:
+    """EDT (Zhang et al., 2024): T = T0 * N^(theta / H), H in nats; H -> 0 gives T = 0 (greedy)."""
+    safe = entropy.clamp(min=MIN_ENTROPY)
+    t = T0 * torch.pow(torch.as_tensor(N, dtype=safe.dtype), theta / safe)
+    return torch.where(entropy > MIN_ENTROPY, t, torch.zeros_like(t))
+
+
+def dynatemp_temperature(normalized_entropy: torch.Tensor, temp: float, temp_range: float,
+                         exponent: float = 1.0) -> torch.Tensor:
+    """llama.cpp dynatemp: T = T_min + (T_max - T_min) * h^exponent, T_min/max = temp -/+ range."""
+    t_min, t_max = max(0.0, temp - temp_range), temp + temp_range
+    return t_min + (t_max - t_min) * normalized_entropy.clamp(0, 1).pow(exponent)
+
+
+def kld_temperature(kl: torch.Tensor, T0: float, sigma: float) -> torch.Tensor:
+    """KL-guided temperature (Chang et al., 2023): T = T0 * 2^(-KL / sigma); sigma = 0 disables."""
+    if sigma == 0:
+        return torch.full_like(kl, T0)
+    return T0 * torch.pow(torch.as_tensor(2.0, dtype=kl.dtype), -kl.clamp(min=0) / sigma)
+
+
+class EDT(Rule):
+    """Entropy-based dynamic temperature over the full vocabulary, per row."""
+
+    def __init__(self, T0: float = 1.0, theta: float = 1.0, N: float = 0.8):
+        self.T0, self.theta, self.N = check_temperature(T0, "T0"), float(theta), float(N)
+        if not 0 < self.N < 1:
+            raise ValueError(f"EDT needs 0 < N < 1 (N >= 1 inverts the rule), got N={N}.")
+        if self.theta < 0:
+            raise ValueError(f"EDT needs theta >= 0, got {theta}.")
+        self.name = f"EDT(T0={T0:g},theta={theta:g})"
+
+    def step(self, inp):
+        return StepOutput(temperature=edt_temperature(entropy(inp.logits), self.T0, self.theta, self.N))
+
+
+class Dynatemp(Rule):
+    """llama.cpp-style dynamic temperature on entropy normalised by ln(#finite logits).
+
+    Unlike llama.cpp's default chain (top-k 40, top-p 0.95, min-p 0.05 first), the entropy is
+    taken over the full vocabulary (text-generation-webui's default order); truncations set in
+    ``SamplingParams`` act after it.
+    """
+
+    def __init__(self, temp: float = 0.8, temp_range: float = 0.3, exponent: float = 1.0):
+        self.temp, self.temp_range = check_temperature(temp), check_temperature(temp_range, "range")
+        if exponent <= 0:
+            raise ValueError(f"dynatemp exponent must be > 0, got {exponent}.")
+        self.exponent = float(exponent)
+        self.name = f"dynatemp({temp:g}±{temp_range:g},e={exponent:g})"
+
+    def step(self, inp):
+        n = torch.isfinite(inp.logits).sum(-1).clamp(min=2).float()
+        h = entropy(inp.logits) / n.log()
+        return StepOutput(temperature=dynatemp_temperature(h, self.temp, self.temp_range, self.exponent))
+
+
+class KLD(Rule):
+    """KL-divergence-guided temperature: a second stream decodes the evidence-free prompt.
+
+    T = T0 * 2^(-KL(p_with || p_without) / sigma): source-dependent tokens are sampled cold.
+    ``context_free_prompts`` has one prompt per input prompt, without the evidence.
+    """
+
+    def __init__(self, context_free_prompts: list, T0: float = 1.0, sigma: float = 1.0):
+        self.T0, self.sigma = check_temperature(T0, "T0"), check_temperature(sigma, "sigma")
+        self.prompts = list(context_free_prompts)
+        self.name = f"KLD(T0={T0:g},sigma={sigma:g})"
+
+    def aux_streams(self):
+        return [AuxStream(prompts=self.prompts)]
+
+    def step(self, inp):
+        logp = torch.log_softmax(inp.logits, -1).clamp(min=math.log(1e-7))
+        logq = torch.log_softmax(inp.aux_logits[0], -1).clamp(min=math.log(1e-7))
+        kl = (logp.exp() * (logp - logq)).sum(-1).clamp(min=0)
+        return StepOutput(temperature=kld_temperature(kl, self.T0, self.sigma))

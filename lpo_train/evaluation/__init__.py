@@ -1,0 +1,1 @@
+"""Evaluation: fixed-temperature sweeps, metrics, reports."""

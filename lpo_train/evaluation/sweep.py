@@ -1,0 +1,115 @@
+"""Fixed-temperature sweep: mean reward per task family at each temperature.
+
+It answers the question adaptive decoding exists for: is there one temperature that is
+best everywhere, or does the best temperature depend on the task?
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from lpo_train.decoding import FixedTemperature, SamplingParams, generate
+
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2)
+
+
+def sweep_temperatures(model, tokenizer, rows: list[dict], reward_fn,
+                       temperatures=DEFAULT_TEMPERATURES, num_samples: int = 4,
+                       max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256
+                       ) -> dict[str, dict[float, float]]:
+    """``{family: {T: mean reward}}`` over ``rows`` (each with ``prompt`` and ``family``).
+
+    ``reward_fn`` has TRL's signature and receives every dataset column.
+    """
+    prompts = [r["prompt"] for r in rows]
+    columns = {k: [r[k] for r in rows for _ in range(num_samples)] for k in rows[0] if k != "prompt"}
+    table: dict[str, dict[float, float]] = defaultdict(dict)
+    for t in temperatures:
+        traces = generate(model, tokenizer, prompts, FixedTemperature(t),
+                          SamplingParams(max_new_tokens=max_new_tokens, num_samples=num_samples,
+                                         seed=seed, batch_size=batch_size))
+        rewards = reward_fn([prompts[tr.prompt_index] for tr in traces], [tr.text for tr in traces],
+                            **columns)
+        by_family = defaultdict(list)
+        for fam, r in zip(columns["family"], rewards, strict=True):
+            by_family[fam].append(r)
+        for fam, rs in by_family.items():
+            table[fam][t] = sum(rs) / len(rs)
+    return dict(table)
+
+
+def mix_gap(table: dict[str, dict[float, float]], families=("arith", "story")) -> dict:
+    """Best single fixed T on the equal mix of ``families`` vs the best T chosen per family."""
+    temps = sorted(table[families[0]])
+    mix = {t: statistics.fmean(table[f][t] for f in families) for t in temps}
+    best_single = max(temps, key=mix.get)
+    oracle = statistics.fmean(max(table[f].values()) for f in families)
+    return {"best_T_per_family": {f: max(temps, key=table[f].get) for f in families},
+            "best_single_T": best_single, "best_single_reward": mix[best_single],
+            "per_family_best_reward": oracle, "margin": oracle - mix[best_single]}
+
+
+def aggregate(tables: list[dict[str, dict[float, float]]]) -> dict[str, dict[float, tuple[float, float]]]:
+    """Mean and standard deviation across seeds, per family and temperature."""
+    out = {}
+    for fam in tables[0]:
+        out[fam] = {}
+        for t in tables[0][fam]:
+            vals = [tb[fam][t] for tb in tables]
+            out[fam][t] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return out
+
+
+def format_table(agg: dict[str, dict[float, tuple[float, float]]]) -> str:
+    temps = sorted(next(iter(agg.values())))
+    lines = ["| family | " + " | ".join(f"T={t:g}" for t in temps) + " |",
+             "|---|" + "---|" * len(temps)]
+    for fam, row in agg.items():
+        best = max(temps, key=lambda t: row[t][0])
+        cells = [(f"**{row[t][0]:.3f}**" if t == best else f"{row[t][0]:.3f}") + f" ± {row[t][1]:.3f}"
+                 for t in temps]
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(agg, path: str | Path, title: str = "Mean reward vs fixed temperature") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for fam, row in agg.items():
+        temps = sorted(row)
+        ax.errorbar(temps, [row[t][0] for t in temps], yerr=[row[t][1] for t in temps],
+                    marker="o", capsize=3, label=fam)
+    ax.set(xlabel="temperature", ylabel="mean reward", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_sweep(tables: list[dict], seeds: list[int], output_dir: str | Path, meta: dict) -> dict:
+    """Write ``sweep.json`` and ``sweep.png``; returns the summary that was written."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(tables)
+    gaps = [mix_gap(t) for t in tables] if all({"arith", "story"} <= set(t) for t in tables) else []
+    margins = [g["margin"] for g in gaps]
+    summary = {
+        **meta,
+        "seeds": seeds,
+        "per_seed": [{f: {str(t): v for t, v in row.items()} for f, row in tb.items()} for tb in tables],
+        "mean": {f: {str(t): m for t, (m, _) in row.items()} for f, row in agg.items()},
+        "std": {f: {str(t): s for t, (_, s) in row.items()} for f, row in agg.items()},
+        "mix_gap_per_seed": gaps,
+        "mix_margin_mean": statistics.fmean(margins) if margins else None,
+        "mix_margin_std": statistics.stdev(margins) if len(margins) > 1 else 0.0,
+    }
+    (output_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
+    plot_sweep(agg, output_dir / "sweep.png")
+    return summary

@@ -1,0 +1,201 @@
+"""The AdaptiveDecoder head: frozen-LM hidden state -> categorical over a grid of a decoding knob.
+
+A standalone artifact saved like a PEFT adapter (``config.json`` + ``model.safetensors`` +
+``README.md``), recording the base model and its hidden size so it is never attached to the
+wrong LM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+GRID_PRESETS = {
+    "default": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),  # UltraMathStories, GSM8K, UltraFeedback
+    "repetition": (0.0, 0.1, 0.2, 0.4, 0.6),  # Wikitext-2 n-gram repeats
+    "majority4": (0.0, 0.4, 0.8, 1.0),  # GSM8K majority voting
+    "majority5": (0.0, 0.4, 0.8, 1.0, 1.2),
+}
+KNOBS = ("temperature", "top_p", "top_k", "min_p")
+LEVELS = ("token", "sequence")
+SELECTIONS = ("argmax", "sample", "mixture")
+
+
+@dataclass
+class AdaptiveDecoderConfig:
+    hidden_size: int  # the base LM's hidden size (the head's input)
+    grid: tuple[float, ...] | str = "default"  # values of the knob, or a preset name
+    knob: str = "temperature"  # temperature | top_p | top_k | min_p
+    level: str = "sequence"  # token: a choice before every token; sequence: one from the last prompt token
+    head_hidden_size: int | None = None  # paper: 2048 for 8B models; default min(2048, max(64, 2 x hidden))
+    num_layers: int = 3  # Linear layers; SiLU between them
+    base_temperature: float = 1.0  # temperature used with the top_p/top_k/min_p knobs
+    base_model: str | None = None  # id or path of the LM the head was trained on
+    extra: dict = field(default_factory=dict)  # free metadata (training config, metrics)
+
+    def __post_init__(self):
+        if isinstance(self.grid, str):
+            if self.grid not in GRID_PRESETS:
+                raise ValueError(f"Unknown grid preset {self.grid!r}; choose from {sorted(GRID_PRESETS)} "
+                                 "or give a list of values.")
+            self.grid = GRID_PRESETS[self.grid]
+        self.grid = tuple(float(v) for v in self.grid)
+        if not self.grid:
+            raise ValueError("The grid is empty: give at least one value, e.g. grid=[0.0, 0.5, 1.0].")
+        if len(set(self.grid)) != len(self.grid):
+            raise ValueError(f"The grid has duplicate values {list(self.grid)}; each choice must be distinct.")
+        if any(not math.isfinite(v) or v < 0 for v in self.grid):
+            raise ValueError(f"Grid values must be finite and >= 0, got {list(self.grid)}.")
+        if self.knob not in KNOBS:
+            raise ValueError(f"Unknown knob {self.knob!r}; choose from {KNOBS}.")
+        if self.knob == "top_p" and any(not 0 < v <= 1 for v in self.grid):
+            raise ValueError(f"top_p grid values must be in (0, 1], got {list(self.grid)}.")
+        if self.knob == "min_p" and any(v >= 1 for v in self.grid):
+            raise ValueError(f"min_p grid values must be in [0, 1), got {list(self.grid)}.")
+        if self.knob == "top_k" and any(v != int(v) for v in self.grid):
+            raise ValueError(f"top_k grid values must be whole numbers (0 = off), got {list(self.grid)}.")
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}.")
+        if self.hidden_size < 1 or self.num_layers < 1:
+            raise ValueError("hidden_size and num_layers must be >= 1.")
+        if self.head_hidden_size is None:
+            self.head_hidden_size = min(2048, max(64, 2 * self.hidden_size))
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.grid)
+
+
+class AdaptiveDecoderHead(nn.Module):
+    """MLP (SiLU) from the LM's last hidden state to logits over the knob's grid.
+
+    The last layer is zero-initialised, so the first distribution is exactly uniform.
+    """
+
+    def __init__(self, config: AdaptiveDecoderConfig):
+        super().__init__()
+        self.config = config
+        dims = [config.hidden_size] + [config.head_hidden_size] * (config.num_layers - 1) + [config.num_choices]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.SiLU())
+        self.mlp = nn.Sequential(*layers)
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+        self.register_buffer("grid", torch.tensor(config.grid), persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the grid, [..., K], in the head's dtype."""
+        return self.mlp(hidden.to(self.mlp[0].weight.dtype))
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.forward(hidden).float(), dim=-1)
+
+    def check_compatible(self, model) -> None:
+        """Raise a clear error when ``model``'s hidden size is not the one the head was built for."""
+        size = getattr(model.config, "hidden_size", None)
+        if size is None and hasattr(model.config, "get_text_config"):
+            size = model.config.get_text_config().hidden_size
+        if size != self.config.hidden_size:
+            raise ValueError(
+                f"This AdaptiveDecoder head expects hidden size {self.config.hidden_size} "
+                f"(base model {self.config.base_model!r}) but the model has hidden size {size}. "
+                "Attach it to the base model it was trained on, or train a new head.")
+
+    @classmethod
+    def for_model(cls, model, **config_kwargs) -> AdaptiveDecoderHead:
+        """A fresh head sized for ``model`` (its base model id is recorded)."""
+        config_kwargs.setdefault("base_model", getattr(model.config, "name_or_path", None) or None)
+        return cls(AdaptiveDecoderConfig(hidden_size=model.config.hidden_size, **config_kwargs))
+
+    # --- artifact ------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | Path, model_card: str | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": "adaptive_decoder", **asdict(self.config)}
+        config["grid"] = list(config["grid"])
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                  str(path / "model.safetensors"))
+        (path / "README.md").write_text(model_card or default_model_card(self.config))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None) -> AdaptiveDecoderHead:
+        from safetensors.torch import load_file
+
+        path = Path(name_or_path)
+        if not path.is_dir():
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(name_or_path), revision=revision,
+                                          allow_patterns=["config.json", "model.safetensors", "README.md"]))
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"No AdaptiveDecoder config.json in {path}.")
+        raw = json.loads((path / "config.json").read_text())
+        if raw.pop("model_type", "adaptive_decoder") != "adaptive_decoder":
+            raise ValueError(f"{path} does not hold an AdaptiveDecoder head.")
+        head = cls(AdaptiveDecoderConfig(**raw))
+        head.load_state_dict(load_file(str(path / "model.safetensors")))
+        return head.eval()
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload AdaptiveDecoder head", model_card: str | None = None) -> str:
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, model_card=model_card)
+            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+        return str(getattr(info, "commit_url", info))
+
+
+def default_model_card(config: AdaptiveDecoderConfig, extra_sections: str = "") -> str:
+    base = config.base_model or "<base model>"
+    return f"""---
+library_name: lpo-train
+tags: [lpo-train, adaptive-decoding, latent-preference-optimization]
+base_model: {base}
+---
+# AdaptiveDecoder head
+
+A {config.level}-level AdaptiveDecoder head that chooses the sampling **{config.knob}** from the grid
+{list(config.grid)} given the frozen base model's last hidden state (Dhuliawala et al., 2024,
+arXiv 2411.09661). It is not a language model: attach it to `{base}` (hidden size {config.hidden_size}).
+
+| field | value |
+|---|---|
+| base model | `{base}` |
+| knob | {config.knob} |
+| grid | {list(config.grid)} |
+| level | {config.level} |
+| head | {config.num_layers}-layer MLP, hidden {config.head_hidden_size}, SiLU |
+{extra_sections}
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from lpo_train import AdaptiveDecoderHead
+from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
+
+model = AutoModelForCausalLM.from_pretrained("{base}")
+tokenizer = AutoTokenizer.from_pretrained("{base}")
+head = AdaptiveDecoderHead.from_pretrained("<this repo or folder>")
+traces = generate(model, tokenizer, ["Write a short story about a fox."],
+                  AdaptiveDecoderRule(head, model=model), SamplingParams(max_new_tokens=128))
+print(traces[0].text, traces[0].values[:5])
+```
+"""

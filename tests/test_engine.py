@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from lpo_train.decoding import FixedTemperature, SamplingParams, generate, next_token_distribution
+from lpo_train.decoding.engine import encode_prompts
+from lpo_train.decoding.rules import entropy
+
+PROMPTS = ["What is the answer?", "hi", "The quick brown fox jumps over the lazy dog and then"]
+
+
+def _hf_greedy(model, tokenizer, prompts, max_new_tokens):
+    ids = encode_prompts(tokenizer, prompts)
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                         max_new_tokens=max_new_tokens, pad_token_id=pad)
+    return [row[width:].tolist() for row in out]
+
+
+def test_greedy_equals_hf_generate_token_for_token(tiny_lm):
+    model, tok = tiny_lm
+    traces = generate(model, tok, PROMPTS, params=SamplingParams(max_new_tokens=16))
+    hf = _hf_greedy(model, tok, PROMPTS, 16)
+    assert len({tuple(t.token_ids) for t in traces}) > 1  # the model is not degenerate
+    for trace, ref in zip(traces, hf):
+        assert trace.token_ids == ref[:len(trace.token_ids)]
+        if trace.finish_reason == "length":
+            assert len(trace.token_ids) == 16
+        assert trace.values == [0.0] * len(trace.token_ids)
+
+
+def test_greedy_does_not_depend_on_batching(tiny_lm):
+    model, tok = tiny_lm
+    together = generate(model, tok, PROMPTS, params=SamplingParams(max_new_tokens=12))
+    alone = [generate(model, tok, [p], params=SamplingParams(max_new_tokens=12))[0] for p in PROMPTS]
+    assert [t.token_ids for t in together] == [t.token_ids for t in alone]
+
+
+def test_distribution_is_softmax_over_t_and_greedy_is_one_hot():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    temps = torch.tensor([0.5, 1.0, 1.7, 0.0])
+    probs = next_token_distribution(logits, temps)
+    for i in range(3):
+        assert torch.allclose(probs[i], torch.softmax(logits[i] / temps[i], -1), atol=1e-7)
+    assert probs[3].argmax() == logits[3].argmax() and probs[3].max() == 1.0 and probs[3].sum() == 1.0
+
+
+def test_truncations_match_hand_computation():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    one = torch.ones(1)
+    top2 = next_token_distribution(logits, one, top_k=2)
+    assert torch.allclose(top2, torch.tensor([[5 / 7, 2 / 7, 0, 0, 0]]))
+    nucleus = next_token_distribution(logits, one, top_p=0.8)  # 0.5+0.2 < 0.8 <= 0.85
+    assert torch.allclose(nucleus, torch.tensor([[0.5, 0.2, 0.15, 0, 0]]) / 0.85)
+    minp = next_token_distribution(logits, one, min_p=0.25)  # keep p >= 0.125
+    assert torch.allclose(minp, torch.tensor([[0.5, 0.2, 0.15, 0, 0]]) / 0.85)
+
+
+def test_entropy_in_nats():
+    assert entropy(torch.zeros(1, 8)).item() == pytest.approx(torch.log(torch.tensor(8.0)).item())
+
+
+def test_sampling_reproducible_under_seed_and_prompt_major(tiny_lm):
+    model, tok = tiny_lm
+    params = SamplingParams(max_new_tokens=10, num_samples=3, seed=7)
+    a = generate(model, tok, PROMPTS[:2], FixedTemperature(1.0), params)
+    b = generate(model, tok, PROMPTS[:2], FixedTemperature(1.0), params)
+    c = generate(model, tok, PROMPTS[:2], FixedTemperature(1.0), SamplingParams(max_new_tokens=10, num_samples=3, seed=8))
+    assert [t.token_ids for t in a] == [t.token_ids for t in b]
+    assert [t.token_ids for t in a] != [t.token_ids for t in c]
+    assert [(t.prompt_index, t.sample_index) for t in a] == [(i, s) for i in range(2) for s in range(3)]
+    assert all(t.values == [1.0] * len(t.token_ids) for t in a)
+    assert all(len(t.entropies) == len(t.token_ids) for t in a)
+
+
+def test_eos_and_stop_strings(toy_small):
+    model, tok = toy_small
+    (t,) = generate(model, tok, ["What is 2 + 3?"], params=SamplingParams(max_new_tokens=20))
+    assert t.finish_reason == "eos" and t.token_ids[-1] == tok.eos_token_id
+    assert t.text == "The answer is 5."
+    (s,) = generate(model, tok, ["Tell a story about the cat."],
+                    params=SamplingParams(max_new_tokens=60, stop_strings=("forest",)))
+    assert s.finish_reason == "stop" and s.text.endswith("forest") and s.text.count("forest") == 1
+    (n,) = generate(model, tok, ["Tell a story about the cat."], params=SamplingParams(max_new_tokens=5))
+    assert n.finish_reason == "length" and len(n.token_ids) == 5
+
+
+def test_bad_input_is_rejected(tiny_lm):
+    model, tok = tiny_lm
+    with pytest.raises(ValueError, match="no prompts"):
+        generate(model, tok, [])
+    with pytest.raises(ValueError, match=">= 0"):
+        FixedTemperature(-0.1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingParams(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(TypeError, match="string or a list of messages"):
+        generate(model, tok, [123])
