@@ -1,0 +1,95 @@
+import pytest
+import torch
+from transformers import LogitsProcessorList
+
+from lpo_train.decoding import EDT, KLD, edt_temperature, entropy
+from lpo_train.decoding.engine import encode_prompts
+from lpo_train.decoding.hf import (
+    AdaptiveDecoderLogitsProcessor, DynatempLogitsProcessor, EDTLogitsProcessor, RuleLogitsProcessor,
+)
+from lpo_train.heads import AdaptiveDecoderHead
+
+PROMPTS = ["What is the answer?", "hi"]
+
+
+def _batch(tok, prompts):
+    ids = encode_prompts(tok, prompts)
+    width = max(map(len, ids))
+    return (torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids]),
+            torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids]))
+
+
+def test_edt_processor_divides_each_row_by_its_temperature():
+    torch.manual_seed(0)
+    scores = torch.randn(3, 30) * torch.tensor([0.5, 2.0, 8.0])[:, None]
+    out = EDTLogitsProcessor(T0=1.0, theta=1.0)(torch.zeros(3, 1, dtype=torch.long), scores)
+    t = edt_temperature(entropy(scores), 1.0, 1.0)
+    assert torch.allclose(out, scores / t[:, None])
+
+
+def test_dynatemp_processor_hand_computed():
+    scores = torch.zeros(1, 10)  # normalised entropy 1 -> T_max = 1.1
+    out = DynatempLogitsProcessor(0.8, 0.3, 1.0)(None, scores)
+    assert torch.allclose(out, scores / 1.1)
+    peaked = torch.tensor([[0.0, 2.0, 1.0, -1.0]])
+    h = entropy(peaked) / torch.log(torch.tensor(4.0))
+    out = DynatempLogitsProcessor(0.8, 0.3, 2.0)(None, peaked)
+    assert torch.allclose(out, peaked / (0.5 + 0.6 * h**2))
+
+
+def test_greedy_rows_keep_only_the_argmax():
+    out = EDTLogitsProcessor()(None, torch.tensor([[0.0, 1e4, 0.0]]))  # entropy 0 -> greedy
+    assert out[0, 1] == 1e4 and torch.isinf(out[0, [0, 2]]).all()
+
+
+def test_engine_only_rules_are_refused():
+    with pytest.raises(ValueError, match="lpo-train engine"):
+        RuleLogitsProcessor(KLD(["x"]))
+
+
+def test_edt_inside_generate_uses_per_step_temperatures(tiny_lm):
+    model, tok = tiny_lm
+    ids, mask = _batch(tok, PROMPTS)
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                         max_new_tokens=5, logits_processor=LogitsProcessorList([EDTLogitsProcessor(1.0, 1.0)]),
+                         output_scores=True, output_logits=True, return_dict_in_generate=True,
+                         pad_token_id=tok.pad_token_id)
+    for raw, processed in zip(out.logits, out.scores):
+        t = edt_temperature(entropy(raw.float()), 1.0, 1.0)
+        assert torch.allclose(processed, raw / t[:, None], atol=1e-5)
+
+
+def test_adaptive_head_inside_generate(tiny_lm):
+    model, tok = tiny_lm
+    ids, mask = _batch(tok, PROMPTS)
+    greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=8,
+                            pad_token_id=tok.pad_token_id)
+    head = AdaptiveDecoderHead.for_model(model, level="sequence", grid=[0.0, 0.5, 1.0])
+    with torch.no_grad():
+        head.mlp[-1].bias[0] = 50.0  # always T = 0
+    with AdaptiveDecoderLogitsProcessor(head, model) as proc:
+        sampled = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                 max_new_tokens=8, logits_processor=LogitsProcessorList([proc]),
+                                 pad_token_id=tok.pad_token_id)
+    assert torch.equal(sampled, greedy)
+
+    token_head = AdaptiveDecoderHead.for_model(model, level="token", grid=[0.0, 0.5, 1.0])
+    with torch.no_grad():
+        token_head.mlp[-1].bias[1] = 50.0  # always T = 0.5
+    with AdaptiveDecoderLogitsProcessor(token_head, model) as proc:
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                             max_new_tokens=4, logits_processor=LogitsProcessorList([proc]),
+                             output_scores=True, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=tok.pad_token_id)
+        assert len(proc.chosen) == 4 and all((c == 1).all() for c in proc.chosen)
+    for raw, processed in zip(out.logits, out.scores):
+        assert torch.allclose(processed, raw / 0.5, atol=1e-5)
+    assert not model.get_decoder()._forward_hooks  # the hook is removed
+
+
+def test_adaptive_processor_rejects_a_foreign_head(tiny_lm):
+    model, _ = tiny_lm
+    from lpo_train import AdaptiveDecoderConfig
+
+    with pytest.raises(ValueError, match="hidden size"):
+        AdaptiveDecoderLogitsProcessor(AdaptiveDecoderHead(AdaptiveDecoderConfig(hidden_size=7)), model)
