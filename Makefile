@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lpo-train demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=10
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"

@@ -100,3 +100,24 @@ def test_bad_input_is_rejected(tiny_lm):
         SamplingParams(top_p=0.0)
     with pytest.raises(TypeError, match="string or a list of messages"):
         generate(model, tok, [123])
+
+
+def test_vanishing_temperature_is_greedy_not_nan():
+    logits = torch.tensor([[10.0, 9.0, -3.0], [0.0, 1.0, 0.5]])
+    for t in (1e-30, 1e-8, 0.0):
+        probs = next_token_distribution(logits, torch.tensor([t, t]))
+        assert torch.equal(probs, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+    sharp = next_token_distribution(logits * 1e6, torch.tensor([1e-3, 1e-3]))  # huge z / T, no overflow
+    assert torch.isfinite(sharp).all() and torch.equal(sharp.argmax(-1), torch.tensor([0, 1]))
+
+
+def test_sample_from_matches_the_distribution_and_never_draws_zero_mass():
+    from lpo_train.decoding.adaptive import sample_from
+
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0]).expand(50000, 5)
+    draws = sample_from(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert freq[1] == 0 and freq[4] == 0
+    assert (freq - probs[0]).abs().max() < 4 * (0.25 / len(draws)) ** 0.5
+    one_hot = torch.zeros(3, 7).scatter_(1, torch.tensor([[6], [0], [3]]), 1.0)
+    assert sample_from(one_hot).tolist() == [6, 0, 3]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lpo_train.decoding.adaptive import knob_distribution
+from lpo_train.decoding.adaptive import knob_distribution, sample_from
 from lpo_train.decoding.rules import FixedTemperature, Rule, StepInput, entropy
 
 
@@ -32,6 +32,7 @@ class SamplingParams:
     chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
     trace_hidden: bool = False  # keep the hidden state the rule saw (per step, or step 0 for sequence rules)
     trace_choice_logps: bool = False  # keep log P(y_t | choice k) for every grid choice k
+    ignore_eos: bool = False  # always decode max_new_tokens (benchmarks)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -86,7 +87,9 @@ def next_token_distribution(
         probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
     if min_p > 0.0:
         probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
-    return probs / probs.sum(-1, keepdim=True)
+    if top_k > 0 or top_p < 1.0 or min_p > 0.0:
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
 
 
 def encode_prompts(tokenizer, prompts, chat_template: bool | None = None) -> list[list[int]]:
@@ -123,7 +126,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
 class _Stream:
     """One model decoding a left-padded batch with its own KV cache, mask and positions."""
 
-    def __init__(self, model, prompt_ids: list[list[int]], pad_id: int):
+    def __init__(self, model, prompt_ids: list[list[int]], pad_id: int, max_new_tokens: int):
         from transformers import DynamicCache
 
         self.model = model
@@ -132,11 +135,15 @@ class _Stream:
         self.device = next(model.parameters()).device
         width = max(map(len, prompt_ids))
         ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-        self.mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        self.full_mask = torch.zeros((len(prompt_ids), width + max_new_tokens), dtype=torch.long)
+        self.mask = self.full_mask[:, :width]
         for r, x in enumerate(prompt_ids):  # left padding
             ids[r, width - len(x):] = torch.tensor(x)
             self.mask[r, width - len(x):] = 1
-        ids, self.mask = ids.to(self.device), self.mask.to(self.device)
+        ids, self.full_mask = ids.to(self.device), self.full_mask.to(self.device)
+        self.width = width
+        self.full_mask[:, width:] = 1  # generated tokens are always attended to
+        self.mask = self.full_mask[:, :width]
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = DynamicCache(config=model.config)
         self._forward(ids, positions)
@@ -154,10 +161,12 @@ class _Stream:
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows ``keep`` (finished rows leave; beams are reordered) — cache included."""
         self.cache.batch_select_indices(keep.to(self.device))
-        self.mask, self.next_pos = self.mask[keep], self.next_pos[keep]
+        self.full_mask, self.next_pos = self.full_mask[keep], self.next_pos[keep]
+        self.mask = self.full_mask[:, :self.width]
 
     def advance(self, token: torch.Tensor) -> None:
-        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=-1)
+        self.width += 1
+        self.mask = self.full_mask[:, :self.width]
         self._forward(token[:, None].to(self.device), self.next_pos)
         self.next_pos = self.next_pos + 1
 
@@ -196,8 +205,9 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
     traces: list[Trace] = []
     for start in range(0, len(rows), params.batch_size):
         chunk = rows[start:start + params.batch_size]
-        streams = [_Stream(model, [encoded[i] for i, _ in chunk], pad_id)]
-        streams += [_Stream(m, [ids[i] for i, _ in chunk], pad_id) for m, ids in aux]
+        n = params.max_new_tokens
+        streams = [_Stream(model, [encoded[i] for i, _ in chunk], pad_id, n)]
+        streams += [_Stream(m, [ids[i] for i, _ in chunk], pad_id, n) for m, ids in aux]
         traces += _decode_batch(streams, tokenizer, [encoded[i] for i, _ in chunk], chunk, rule,
                                 params, gen, eos_ids, pad_id)
     return traces
@@ -224,29 +234,31 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, gen, eos_i
     state = rule.init_state(batch, device)
     for step in range(steps):
         logits = main.logits
-        out = rule.step(StepInput(logits=logits, hidden=main.hidden, state=state, step=step,
-                                  generator=gen, aux_logits=[s.logits for s in streams[1:]]))
+        step_entropy = entropy(logits)
+        out = rule.step(StepInput(logits=logits, hidden=main.hidden, state=state, step=step, generator=gen,
+                                  aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy))
         step_logits = out.logits if out.logits is not None else logits
         probs = next_token_distribution(step_logits, out.temperature, params.top_k, params.top_p,
                                         params.min_p, probs=out.probs)
-        token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        token = sample_from(probs, gen)
 
-        tokens[active, step] = token
-        values[active, step] = (out.value if out.value is not None else out.temperature).float()
-        entropies[active, step] = entropy(logits)
-        lengths[active] += 1
+        rows_now = slice(None) if len(active) == batch else active  # plain slices until a row finishes
+        tokens[rows_now, step] = token
+        values[rows_now, step] = (out.value if out.value is not None else out.temperature).float()
+        entropies[rows_now, step] = step_entropy
+        lengths[rows_now] += 1
         if out.choice is not None and (rule.level == "token" or step == 0):
-            choices[active, step] = out.choice
+            choices[rows_now, step] = out.choice
         if hiddens is not None and step < hidden_steps:
-            hiddens[active, step] = main.hidden
+            hiddens[rows_now, step] = main.hidden
         if params.trace_choice_logps:
             lp = rule.choice_logps(step_logits, token)
             if lp is not None:
                 if choice_logps is None:
                     choice_logps = torch.zeros((batch, steps, lp.shape[-1]), device=device)
-                choice_logps[active, step] = lp.float()
+                choice_logps[rows_now, step] = lp.float()
 
-        done = torch.isin(token, eos)
+        done = torch.isin(token, eos) & (not params.ignore_eos)
         for j in done.nonzero().flatten().tolist():
             finish[active[j]] = "eos"
         if params.stop_strings:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from lpo_train.decoding.rules import Dynatemp, EDT, Rule, StepInput
+from lpo_train.decoding.rules import MIN_TEMPERATURE, EDT, Dynatemp, Rule, StepInput
 from lpo_train.heads import AdaptiveDecoderHead
 
 
 def _apply_temperature(scores: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """Divide row b by T_b; rows with T_b = 0 keep only their argmax (greedy under sampling)."""
-    greedy_rows = temperature <= 0
+    """Divide row b by T_b; rows with T_b <= MIN_TEMPERATURE keep only their argmax (greedy)."""
+    greedy_rows = temperature <= MIN_TEMPERATURE
     safe = torch.where(greedy_rows, torch.ones_like(temperature), temperature)
     scaled = scores / safe[:, None].to(scores.dtype)
     if greedy_rows.any():

@@ -24,6 +24,10 @@ class StepInput:
     step: int
     generator: torch.Generator | None = None
     aux_logits: list[torch.Tensor] = field(default_factory=list)  # one [B, V] per aux stream
+    entropy: torch.Tensor | None = None  # [B] entropy of softmax(logits) in nats, when known
+
+    def logits_entropy(self) -> torch.Tensor:
+        return self.entropy if self.entropy is not None else entropy(self.logits)
 
 
 @dataclass
@@ -104,6 +108,7 @@ def greedy() -> FixedTemperature:
 # --- entropy-based rules ----------------------------------------------------------------------
 
 MIN_ENTROPY = 1e-6  # below this a distribution is numerically one-hot: decode greedily
+MIN_TEMPERATURE = 1e-4  # temperatures at or below this decode greedily (z / T would overflow)
 
 
 def edt_temperature(entropy: torch.Tensor, T0: float, theta: float, N: float = 0.8) -> torch.Tensor:
@@ -139,7 +144,7 @@ class EDT(Rule):
         self.name = f"EDT(T0={T0:g},theta={theta:g})"
 
     def step(self, inp):
-        return StepOutput(temperature=edt_temperature(entropy(inp.logits), self.T0, self.theta, self.N))
+        return StepOutput(temperature=edt_temperature(inp.logits_entropy(), self.T0, self.theta, self.N))
 
 
 class Dynatemp(Rule):
@@ -159,7 +164,7 @@ class Dynatemp(Rule):
 
     def step(self, inp):
         n = torch.isfinite(inp.logits).sum(-1).clamp(min=2).float()
-        h = entropy(inp.logits) / n.log()
+        h = inp.logits_entropy() / n.log()
         return StepOutput(temperature=dynatemp_temperature(h, self.temp, self.temp_range, self.exponent))
 
 
