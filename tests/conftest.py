@@ -49,3 +49,11 @@ def toy_small():
     from lpo_train.tasks.toy_lm import load_toy_lm
 
     return load_toy_lm("small", 0)
+
+
+@pytest.fixture(scope="session")
+def toy_lm_folder():
+    """Folder of the pretrained small toy LM (for APIs that take a path)."""
+    from lpo_train.tasks.toy_lm import toy_lm_path
+
+    return toy_lm_path("small", 0)

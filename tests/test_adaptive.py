@@ -6,6 +6,7 @@ from lpo_train.decoding import (
     AdaptiveDecoderRule, FixedTemperature, SamplingParams, StepInput, generate, knob_distribution,
     next_token_distribution,
 )
+from lpo_train.decoding.adaptive import sample_from
 
 PROMPTS = ["What is the answer?", "hi", "The quick brown fox jumps over"]
 
@@ -112,10 +113,10 @@ def test_mixture_identity_exact_and_monte_carlo():
     # sampling tau, then y (Eq. 5) has the mixture (Eq. 6) as its marginal
     n = 40000
     rule = AdaptiveDecoderRule(head, "sample")
-    gen = torch.Generator().manual_seed(0)
     zs, hs = z.expand(n, 6), hidden.expand(n, 4)
-    step = rule.step(StepInput(logits=zs, hidden=hs, state=rule.init_state(n, "cpu"), step=0, generator=gen))
-    y = torch.multinomial(next_token_distribution(zs, step.temperature), 1, generator=gen).squeeze(-1)
+    inp = StepInput(logits=zs, hidden=hs, state=rule.init_state(n, "cpu"), step=0, row_seeds=torch.arange(n))
+    step = rule.step(inp)
+    y = sample_from(next_token_distribution(zs, step.temperature), inp.uniforms(purpose=0))
     freq = torch.bincount(y, minlength=6).float() / n
     assert (freq - by_hand).abs().max() < 4 * (0.25 / n) ** 0.5
 

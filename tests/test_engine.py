@@ -114,10 +114,40 @@ def test_vanishing_temperature_is_greedy_not_nan():
 def test_sample_from_matches_the_distribution_and_never_draws_zero_mass():
     from lpo_train.decoding.adaptive import sample_from
 
+    from lpo_train.decoding.randomness import row_uniforms
+
     probs = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0]).expand(50000, 5)
-    draws = sample_from(probs, torch.Generator().manual_seed(0))
+    draws = sample_from(probs, row_uniforms(torch.arange(50000), step=0))
     freq = torch.bincount(draws, minlength=5).float() / len(draws)
     assert freq[1] == 0 and freq[4] == 0
     assert (freq - probs[0]).abs().max() < 4 * (0.25 / len(draws)) ** 0.5
     one_hot = torch.zeros(3, 7).scatter_(1, torch.tensor([[6], [0], [3]]), 1.0)
-    assert sample_from(one_hot).tolist() == [6, 0, 3]
+    assert sample_from(one_hot, torch.tensor([0.0, 0.5, 0.999999])).tolist() == [6, 0, 3]
+
+
+def test_row_uniforms_are_uniform_and_independent_of_the_batch():
+    from lpo_train.decoding.randomness import row_uniforms
+
+    seeds = torch.arange(100000)
+    u = row_uniforms(seeds, step=3)
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.005
+    assert abs(u.var().item() - 1 / 12) < 0.002
+    assert torch.equal(row_uniforms(seeds[5:9], step=3), u[5:9])
+    assert not torch.equal(row_uniforms(seeds[:10], step=4), u[:10])
+    assert not torch.equal(row_uniforms(seeds[:10], step=3, purpose=1), u[:10])
+    consecutive = torch.stack([row_uniforms(torch.tensor([7]), s) for s in range(2000)]).squeeze()
+    assert abs(torch.corrcoef(torch.stack([consecutive[:-1], consecutive[1:]]))[0, 1]) < 0.06
+
+
+def test_sampling_is_batch_invariant(tiny_lm):
+    model, tok = tiny_lm
+    params = SamplingParams(max_new_tokens=10, num_samples=2, prompt_seeds=[11, 12, 13])
+    together = generate(model, tok, PROMPTS, FixedTemperature(1.0), params)
+    small_batches = generate(model, tok, PROMPTS, FixedTemperature(1.0),
+                             SamplingParams(max_new_tokens=10, num_samples=2, prompt_seeds=[11, 12, 13], batch_size=1))
+    alone = [generate(model, tok, [p], FixedTemperature(1.0),
+                      SamplingParams(max_new_tokens=10, num_samples=2, prompt_seeds=[seed]))
+             for p, seed in zip(PROMPTS, [11, 12, 13])]
+    assert [t.token_ids for t in together] == [t.token_ids for t in small_batches]
+    assert [t.token_ids for t in together] == [t.token_ids for pair in alone for t in pair]
+    assert len({tuple(t.token_ids) for t in together}) > 3

@@ -8,11 +8,11 @@ from lpo_train.decoding.rules import MIN_TEMPERATURE, Rule, StepInput, StepOutpu
 from lpo_train.heads import SELECTIONS, AdaptiveDecoderHead
 
 
-def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One index per row by inverse-CDF sampling (exact; several times faster than
-    ``torch.multinomial`` on CPU). Zero-probability entries are never drawn."""
-    cdf = probs.cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+def sample_from(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One index per row by inverse-CDF sampling with the given uniforms in [0, 1) (exact;
+    several times faster than ``torch.multinomial`` on CPU). Zero-mass entries are never drawn."""
+    cdf = probs.double().cumsum(-1)
+    u = uniforms.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
     return (cdf <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
@@ -92,7 +92,7 @@ class AdaptiveDecoderRule(Rule):
             with torch.no_grad():
                 probs = self.head.log_probs(inp.hidden).exp()
             if self.selection == "sample":
-                choice = sample_from(probs, inp.generator)
+                choice = sample_from(probs, inp.uniforms(purpose=1))
             else:
                 choice = probs.argmax(-1)
             state["choice"], state["probs"] = choice, probs

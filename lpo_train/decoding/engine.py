@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lpo_train.decoding.adaptive import knob_distribution, sample_from
+from lpo_train.decoding.randomness import seed_for
 from lpo_train.decoding.rules import FixedTemperature, Rule, StepInput, entropy
 
 
@@ -27,7 +28,8 @@ class SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.0
     stop_strings: tuple[str, ...] = ()
-    seed: int = 0
+    seed: int = 0  # with prompt_seeds unset, row (i, s) uses seed_for(seed, i, s)
+    prompt_seeds: list[int] | None = None  # one seed per prompt; rows use seed_for(prompt_seed, s)
     batch_size: int = 64  # rows (prompt x sample) per forward batch
     chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
     trace_hidden: bool = False  # keep the hidden state the rule saw (per step, or step 0 for sequence rules)
@@ -182,8 +184,9 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
              params: SamplingParams | None = None) -> list[Trace]:
     """Decode ``params.num_samples`` completions per prompt with ``rule`` (default: greedy).
 
-    Returns traces in prompt-major order (prompt 0's samples first). Reproducible for a
-    given seed, batch size and device.
+    Returns traces in prompt-major order (prompt 0's samples first). Each row draws its random
+    numbers from its own seed (``decoding.randomness``), so results do not depend on the batch
+    size, the other prompts in the batch, or the number of processes.
     """
     rule = rule if rule is not None else FixedTemperature(0.0)
     params = params or SamplingParams()
@@ -198,8 +201,10 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
         _check_same_vocab(tokenizer, aux_tok, f"auxiliary model of {rule.name}")
         aux.append((stream.model or model, encode_prompts(aux_tok, stream.prompts, stream.chat_template)))
     rows = [(i, s) for i in range(len(encoded)) for s in range(params.num_samples)]
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(params.seed)
+    if params.prompt_seeds is not None and len(params.prompt_seeds) != len(prompts):
+        raise ValueError(f"prompt_seeds has {len(params.prompt_seeds)} seeds for {len(prompts)} prompts.")
+    row_seeds = [seed_for(params.prompt_seeds[i], s) if params.prompt_seeds is not None
+                 else seed_for(params.seed, i, s) for i, s in rows]
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
     traces: list[Trace] = []
@@ -208,12 +213,13 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
         n = params.max_new_tokens
         streams = [_Stream(model, [encoded[i] for i, _ in chunk], pad_id, n)]
         streams += [_Stream(m, [ids[i] for i, _ in chunk], pad_id, n) for m, ids in aux]
+        seeds = torch.tensor(row_seeds[start:start + params.batch_size], device=streams[0].device)
         traces += _decode_batch(streams, tokenizer, [encoded[i] for i, _ in chunk], chunk, rule,
-                                params, gen, eos_ids, pad_id)
+                                params, seeds, eos_ids, pad_id)
     return traces
 
 
-def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, gen, eos_ids, pad_id):
+def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos_ids, pad_id):
     main = streams[0]
     device, batch, steps = main.device, len(prompt_ids), params.max_new_tokens
     tokens = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)
@@ -235,12 +241,13 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, gen, eos_i
     for step in range(steps):
         logits = main.logits
         step_entropy = entropy(logits)
-        out = rule.step(StepInput(logits=logits, hidden=main.hidden, state=state, step=step, generator=gen,
-                                  aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy))
+        inp = StepInput(logits=logits, hidden=main.hidden, state=state, step=step, row_seeds=seeds,
+                        aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy)
+        out = rule.step(inp)
         step_logits = out.logits if out.logits is not None else logits
         probs = next_token_distribution(step_logits, out.temperature, params.top_k, params.top_p,
                                         params.min_p, probs=out.probs)
-        token = sample_from(probs, gen)
+        token = sample_from(probs, inp.uniforms(purpose=0))
 
         rows_now = slice(None) if len(active) == batch else active  # plain slices until a row finishes
         tokens[rows_now, step] = token
@@ -273,7 +280,7 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, gen, eos_i
             keep = (~done).nonzero().flatten()
             if keep.numel() == 0:
                 break
-            active, token = active[keep], token[keep]
+            active, token, seeds = active[keep], token[keep], seeds[keep]
             for s in streams:
                 s.select(keep)
             state = {k: v[keep] for k, v in state.items()}

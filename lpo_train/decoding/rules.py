@@ -2,9 +2,9 @@
 
 A rule gets a ``StepInput``: the next-token logits (float32, [B, V]), the hidden state that
 produced them ([B, H], the one that feeds the LM head), its own per-row state (a dict of
-tensors with the batch first; the engine drops finished rows from it), the engine's random
-generator and the logits of any auxiliary streams it asked for. It returns a ``StepOutput``:
-a per-row temperature (0 = exact greedy), and optionally new logits (guidance), a full
+tensors with the batch first; the engine drops finished rows from it), per-row seeds for any
+sampling of its own, and the logits of any auxiliary streams it asked for. It returns a
+``StepOutput``: a per-row temperature (0 = exact greedy), and optionally new logits (guidance), a full
 distribution (mixture decoding, knobs other than temperature) and the grid choice per row.
 """
 
@@ -22,9 +22,17 @@ class StepInput:
     hidden: torch.Tensor  # [B, H]
     state: dict
     step: int
-    generator: torch.Generator | None = None
+    row_seeds: torch.Tensor | None = None  # [B] int64, one per row (see decoding.randomness)
     aux_logits: list[torch.Tensor] = field(default_factory=list)  # one [B, V] per aux stream
     entropy: torch.Tensor | None = None  # [B] entropy of softmax(logits) in nats, when known
+
+    def uniforms(self, purpose: int) -> torch.Tensor:
+        """[B] uniforms for this step; ``purpose`` separates streams (0 is the engine's token draw)."""
+        from lpo_train.decoding.randomness import row_uniforms
+
+        if self.row_seeds is None:
+            raise ValueError("This rule samples, so its StepInput needs row_seeds.")
+        return row_uniforms(self.row_seeds, self.step, purpose)
 
     def logits_entropy(self) -> torch.Tensor:
         return self.entropy if self.entropy is not None else entropy(self.logits)

@@ -1,0 +1,80 @@
+"""LPO losses (Dhuliawala et al., 2024) as pure functions on tensors; each returns per-pair losses.
+
+Notation: for a pair (chosen c, rejected r), ``*_logps`` are log-probabilities of the head's
+choices, summed over response tokens for token-level heads (prompt and padding masked) or the
+single sequence-level choice. The reference over choices is uniform (the paper's footnote 3),
+so it cancels in Eq. 9 and 10.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("lpo", "lpo_latent", "lpo_joint", "nll_chosen")
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension of ``values`` where ``mask`` is 1 (-inf outside is ignored)."""
+    return torch.where(mask.bool(), values, torch.zeros_like(values)).sum(-1)
+
+
+def choice_logps(head_log_probs: torch.Tensor, choices: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log P(tau) of the recorded choices: [B, T, K] head log-probs, [B, T] choices -> [B] (sum over T)."""
+    picked = head_log_probs.gather(-1, choices.clamp(min=0)[..., None]).squeeze(-1)
+    return masked_sum(picked, mask)
+
+
+def lpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Eq. 10: -log sigmoid(beta * (log P(tau_c) - log P(tau_r))), per pair."""
+    return -F.logsigmoid(beta * (chosen_logps - rejected_logps))
+
+
+def lpo_joint_loss(chosen_logps, rejected_logps, beta: float = 0.1,
+                   chosen_word_logratio: torch.Tensor | None = None,
+                   rejected_word_logratio: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 9: DPO on (words, temperatures). The word terms are log P(y)/P_ref(y) summed over
+    tokens; with the frozen LM of lpo-train they are 0 (P = P_ref) and Eq. 9 equals Eq. 10."""
+    word = 0.0
+    if chosen_word_logratio is not None or rejected_word_logratio is not None:
+        if chosen_word_logratio is None or rejected_word_logratio is None:
+            raise ValueError("Give both chosen_word_logratio and rejected_word_logratio, or neither.")
+        word = chosen_word_logratio - rejected_word_logratio
+    return -F.logsigmoid(beta * (word + chosen_logps - rejected_logps))
+
+
+def latent_logratio(head_log_probs: torch.Tensor, token_choice_logps: torch.Tensor, mask: torch.Tensor,
+                    form: str = "token") -> torch.Tensor:
+    """log P'(y) - log P'_ref(y) with the choice marginalised (Eq. 11), [B].
+
+    ``head_log_probs``: [B, T, K] log P(tau_k | h_t) (for a sequence-level head, the one row
+    repeated over T); ``token_choice_logps``: [B, T, K] log P(y_t | tau_k) from the trace;
+    the reference over choices is uniform. ``form="token"`` marginalises per token (the paper's
+    Eq. 11); ``form="sequence"`` marginalises once over the whole response,
+    log sum_k P(tau_k) prod_t P(y_t | tau_k) (exact for a sequence-level head).
+    """
+    k = head_log_probs.shape[-1]
+    if form == "token":
+        policy = torch.logsumexp(head_log_probs + token_choice_logps, dim=-1)
+        reference = torch.logsumexp(token_choice_logps, dim=-1) - math.log(k)
+        diff = torch.where(mask.bool(), policy - reference, torch.zeros_like(policy))
+        return diff.sum(-1)
+    if form == "sequence":
+        per_choice = torch.where(mask.bool()[..., None], token_choice_logps,
+                                 torch.zeros_like(token_choice_logps)).sum(1)  # [B, K]
+        return (torch.logsumexp(head_log_probs[:, 0] + per_choice, -1)
+                - (torch.logsumexp(per_choice, -1) - math.log(k)))
+    raise ValueError(f"form must be 'token' or 'sequence', got {form!r}.")
+
+
+def lpo_latent_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor,
+                    beta: float = 0.1) -> torch.Tensor:
+    """Eq. 11 from ``latent_logratio`` of the chosen and rejected responses, per pair."""
+    return -F.logsigmoid(beta * (chosen_logratio - rejected_logratio))
+
+
+def nll_chosen_loss(chosen_logps: torch.Tensor) -> torch.Tensor:
+    """The paper's baseline: -log P(tau_c) on the chosen response only, per pair."""
+    return -chosen_logps

@@ -1,0 +1,144 @@
+"""One reward interface, TRL-compatible.
+
+A reward is a callable ``(prompts, completions, completion_ids=None, **dataset_columns) ->
+list[float | None]``. ``resolve_rewards`` accepts, like TRL's ``reward_funcs``: callables,
+names of built-in rewards, dotted import paths (``package.module:function``, so a user's own
+reward file works from YAML and the CLI) and sequence-classification reward models (a model,
+or a local path / Hub id), each scored with its own tokenizer and chat template.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lpo_train.tasks import toy
+
+
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def repetition_rate(text: str, n: int = 3) -> float:
+    """Share of word n-grams that repeat an earlier n-gram of the same text (0 when none)."""
+    grams = _ngrams(text.split(), n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def negative_repetition_reward(prompts, completions, **kwargs) -> list[float]:
+    """-(3-gram repeat rate): the paper's Wikitext-2 repetition reward."""
+    return [-repetition_rate(toy.completion_text(c)) for c in completions]
+
+
+BUILTIN_REWARDS: dict[str, Callable] = {
+    "toy": toy.toy_reward,
+    "arith": toy.arith_reward,
+    "story": toy.story_reward,
+    "constrained": toy.constrained_reward,
+    "sentiment": toy.sentiment_reward,
+    "negative_repetition": negative_repetition_reward,
+}
+
+
+class RewardModel:
+    """A sequence-classification model used as a reward: logits[:, 0] of prompt + completion.
+
+    Conversations are rendered with the reward model's own chat template; batches are right
+    padded (sequence classifiers read the last non-pad token).
+    """
+
+    def __init__(self, model, tokenizer=None, batch_size: int = 16, max_length: int = 1024):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        name = model if isinstance(model, (str, Path)) else getattr(model.config, "name_or_path", "reward_model")
+        if isinstance(model, (str, Path)):
+            model = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1)
+        self.model = model.eval()
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.model.config.name_or_path)
+        self.tokenizer.padding_side = "right"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.batch_size, self.max_length = batch_size, max_length
+        self.__name__ = Path(str(name)).name or "reward_model"
+
+    def _render(self, prompt, completion) -> str:
+        if isinstance(prompt, list):
+            reply = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+            return self.tokenizer.apply_chat_template(prompt + reply, tokenize=False)
+        return (prompt or "") + toy.completion_text(completion)
+
+    @torch.no_grad()
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        prompts = prompts if prompts is not None else [""] * len(completions)
+        texts = [self._render(p, c) for p, c in zip(prompts, completions, strict=True)]
+        device = next(self.model.parameters()).device
+        scores = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
+                                   truncation=True, max_length=self.max_length, add_special_tokens=False)
+            scores += self.model(**batch.to(device)).logits[:, 0].float().tolist()
+        return scores
+
+
+def resolve_reward(spec) -> Callable:
+    """A reward callable from a callable, built-in name, ``module:function`` path or reward model."""
+    if callable(spec) and not isinstance(spec, torch.nn.Module):
+        return spec
+    if isinstance(spec, torch.nn.Module):
+        return RewardModel(spec)
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"A reward must be a callable, a name, 'module:function' or a model; got {type(spec)}.")
+    spec = str(spec)
+    if spec in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[spec]
+    if ":" in spec and not Path(spec).exists():
+        module_name, _, attr = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"Cannot import reward {spec!r}: {e}. Use 'package.module:function' with the "
+                             "module importable (on PYTHONPATH).") from e
+        if not callable(fn):
+            raise ValueError(f"Reward {spec!r} is not callable.")
+        return fn
+    if Path(spec).is_dir() or "/" in spec:
+        return RewardModel(spec)
+    raise ValueError(f"Unknown reward {spec!r}. Built-in rewards: {sorted(BUILTIN_REWARDS)}; or give "
+                     "'package.module:function', a callable, or a sequence-classification model path/id.")
+
+
+def reward_name(fn) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def resolve_rewards(specs, weights=None) -> tuple[list[Callable], list[float]]:
+    specs = specs if isinstance(specs, (list, tuple)) else [specs]
+    if not specs:
+        raise ValueError("Give at least one reward function.")
+    funcs = [resolve_reward(s) for s in specs]
+    weights = [1.0] * len(funcs) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(funcs):
+        raise ValueError(f"reward_weights has {len(weights)} values for {len(funcs)} reward functions.")
+    return funcs, weights
+
+
+def compute_rewards(funcs, weights, prompts, completions, completion_ids=None, **columns
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(total [n], per_function [n, F])``; None becomes NaN, the total is the weighted sum over
+    the functions that scored a row (NaN when none did)."""
+    per_func = torch.full((len(completions), len(funcs)), float("nan"))
+    for j, fn in enumerate(funcs):
+        out = fn(prompts, completions, completion_ids=completion_ids, **columns)
+        if len(out) != len(completions):
+            raise ValueError(f"Reward {reward_name(fn)!r} returned {len(out)} values for {len(completions)} completions.")
+        per_func[:, j] = torch.tensor([math.nan if v is None else float(v) for v in out])
+    w = torch.tensor(weights)
+    scored = ~per_func.isnan()
+    total = torch.where(scored, per_func * w, torch.zeros_like(per_func)).sum(-1)
+    total[~scored.any(-1)] = float("nan")
+    return total, per_func

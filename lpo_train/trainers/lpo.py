@@ -1,0 +1,316 @@
+"""``LPOTrainer``: Latent Preference Optimization of an AdaptiveDecoder head on a frozen LM.
+
+Each optimizer step, ``get_batch_samples`` takes the step's prompt micro-batches, samples
+``num_generations`` responses per prompt through the decoding engine with the head choosing
+(one generation per step, reused by the gradient-accumulation micro-steps, as in TRL's GRPO),
+scores them, pairs best vs worst and keeps the traced head inputs of the paired responses only.
+``compute_loss`` then runs the head alone on those features: the frozen LM never runs twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
+from lpo_train.decoding.engine import encode_prompts
+from lpo_train.decoding.randomness import seed_for
+from lpo_train.heads import AdaptiveDecoderHead, default_model_card
+from lpo_train.losses import choice_logps, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss
+from lpo_train.models.loading import load_causal_lm
+from lpo_train.pairs import build_pairs
+from lpo_train.rewards import compute_rewards, reward_name, resolve_rewards
+from lpo_train.trainers.lpo_config import LPOConfig
+
+
+def load_prompt_dataset(args: LPOConfig):
+    """The prompt dataset named by ``args.dataset_name`` (toy world, local file or Hub id)."""
+    import datasets
+
+    name = args.dataset_name
+    if name is None:
+        raise ValueError("No prompt dataset: set dataset_name (a .json/.jsonl/.parquet file, a Hub id, or 'toy').")
+    if name == "toy":
+        from lpo_train.tasks.toy import make_prompts
+
+        return datasets.Dataset.from_list(make_prompts(args.toy_families, args.toy_prompts_per_family, seed=args.seed))
+    suffix = Path(name).suffix.lower()
+    if suffix in (".json", ".jsonl", ".parquet"):
+        if not Path(name).exists():
+            raise FileNotFoundError(f"Prompt file {name} does not exist.")
+        return datasets.load_dataset("parquet" if suffix == ".parquet" else "json", data_files=name, split="train")
+    return datasets.load_dataset(name, split=args.dataset_split)
+
+
+def _pad(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=value)
+
+
+class LPOTrainer(Trainer):
+    """Train an AdaptiveDecoder head with LPO. ``model``: the frozen LM (model, path, Hub id,
+    'toy:small' or 'smollm2'); ``head``: a head to start from (default: a fresh uniform one)."""
+
+    def __init__(self, model=None, reward_funcs=None, args: LPOConfig | None = None, train_dataset=None,
+                 head: AdaptiveDecoderHead | None = None, processing_class=None, callbacks=None):
+        args = args or LPOConfig(output_dir="outputs/lpo")
+        spec = model if model is not None else args.model_name_or_path
+        if spec is None:
+            raise ValueError("Give the frozen LM: LPOTrainer(model=...) or LPOConfig(model_name_or_path=...).")
+        self.lm, tokenizer = load_causal_lm(spec, args.lm_dtype)
+        self.tokenizer = processing_class or tokenizer
+        if head is None and args.head_name_or_path:
+            head = AdaptiveDecoderHead.from_pretrained(args.head_name_or_path)
+        if head is None:
+            head = AdaptiveDecoderHead.for_model(self.lm, level=args.level, knob=args.knob, grid=args.grid,
+                                                 head_hidden_size=args.head_hidden_size,
+                                                 num_layers=args.head_num_layers)
+        head.check_compatible(self.lm)
+        self.reward_funcs, self.reward_weights = resolve_rewards(
+            reward_funcs if reward_funcs is not None else args.reward_funcs, args.reward_weights)
+        train_dataset = train_dataset if train_dataset is not None else load_prompt_dataset(args)
+        if len(train_dataset) == 0:
+            raise ValueError("The prompt dataset is empty.")
+        if "prompt" not in train_dataset.column_names:
+            raise ValueError(f"The prompt dataset needs a 'prompt' column (TRL prompt-only format); "
+                             f"it has {train_dataset.column_names}.")
+        super().__init__(model=head, args=args, train_dataset=train_dataset, data_collator=lambda rows: rows,
+                         callbacks=callbacks)
+        self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's pair count
+        self.lm.to(self.accelerator.device)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._completions: list[dict] = []
+
+    # --- generation, scoring, pairing (once per optimizer step) -------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batches:
+            return batches, None
+        rows = [row for batch in batches for row in batch]
+        slices = self._generate_and_pair(rows, num_slices=len(batches))
+        return slices, None
+
+    def _filter_long_prompts(self, rows: list[dict]) -> list[dict]:
+        lengths = [len(ids) for ids in encode_prompts(self.tokenizer, [r["prompt"] for r in rows])]
+        kept = [r for r, n in zip(rows, lengths) if n <= self.args.max_prompt_length]
+        self._metrics["prompts_skipped_too_long"].append(float(len(rows) - len(kept)))
+        return kept
+
+    def _generate_and_pair(self, rows: list[dict], num_slices: int) -> list[dict]:
+        args, n = self.args, self.args.num_generations
+        rows = self._filter_long_prompts(rows)
+        head = self.accelerator.unwrap_model(self.model)
+        need_latent = args.loss_type == "lpo_latent"
+        traces = []
+        if rows:
+            # seeds depend on the prompt, not on its rank or batch: 1 and 2 processes sample alike
+            seeds = [seed_for(args.seed, self.state.global_step, str(r["prompt"])) for r in rows]
+            was_training = head.training
+            head.eval()
+            traces = generate(self.lm, self.tokenizer, [r["prompt"] for r in rows],
+                              AdaptiveDecoderRule(head, args.selection),
+                              SamplingParams(max_new_tokens=args.max_completion_length, num_samples=n,
+                                             top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                             prompt_seeds=seeds,
+                                             batch_size=args.generation_batch_size, trace_hidden=True,
+                                             trace_choice_logps=need_latent))
+            head.train(was_training)
+        rewards, per_func = self._score(rows, traces)
+        groups = [rewards[i * n:(i + 1) * n].tolist() for i in range(len(rows))]
+        secondary = None
+        if args.pair_mode == "constrained":
+            if per_func.shape[1] < 2:
+                raise ValueError("pair_mode 'constrained' needs two reward functions: the ranking reward and the "
+                                 "secondary criterion (e.g. the constraint).")
+            secondary = [per_func[i * n:(i + 1) * n, 1].tolist() for i in range(len(rows))]
+        pairs, stats = build_pairs(groups, args.pair_mode, secondary=secondary, top_k=args.pair_top_k)
+        self._log_generation(rows, traces, rewards, per_func, pairs, stats)
+        features = [self._pair_features(traces[p.prompt_index * n + p.chosen], traces[p.prompt_index * n + p.rejected])
+                    + (p.chosen_reward, p.rejected_reward) for p in pairs]
+        total = max(len(features), 1)
+        return [self._collate(features[i::num_slices], total) for i in range(num_slices)]
+
+    def _score(self, rows, traces):
+        if not traces:
+            return torch.zeros(0), torch.zeros(0, len(self.reward_funcs))
+        n = self.args.num_generations
+        columns = {k: [r[k] for r in rows for _ in range(n)] for k in rows[0] if k != "prompt"}
+        return compute_rewards(self.reward_funcs, self.reward_weights,
+                               [rows[t.prompt_index]["prompt"] for t in traces], [t.text for t in traces],
+                               completion_ids=[t.token_ids for t in traces], **columns)
+
+    def _pair_features(self, chosen, rejected) -> tuple:
+        return tuple((t.hidden, torch.tensor(t.choices if self.args.level == "token" else t.choices[:1]),
+                      t.choice_logps) for t in (chosen, rejected))
+
+    def _collate(self, features: list[tuple], total_pairs: int) -> dict:
+        device = self.accelerator.device
+        out = {"num_pairs_in_step": total_pairs, "num_pairs": len(features)}
+        for side, idx in (("chosen", 0), ("rejected", 1)):
+            if not features:
+                continue
+            hidden = [f[idx][0] for f in features]
+            out[f"{side}_hidden"] = _pad(hidden).to(device)
+            out[f"{side}_choices"] = _pad([f[idx][1] for f in features], -1).to(device)
+            out[f"{side}_mask"] = _pad([torch.ones(len(h)) for h in hidden]).to(device)
+            if features[0][idx][2] is not None:
+                lps = [f[idx][2] for f in features]
+                out[f"{side}_token_logps"] = _pad(lps, 0.0).to(device)
+                out[f"{side}_token_mask"] = _pad([torch.ones(len(x)) for x in lps]).to(device)
+            out[f"{side}_reward"] = torch.tensor([f[2 + idx] for f in features], device=device)
+        return out
+
+    def _prepare_inputs(self, inputs):
+        return inputs  # already on device (built in _collate)
+
+    # --- loss ------------------------------------------------------------------------------
+
+    def _side_logps(self, model, inputs, side):
+        log_probs = torch.log_softmax(model(inputs[f"{side}_hidden"]).float(), dim=-1)  # [P, T, K]
+        return log_probs, choice_logps(log_probs, inputs[f"{side}_choices"], inputs[f"{side}_mask"])
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if inputs["num_pairs"] == 0:  # keep every rank's graph identical (DDP) when no pair was formed
+            loss = sum(p.sum() for p in model.parameters()) * 0.0
+            return (loss, None) if return_outputs else loss
+        args = self.args
+        lp_c_all, logp_c = self._side_logps(model, inputs, "chosen")
+        lp_r_all, logp_r = self._side_logps(model, inputs, "rejected")
+        if args.loss_type == "lpo":
+            per_pair = lpo_loss(logp_c, logp_r, args.beta)
+        elif args.loss_type == "lpo_joint":
+            per_pair = lpo_joint_loss(logp_c, logp_r, args.beta)
+        elif args.loss_type == "nll_chosen":
+            per_pair = nll_chosen_loss(logp_c)
+        else:
+            ratios = []
+            for side, lp in (("chosen", lp_c_all), ("rejected", lp_r_all)):
+                token_logps = inputs[f"{side}_token_logps"]
+                head_lp = lp if args.level == "token" else lp[:, :1].expand(-1, token_logps.shape[1], -1)
+                ratios.append(latent_logratio(head_lp, token_logps, inputs[f"{side}_token_mask"], args.latent_form))
+            per_pair = lpo_latent_loss(ratios[0], ratios[1], args.beta)
+        loss = per_pair.sum() / inputs["num_pairs_in_step"]
+        with torch.no_grad():
+            margin = args.beta * (logp_c - logp_r)
+            self._record({"logps/chosen": logp_c.mean(), "logps/rejected": logp_r.mean(),
+                          "rewards/chosen": inputs["chosen_reward"].mean(),
+                          "rewards/rejected": inputs["rejected_reward"].mean(),
+                          "rewards/margins": (inputs["chosen_reward"] - inputs["rejected_reward"]).mean(),
+                          "rewards/accuracies": (logp_c > logp_r).float().mean(),
+                          "lpo/choice_margin": margin.mean()})
+        return (loss, None) if return_outputs else loss
+
+    # --- metrics, logging ----------------------------------------------------------------------
+
+    def _record(self, values: dict) -> None:
+        for k, v in values.items():
+            v = torch.as_tensor(v, dtype=torch.float32, device=self.accelerator.device).reshape(1)
+            self._metrics[k].append(self.accelerator.gather(v).nanmean().item())
+
+    def _log_generation(self, rows, traces, rewards, per_func, pairs, stats) -> None:
+        n, grid = self.args.num_generations, self.accelerator.unwrap_model(self.model).config.grid
+        finite = rewards[~rewards.isnan()]
+        metrics = {"reward": finite.mean() if len(finite) else math.nan,
+                   "reward_std": finite.std() if len(finite) > 1 else 0.0,
+                   "frac_prompts_tied": stats.frac_tied, "num_pairs": float(stats.pairs),
+                   "prompts_without_valid_rewards": float(stats.invalid),
+                   "completions/mean_length": (sum(len(t.token_ids) for t in traces) / len(traces)) if traces else 0.0}
+        for j, fn in enumerate(self.reward_funcs):
+            col = per_func[:, j] if len(per_func) else torch.zeros(0)
+            metrics[f"rewards/{reward_name(fn)}/mean"] = col.nanmean() if len(col) else math.nan
+        values = [v for t in traces for v in t.values]
+        metrics["choice/mean_value"] = sum(values) / len(values) if values else math.nan
+        choices = [c for t in traces for c in (t.choices or [])]
+        for k, g in enumerate(grid):
+            metrics[f"choice/frac_{g:g}"] = choices.count(k) / len(choices) if choices else math.nan
+        families = defaultdict(list)
+        for t in traces:
+            families[rows[t.prompt_index].get("family", None)].extend(t.values)
+        for fam, vals in families.items():
+            if fam is not None and vals:
+                metrics[f"choice/{fam}/mean_value"] = sum(vals) / len(vals)
+        self._record(metrics)
+        paired = {(p.prompt_index, p.chosen): "chosen" for p in pairs}
+        paired.update({(p.prompt_index, p.rejected): "rejected" for p in pairs})
+        self._completions = [{
+            "step": self.state.global_step, "prompt": str(rows[t.prompt_index]["prompt"]), "completion": t.text,
+            "reward": float(rewards[i]), "choices": [grid[c] for c in (t.choices or [])],
+            "family": rows[t.prompt_index].get("family"), "pair_role": paired.get((t.prompt_index, t.sample_index), ""),
+        } for i, t in enumerate(traces)]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for k, v in self._metrics.items():
+            finite = [x for x in v if not math.isnan(x)]
+            logs[k] = sum(finite) / len(finite) if finite else math.nan
+        self._metrics.clear()
+        if self._completions and self.is_world_process_zero():
+            self._write_completions()
+        super().log(logs, start_time)
+
+    def _write_completions(self) -> None:
+        import pandas as pd
+
+        folder = Path(self.args.output_dir) / "completions"
+        folder.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame(self._completions)
+        frame.to_parquet(folder / f"completions_{self.state.global_step:05d}.parquet")
+        if "wandb" in (self.args.report_to or []):
+            import wandb
+
+            if wandb.run is not None:
+                wandb.log({"completions": wandb.Table(dataframe=frame.astype({"choices": str}))},
+                          step=self.state.global_step)
+
+    # --- saving -----------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the head artifact only (never the frozen LM), with a model card."""
+        output_dir = output_dir or self.args.output_dir
+        if self.is_world_process_zero():
+            head = self.accelerator.unwrap_model(self.model)
+            head.config.base_model = head.config.base_model or self.lm.config.name_or_path
+            head.save_pretrained(output_dir, model_card=self._model_card(head))
+            self._plot_choices(Path(output_dir))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from safetensors.torch import load_file
+
+        head = self.accelerator.unwrap_model(model or self.model)
+        head.load_state_dict(load_file(str(Path(resume_from_checkpoint) / "model.safetensors")))
+
+    def _model_card(self, head) -> str:
+        a = self.args
+        last = {k: v for entry in self.state.log_history for k, v in entry.items()
+                if k in ("loss", "reward", "rewards/accuracies", "choice/mean_value")}
+        rows = [("loss", a.loss_type), ("beta", a.beta), ("data", a.dataset_name or "custom dataset"),
+                ("rewards", ", ".join(reward_name(f) for f in self.reward_funcs)),
+                ("num_generations", a.num_generations), ("steps", self.state.global_step)]
+        rows += [(f"final {k}", f"{v:.4g}") for k, v in last.items()]
+        extra = "".join(f"| {k} | {v} |\n" for k, v in rows)
+        return default_model_card(head.config, extra)
+
+    def _plot_choices(self, folder: Path) -> None:
+        if not self._completions:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        by_family = defaultdict(list)
+        for row in self._completions:
+            by_family[row["family"] or "all"].extend(row["choices"])
+        grid = list(self.accelerator.unwrap_model(self.model).config.grid)
+        fig, axes = plt.subplots(1, len(by_family), figsize=(3.2 * len(by_family), 2.8), squeeze=False)
+        for ax, (fam, vals) in zip(axes[0], sorted(by_family.items())):
+            counts = [vals.count(g) / max(len(vals), 1) for g in grid]
+            ax.bar([f"{g:g}" for g in grid], counts)
+            ax.set(title=fam, xlabel=self.args.knob, ylim=(0, 1))
+        axes[0][0].set_ylabel("share of choices")
+        fig.tight_layout()
+        fig.savefig(folder / "choice_histogram.png", dpi=100)
+        plt.close(fig)

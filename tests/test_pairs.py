@@ -1,0 +1,43 @@
+import math
+
+import pytest
+
+from lpo_train.pairs import Pair, build_pairs
+
+
+def test_best_vs_worst_with_deterministic_ties():
+    pairs, stats = build_pairs([[0.1, 0.9, 0.3, 0.9, 0.1], [1.0, 0.0]])
+    assert pairs == [Pair(0, 1, 0, 0.9, 0.1), Pair(1, 0, 1, 1.0, 0.0)]
+    assert stats.pairs == 2 and stats.tied == 0
+
+
+def test_all_tied_groups_give_no_pair_and_are_counted():
+    pairs, stats = build_pairs([[1.0, 1.0, 1.0], [0.0, 1.0], [0.5, 0.5]])
+    assert [p.prompt_index for p in pairs] == [1]
+    assert stats.tied == 2 and stats.frac_tied == pytest.approx(2 / 3) and stats.skipped_prompts == [0, 2]
+
+
+def test_none_and_nan_rewards_are_dropped_and_counted():
+    pairs, stats = build_pairs([[None, 0.2, float("nan"), 0.7], [None, None, 0.3], [math.nan, math.nan]])
+    assert pairs == [Pair(0, 3, 1, 0.7, 0.2)]
+    assert stats.invalid == 2 and stats.dropped_rewards == 6
+
+
+def test_all_pairs_mode():
+    pairs, _ = build_pairs([[0.3, 0.1, 0.3, 0.0]], mode="all")
+    assert {(p.chosen, p.rejected) for p in pairs} == {(0, 1), (0, 3), (2, 1), (2, 3), (1, 3)}
+
+
+def test_constrained_mode_uses_the_secondary_criterion():
+    rewards = [[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]]
+    constraint = [[0.1, 0.5, 0.9, 0.2, 0.0, 0.3, 0.8, 0.6]]
+    pairs, _ = build_pairs(rewards, mode="constrained", secondary=constraint, top_k=4)
+    # top 4 by reward: 0..3 -> best constraint is 2; bottom 4: 4..7 -> worst constraint is 4
+    assert pairs == [Pair(0, 2, 4, 0.7, 0.5)]
+
+
+def test_bad_mode_and_missing_secondary():
+    with pytest.raises(ValueError, match="best_worst"):
+        build_pairs([[1, 0]], mode="random")
+    with pytest.raises(ValueError, match="secondary"):
+        build_pairs([[1, 0]], mode="constrained")
