@@ -44,12 +44,41 @@ def _toy_sweep(args) -> dict:
 
 
 def _demo(args) -> None:
-    args.seeds, args.families = [0], ["arith", "story", "constrained", "sentiment"]
-    print("== lpo-train demo: the toy world ==\n1. pretraining (or loading) the small toy LM")
-    from lpo_train.tasks.toy_lm import toy_lm_path
+    """Toy world end to end: pretrained LM -> fixed-T sweep -> LPO (sequence level) -> evaluation."""
+    from lpo_train.decoding import AdaptiveDecoderRule, FixedTemperature
+    from lpo_train.evaluation.sweep import evaluate_rules
+    from lpo_train.tasks.toy import make_prompts, toy_reward
+    from lpo_train.tasks.toy_lm import load_toy_lm, toy_lm_path
+    from lpo_train.train import main as train_main
 
-    print(f"   {toy_lm_path('small', 0)}\n2. fixed-temperature sweep")
+    start = time.time()
+    print("== lpo-train demo: the toy world ==\n[1/4] pretraining (or loading) the small toy LM")
+    print(f"      {toy_lm_path('small', 0)}")
+    print("[2/4] fixed-temperature sweep over all four families")
+    args.seeds = [0]
     _toy_sweep(args)
+    print("[3/4] LPO: training a sequence-level AdaptiveDecoder head on arith + story")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "lpo_seq.yaml"
+    out = Path(args.output_dir) / "lpo_seq"
+    trainer = train_main(["--config", str(recipe), "--output_dir", str(out), "--report_to", "none"])
+    head = trainer.accelerator.unwrap_model(trainer.model).eval()
+    print("[4/4] evaluation on held-out prompts: the trained head (argmax) vs every fixed temperature")
+    model, tokenizer = load_toy_lm("small", 0)
+    rows = make_prompts(["arith", "story"], n_per_family=48, seed=4242)
+    rules = {f"T={t:g}": FixedTemperature(t) for t in args.temperatures}
+    rules["AD-seq"] = AdaptiveDecoderRule(head, "argmax", model=model)
+    rewards, values = evaluate_rules(model, tokenizer, rows, toy_reward, rules, num_samples=args.num_samples)
+    names = list(rules)
+    print("| family | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for fam in rewards:
+        print(f"| {fam} | " + " | ".join(f"{rewards[fam][n]:.3f}" for n in names) + " |")
+    mix = {n: sum(rewards[f][n] for f in rewards) / len(rewards) for n in names}
+    print("| mix | " + " | ".join(f"{mix[n]:.3f}" for n in names) + " |")
+    best_fixed = max((n for n in names if n != "AD-seq"), key=mix.get)
+    print(f"\nwhere the head sends each family (mean chosen temperature): "
+          + ", ".join(f"{fam} -> {values[fam]['AD-seq']:.2f}" for fam in values))
+    print(f"AD-seq mix reward {mix['AD-seq']:.3f} vs best fixed {best_fixed} {mix[best_fixed]:.3f}; "
+          f"head saved to {out}; {time.time() - start:.0f} s in total.")
 
 
 def _add_sweep_args(p) -> None:
@@ -64,6 +93,7 @@ def _add_sweep_args(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpo-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train an AdaptiveDecoder head with LPO: --config recipe.yaml [--key value ...]")
 
     p = sub.add_parser("toy-pretrain", help="pretrain the toy world's LM and cache it")
     p.add_argument("--size", default="small", choices=["small", "base"])
@@ -81,12 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the embedded default: the toy world end to end on CPU")
     _add_sweep_args(p)
+    p.set_defaults(n_per_family=16)
     p.add_argument("--output-dir", default="outputs/demo")
     p.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # TRL-style parser: --config recipe.yaml plus --key value overrides
+        from lpo_train.train import main as train_main
+
+        train_main(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     args.func(args)
 

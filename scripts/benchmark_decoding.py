@@ -2,8 +2,8 @@
 
 Not a test. All methods run in one process on the same model, prompts, batch and length (EOS
 ignored), after a warm-up, interleaved round-robin for ``--repeats`` rounds; the median time is
-reported and ratios are printed side by side. Peak memory is measured per method in a fresh
-subprocess (CPU: max RSS, which includes the model; CUDA: max allocated).
+reported and ratios are printed side by side. Peak memory beyond the loaded model is measured
+per method in a fresh subprocess (CPU: peak RSS over RSS before the call; CUDA: max allocated).
 
     python scripts/benchmark_decoding.py --model toy --batch 32 --new-tokens 64
     python scripts/benchmark_decoding.py --model smollm2 --batch 16 --new-tokens 64
@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 METHODS = ["hf_generate", "fixed_T", "ad_token", "ad_sequence", "edt", "kld"]
 
@@ -88,8 +88,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_all(args) -> dict[str, float]:
-    """Median seconds per method, methods interleaved round-robin so drift hits all alike."""
+def time_all(args) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per method and the spread (max - min) / median, methods interleaved
+    round-robin so drift hits all alike."""
     calls = build_calls(args)
     for call in calls.values():  # warm-up
         call()
@@ -101,22 +102,35 @@ def time_all(args) -> dict[str, float]:
             call()
             _sync(args.device)
             times[m].append(time.perf_counter() - start)
-    return {m: statistics.median(t) for m, t in times.items()}
+    return ({m: statistics.median(t) for m, t in times.items()},
+            {m: (max(t) - min(t)) / statistics.median(t) for m, t in times.items()})
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def peak_memory_mib(method: str, args) -> float:
-    """Peak memory of one method: CUDA max allocated, or on CPU the max RSS of a fresh process."""
+    """Extra memory one call needs beyond the loaded model, in a fresh process: CUDA max
+    allocated minus allocated before; on CPU (Linux) the peak RSS (VmHWM, reset through
+    /proc/self/clear_refs) minus the RSS before the call."""
     import torch
 
     args.methods = [method]
     call = build_calls(args)[method]
+    call()  # warm-up: lazy allocations and caches
     if args.device.startswith("cuda"):
-        call()
+        before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         call()
-        return torch.cuda.max_memory_allocated() / 2**20
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
+    before = _status_kib("VmRSS")
     call()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return (_status_kib("VmHWM") - before) / 1024
 
 
 def main() -> None:
@@ -132,7 +146,7 @@ def main() -> None:
     if args.only:
         print(json.dumps({"peak_mib": peak_memory_mib(args.only, args)}))
         return
-    seconds = time_all(args)
+    seconds, spread = time_all(args)
     peaks = {}
     for method in args.methods:  # each method's peak memory in its own process
         cmd = [sys.executable, __file__, "--only", method, "--model", args.model, "--device", args.device,
@@ -142,15 +156,15 @@ def main() -> None:
             raise SystemExit(f"{method} failed:\n{out.stderr[-2000:]}")
         peaks[method] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
     tps = {m: args.batch * args.new_tokens / s for m, s in seconds.items()}
-    kind = "CUDA max allocated" if args.device.startswith("cuda") else "process max RSS"
+    kind = "extra CUDA allocated" if args.device.startswith("cuda") else "extra peak RSS"
     print(f"model={args.model} device={args.device} batch={args.batch} new_tokens={args.new_tokens} "
           f"repeats={args.repeats} (median, interleaved)")
-    print(f"| method | tokens/s | x engine fixed-T | x HF generate | peak MiB ({kind}) |")
-    print("|---|---|---|---|---|")
+    print(f"| method | tokens/s | run-to-run spread | x engine fixed-T | x HF generate | MiB ({kind}) |")
+    print("|---|---|---|---|---|---|")
     for m in args.methods:
         vs_fixed = f"{tps[m] / tps['fixed_T']:.3f}" if "fixed_T" in tps else "-"
         vs_hf = f"{tps[m] / tps['hf_generate']:.3f}" if "hf_generate" in tps else "-"
-        print(f"| {m} | {tps[m]:.0f} | {vs_fixed} | {vs_hf} | {peaks[m]:.0f} |")
+        print(f"| {m} | {tps[m]:.0f} | {spread[m]:.0%} | {vs_fixed} | {vs_hf} | {peaks[m]:.0f} |")
 
 
 if __name__ == "__main__":

@@ -276,6 +276,12 @@ class LPOTrainer(Trainer):
             head.save_pretrained(output_dir, model_card=self._model_card(head))
             self._plot_choices(Path(output_dir))
 
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Called by ``push_to_hub``: keep lpo-train's head card rather than Trainer's LM card."""
+        if self.is_world_process_zero():
+            head = self.accelerator.unwrap_model(self.model)
+            (Path(self.args.output_dir) / "README.md").write_text(self._model_card(head))
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from safetensors.torch import load_file
 
