@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
 from lpo_train.decoding.engine import encode_prompts
@@ -65,6 +65,7 @@ class LPOTrainer(Trainer):
         if head is None and args.head_name_or_path:
             head = AdaptiveDecoderHead.from_pretrained(args.head_name_or_path)
         if head is None:
+            set_seed(args.seed)  # the head's initialisation depends on the seed only, not on the launcher
             head = AdaptiveDecoderHead.for_model(self.lm, level=args.level, knob=args.knob, grid=args.grid,
                                                  head_hidden_size=args.head_hidden_size,
                                                  num_layers=args.head_num_layers)
