@@ -133,7 +133,11 @@ def compute_rewards(funcs, weights, prompts, completions, completion_ids=None, *
     the functions that scored a row (NaN when none did)."""
     per_func = torch.full((len(completions), len(funcs)), float("nan"))
     for j, fn in enumerate(funcs):
-        out = fn(prompts, completions, completion_ids=completion_ids, **columns)
+        try:
+            out = fn(prompts, completions, completion_ids=completion_ids, **columns)
+        except Exception as e:
+            raise RuntimeError(f"Reward function {reward_name(fn)!r} failed on {len(completions)} completions: "
+                               f"{type(e).__name__}: {e}") from e
         if len(out) != len(completions):
             raise ValueError(f"Reward {reward_name(fn)!r} returned {len(out)} values for {len(completions)} completions.")
         per_func[:, j] = torch.tensor([math.nan if v is None else float(v) for v in out])

@@ -103,7 +103,7 @@ def test_rewards_that_fail_for_whole_groups_are_counted_not_paired(toy_lm_folder
         raise RuntimeError("reward server down")
 
     trainer = LPOTrainer(model=str(toy_lm_folder), reward_funcs=[raises], args=_config(tmp_path, max_steps=1))
-    with pytest.raises(RuntimeError, match="reward server down"):
+    with pytest.raises(RuntimeError, match="Reward function .raises. failed on 16 completions: RuntimeError: reward server down"):
         trainer.train()
 
 

@@ -132,6 +132,10 @@ class LPOTrainer(Trainer):
         self._log_generation(rows, traces, rewards, per_func, pairs, stats)
         features = [self._pair_features(traces[p.prompt_index * n + p.chosen], traces[p.prompt_index * n + p.rejected])
                     + (p.chosen_reward, p.rejected_reward) for p in pairs]
+        if features:  # what the traced features of one pair cost (budget this at paper scale)
+            nbytes = sum(x.numel() * x.element_size() for f in features for side in f[:2] for x in side
+                         if x is not None)
+            self._record({"features/bytes_per_pair": nbytes / len(features)})
         total = max(len(features), 1)
         return [self._collate(features[i::num_slices], total) for i in range(num_slices)]
 

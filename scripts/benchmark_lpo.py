@@ -1,0 +1,80 @@
+"""Benchmark one LPO optimizer step against only sampling the same responses.
+
+Not a test. Both run in one process on the same prompts, head and sampling settings,
+interleaved round-robin after a warm-up; the median is reported. An LPO step = sampling with
+traces + rewards + pairing + head forward/backward + optimizer step; the frozen LM never runs
+again, so the target is <= 1.15x the sampling time.
+
+    python scripts/benchmark_lpo.py --model toy:small --prompts 16 --num-generations 8 --new-tokens 64
+    python scripts/benchmark_lpo.py --model smollm2 --prompts 4 --num-generations 4 --new-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="toy:small")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--num-generations", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--level", default="token", choices=["token", "sequence"])
+    parser.add_argument("--loss-type", default="lpo")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import torch
+
+    from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
+    from lpo_train.tasks.toy import make_prompts
+    from lpo_train.trainers import LPOConfig, LPOTrainer
+
+    config = LPOConfig(output_dir="/tmp/lpo_benchmark", model_name_or_path=args.model, dataset_name="toy",
+                       toy_families=["arith", "story"], toy_prompts_per_family=args.prompts,
+                       reward_funcs=["toy"], level=args.level, num_generations=args.num_generations,
+                       max_completion_length=args.new_tokens, per_device_train_batch_size=args.prompts,
+                       loss_type=args.loss_type, use_cpu=True, report_to="none", save_strategy="no")
+    trainer = LPOTrainer(args=config)
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    head, rows = trainer.model, make_prompts(["arith", "story"], args.prompts // 2, seed=1)
+
+    def sample_only():
+        generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], AdaptiveDecoderRule(head, "sample"),
+                 SamplingParams(max_new_tokens=args.new_tokens, num_samples=args.num_generations,
+                                batch_size=config.generation_batch_size))
+
+    def lpo_step():
+        (inputs,) = trainer._generate_and_pair(rows, num_slices=1)
+        loss = trainer.compute_loss(head, inputs)
+        loss.backward()
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+
+    calls = {"sample_only": sample_only, "lpo_step": lpo_step}
+    for call in calls.values():
+        call()
+    times = {k: [] for k in calls}
+    for _ in range(args.repeats):
+        for k, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[k].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    spread = {k: (max(v) - min(v)) / med[k] for k, v in times.items()}
+    bytes_per_pair = trainer._metrics.get("features/bytes_per_pair", [float("nan")])[-1]
+    print(f"model={args.model} level={args.level} prompts={args.prompts} N={args.num_generations} "
+          f"new_tokens={args.new_tokens} loss={args.loss_type} repeats={args.repeats} (median, interleaved)")
+    print("| what | seconds | spread |\n|---|---|---|")
+    for k in calls:
+        print(f"| {k} | {med[k]:.3f} | {spread[k]:.0%} |")
+    print(f"LPO step / sampling only: {med['lpo_step'] / med['sample_only']:.3f}x "
+          f"(traced features: {bytes_per_pair:.0f} bytes per pair)")
+    torch.set_grad_enabled(True)
+
+
+if __name__ == "__main__":
+    main()
