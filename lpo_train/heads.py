@@ -70,6 +70,10 @@ class AdaptiveDecoderConfig:
     def num_choices(self) -> int:
         return len(self.grid)
 
+    def to_dict(self) -> dict:
+        """JSON-ready fields (also what trackers such as W&B record as the model config)."""
+        return {"model_type": "adaptive_decoder", **asdict(self), "grid": list(self.grid)}
+
 
 class AdaptiveDecoderHead(nn.Module):
     """MLP (SiLU) from the LM's last hidden state to logits over the knob's grid.
@@ -122,9 +126,7 @@ class AdaptiveDecoderHead(nn.Module):
 
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": "adaptive_decoder", **asdict(self.config)}
-        config["grid"] = list(config["grid"])
-        (path / "config.json").write_text(json.dumps(config, indent=2))
+        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
                   str(path / "model.safetensors"))
         (path / "README.md").write_text(model_card or default_model_card(self.config))
