@@ -121,13 +121,17 @@ class AdaptiveDecoderHead(nn.Module):
 
     # --- artifact ------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory: str | Path, model_card: str | None = None) -> Path:
+    def save_pretrained(self, save_directory: str | Path, model_card: str | None = None,
+                        state_dict: dict | None = None) -> Path:
+        """Write config.json, model.safetensors and README.md. ``state_dict`` overrides the
+        module's own (e.g. weights gathered from DeepSpeed ZeRO-3 shards)."""
         from safetensors.torch import save_file
 
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+        state = state_dict if state_dict is not None else self.state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                   str(path / "model.safetensors"))
         (path / "README.md").write_text(model_card or default_model_card(self.config))
         return path

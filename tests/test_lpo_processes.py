@@ -79,3 +79,24 @@ def test_killed_run_resumes_to_the_same_head(toy_lm_folder, tmp_path):
     (a,), (b,) = _heads(full).values(), _heads(killed).values()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_two_cpu_processes(toy_lm_folder, tmp_path, stage):
+    out = tmp_path / stage
+    config = ROOT / "accelerate_configs" / f"{stage}_cpu2.yaml"
+    env = _env(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"))
+    env.pop("ACCELERATE_USE_CPU", None)  # with a DeepSpeed config it would silently fall back to DDP
+    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), HELPER,
+                          *_args(out, per_device_train_batch_size="2", save_strategy="steps", save_steps="3"),
+                          "--use_cpu", "true"], env=env, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "DeepSpeed" in run.stdout + run.stderr  # really ran under DeepSpeed
+    ranks = list(_heads(out).values())
+    assert len(ranks) == 2
+    saved = load_file(str(out / "checkpoint-3" / "model.safetensors"))  # gathered, full-size weights
+    for k in ranks[0]:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+        assert torch.equal(saved[k], ranks[0][k]), k  # the checkpoint holds the trained head, not shards
+    assert saved["mlp.4.weight"].abs().sum() > 0  # the zero-initialised last layer was trained

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -104,22 +105,8 @@ class LPOTrainer(Trainer):
     def _generate_and_pair(self, rows: list[dict], num_slices: int) -> list[dict]:
         args, n = self.args, self.args.num_generations
         rows = self._filter_long_prompts(rows)
-        head = self.accelerator.unwrap_model(self.model)
-        need_latent = args.loss_type == "lpo_latent"
-        traces = []
-        if rows:
-            # seeds depend on the prompt, not on its rank or batch: 1 and 2 processes sample alike
-            seeds = [seed_for(args.seed, self.state.global_step, str(r["prompt"])) for r in rows]
-            was_training = head.training
-            head.eval()
-            traces = generate(self.lm, self.tokenizer, [r["prompt"] for r in rows],
-                              AdaptiveDecoderRule(head, args.selection),
-                              SamplingParams(max_new_tokens=args.max_completion_length, num_samples=n,
-                                             top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                                             prompt_seeds=seeds,
-                                             batch_size=args.generation_batch_size, trace_hidden=True,
-                                             trace_choice_logps=need_latent))
-            head.train(was_training)
+        with self._head_for_generation() as head:
+            traces = self._sample(rows, head) if rows else []
         rewards, per_func = self._score(rows, traces)
         groups = [rewards[i * n:(i + 1) * n].tolist() for i in range(len(rows))]
         secondary = None
@@ -138,6 +125,34 @@ class LPOTrainer(Trainer):
             self._record({"features/bytes_per_pair": nbytes / len(features)})
         total = max(len(features), 1)
         return [self._collate(features[i::num_slices], total) for i in range(num_slices)]
+
+    @contextmanager
+    def _head_for_generation(self):
+        """The bare head. Under DeepSpeed ZeRO-3, transformers partitions the frozen LM at load
+        time and the engine partitions the head: both are gathered for the duration."""
+        head = self.accelerator.unwrap_model(self.model)
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None and plugin.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(head.parameters()) + list(self.lm.parameters())):
+                yield head
+        else:
+            yield head
+
+    def _sample(self, rows, head):
+        args = self.args
+        # seeds depend on the prompt, not on its rank or batch: 1 and 2 processes sample alike
+        seeds = [seed_for(args.seed, self.state.global_step, str(r["prompt"])) for r in rows]
+        was_training = head.training
+        head.eval()
+        traces = generate(self.lm, self.tokenizer, [r["prompt"] for r in rows], AdaptiveDecoderRule(head, args.selection),
+                          SamplingParams(max_new_tokens=args.max_completion_length, num_samples=args.num_generations,
+                                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, prompt_seeds=seeds,
+                                         batch_size=args.generation_batch_size, trace_hidden=True,
+                                         trace_choice_logps=args.loss_type == "lpo_latent"))
+        head.train(was_training)
+        return traces
 
     def _score(self, rows, traces):
         if not traces:
@@ -275,10 +290,11 @@ class LPOTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the head artifact only (never the frozen LM), with a model card."""
         output_dir = output_dir or self.args.output_dir
+        state = self.accelerator.get_state_dict(self.model_wrapped)  # collective: gathers ZeRO-3 shards
         if self.is_world_process_zero():
             head = self.accelerator.unwrap_model(self.model)
             head.config.base_model = head.config.base_model or self.lm.config.name_or_path
-            head.save_pretrained(output_dir, model_card=self._model_card(head))
+            head.save_pretrained(output_dir, model_card=self._model_card(head), state_dict=state)
             self._plot_choices(Path(output_dir))
 
     def create_model_card(self, *args, **kwargs) -> None:

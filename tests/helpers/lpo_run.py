@@ -22,11 +22,11 @@ def main():
     config = parse_config(sys.argv[1:])
     trainer = LPOTrainer(args=config, callbacks=[Sleep()])
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    head = trainer.accelerator.unwrap_model(trainer.model)
     rank = trainer.accelerator.process_index
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
-              str(Path(config.output_dir) / f"head_rank{rank}.safetensors"))
+    with trainer._head_for_generation() as head:  # gathers ZeRO-3 shards on every rank
+        state = {k: v.detach().clone().contiguous().cpu() for k, v in head.state_dict().items()}
+    save_file(state, str(Path(config.output_dir) / f"head_rank{rank}.safetensors"))
     if trainer.accelerator.num_processes > 1:
         import torch.distributed as dist
 
