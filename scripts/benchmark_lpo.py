@@ -48,7 +48,8 @@ def main() -> None:
                                 batch_size=config.generation_batch_size))
 
     def lpo_step():
-        (inputs,) = trainer._generate_and_pair(rows, num_slices=1)
+        features, _ = trainer._make_pairs(rows)
+        inputs = trainer._collate(features, max(len(features), 1))
         loss = trainer.compute_loss(head, inputs)
         loss.backward()
         trainer.optimizer.step()

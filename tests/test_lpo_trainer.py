@@ -112,3 +112,35 @@ def test_too_long_prompts_are_skipped_and_counted(toy_lm_folder, tmp_path):
     trainer.train()
     log = trainer.state.log_history[0]
     assert log["prompts_skipped_too_long"] == 4 and log["num_pairs"] == 0
+
+
+def test_offline_protocol_builds_pairs_once_then_trains_on_them(toy_lm_folder, tmp_path):
+    import datasets
+
+    pairs_path = tmp_path / "pairs.parquet"
+    args = _config(tmp_path, protocol="offline", pairs_path=str(pairs_path), loss_type="lpo_latent", level="token",
+                   per_device_train_batch_size=2, max_steps=3)
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=args)
+    pairs = datasets.load_dataset("parquet", data_files=str(pairs_path), split="train")
+    assert 0 < len(pairs) <= 8 and len(trainer.train_dataset) == len(pairs)
+    row = pairs[0]
+    assert row["chosen_reward"] > row["rejected_reward"] and row["num_generations"] == 4
+    assert len(row["chosen_hidden"]) == len(row["chosen_choices"]) == len(row["chosen_token_logps"])
+    assert len(row["chosen_hidden"][0]) == 64 and row["chosen_text"] and row["family"] in ("arith", "story")
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4) and len(losses) == 3
+    mtime = pairs_path.stat().st_mtime
+    again = LPOTrainer(model=str(toy_lm_folder), args=args)  # reuses the stored pairs
+    assert pairs_path.stat().st_mtime == mtime and len(again.train_dataset) == len(pairs)
+
+
+def test_offline_protocol_needs_a_path_and_a_valid_file(toy_lm_folder, tmp_path):
+    with pytest.raises(ValueError, match="pairs_path"):
+        _config(tmp_path, protocol="offline")
+    bogus = tmp_path / "bogus.parquet"
+    import datasets
+
+    datasets.Dataset.from_list([{"x": 1}]).to_parquet(str(bogus))
+    with pytest.raises(ValueError, match="not an lpo-train pairs dataset"):
+        LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, protocol="offline", pairs_path=str(bogus)))

@@ -9,6 +9,7 @@ scores them, pairs best vs worst and keeps the traced head inputs of the paired 
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from contextlib import contextmanager
@@ -45,6 +46,16 @@ def load_prompt_dataset(args: LPOConfig):
             raise FileNotFoundError(f"Prompt file {name} does not exist.")
         return datasets.load_dataset("parquet" if suffix == ".parquet" else "json", data_files=name, split="train")
     return datasets.load_dataset(name, split=args.dataset_split)
+
+
+def _stored_features(row: dict, dtype: torch.dtype) -> tuple:
+    """A stored pair (see ``LPOTrainer.build_pairs_dataset``) back in the loss's feature format."""
+    sides = []
+    for side in ("chosen", "rejected"):
+        logps = row.get(f"{side}_token_logps")
+        sides.append((torch.tensor(row[f"{side}_hidden"], dtype=dtype), torch.tensor(row[f"{side}_choices"]),
+                      None if logps is None else torch.tensor(logps, dtype=torch.float32)))
+    return (*sides, row["chosen_reward"], row["rejected_reward"])
 
 
 def _pad(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
@@ -85,6 +96,26 @@ class LPOTrainer(Trainer):
         self.lm.to(self.accelerator.device)
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._completions: list[dict] = []
+        if args.protocol == "offline":
+            self.train_dataset = self._offline_pairs(train_dataset)
+
+    def _offline_pairs(self, prompts):
+        """Load the pairs dataset at ``pairs_path``, or build it once (main process) and load it."""
+        import datasets
+
+        path = Path(self.args.pairs_path)
+        if not path.exists():
+            with self.accelerator.main_process_first():
+                if self.accelerator.is_main_process and not path.exists():
+                    self.build_pairs_dataset(prompts, path)
+        pairs = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        missing = {"chosen_hidden", "rejected_hidden", "chosen_choices", "rejected_choices"} - set(pairs.column_names)
+        if missing:
+            raise ValueError(f"{path} is not an lpo-train pairs dataset (missing {sorted(missing)}).")
+        if self.args.loss_type == "lpo_latent" and pairs[0]["chosen_token_logps"] is None:
+            raise ValueError(f"{path} was built without per-choice token log-probs; rebuild it with "
+                             "loss_type=lpo_latent (delete the file).")
+        return pairs
 
     # --- generation, scoring, pairing (once per optimizer step) -------------------------------
 
@@ -92,9 +123,34 @@ class LPOTrainer(Trainer):
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batches:
             return batches, None
+        if self.args.protocol == "offline":  # batches of stored pairs
+            features = [[_stored_features(row, self.lm.dtype) for row in batch] for batch in batches]
+            total = max(sum(map(len, features)), 1)
+            return [self._collate(f, total) for f in features], None
         rows = [row for batch in batches for row in batch]
-        slices = self._generate_and_pair(rows, num_slices=len(batches))
-        return slices, None
+        features, _ = self._make_pairs(rows)
+        total = max(len(features), 1)
+        return [self._collate(features[i::len(batches)], total) for i in range(len(batches))], None
+
+    def build_pairs_dataset(self, prompts, path: str | Path | None = None, chunk_size: int = 64):
+        """The paper's offline protocol: sample and score once with the current (initial) head,
+        keep the pairs with their traced features (and what is needed to re-score them), and
+        save them as parquet when ``path`` is given. Returns a ``datasets.Dataset``."""
+        import datasets
+
+        records = []
+        for start in range(0, len(prompts), chunk_size):
+            _, stored = self._make_pairs([prompts[i] for i in range(start, min(start + chunk_size, len(prompts)))])
+            records += stored
+        if not records:
+            raise ValueError("No pair could be built from the prompts: every group tied or had no valid reward.")
+        dataset = datasets.Dataset.from_list(records)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(str(path) + ".partial")
+            dataset.to_parquet(str(tmp))
+            tmp.rename(path)  # a half-written file is never taken for a finished pairs dataset
+        return dataset
 
     def _filter_long_prompts(self, rows: list[dict]) -> list[dict]:
         lengths = [len(ids) for ids in encode_prompts(self.tokenizer, [r["prompt"] for r in rows])]
@@ -102,7 +158,9 @@ class LPOTrainer(Trainer):
         self._metrics["prompts_skipped_too_long"].append(float(len(rows) - len(kept)))
         return kept
 
-    def _generate_and_pair(self, rows: list[dict], num_slices: int) -> list[dict]:
+    def _make_pairs(self, rows: list[dict]) -> tuple[list[tuple], list[dict]]:
+        """Sample N responses per prompt, score, pair. Returns the pairs' features for the loss
+        and, per pair, a storable record (prompt, seed, choices, rewards, features)."""
         args, n = self.args, self.args.num_generations
         rows = self._filter_long_prompts(rows)
         with self._head_for_generation() as head:
@@ -123,8 +181,22 @@ class LPOTrainer(Trainer):
             nbytes = sum(x.numel() * x.element_size() for f in features for side in f[:2] for x in side
                          if x is not None)
             self._record({"features/bytes_per_pair": nbytes / len(features)})
-        total = max(len(features), 1)
-        return [self._collate(features[i::num_slices], total) for i in range(num_slices)]
+        stored = []
+        if args.protocol == "offline":
+            for p, f in zip(pairs, features):
+                row = rows[p.prompt_index]
+                record = {"prompt": json.dumps(row["prompt"]), "family": row.get("family"),
+                          "seed": self._prompt_seed(row), "num_generations": n,
+                          "chosen_index": p.chosen, "rejected_index": p.rejected,
+                          "chosen_reward": p.chosen_reward, "rejected_reward": p.rejected_reward}
+                for side, (hidden, choices, logps) in zip(("chosen", "rejected"), f[:2]):
+                    trace = traces[p.prompt_index * n + (p.chosen if side == "chosen" else p.rejected)]
+                    record[f"{side}_text"] = trace.text
+                    record[f"{side}_hidden"] = hidden.float().tolist()
+                    record[f"{side}_choices"] = choices.tolist()
+                    record[f"{side}_token_logps"] = None if logps is None else logps.tolist()
+                stored.append(record)
+        return features, stored
 
     @contextmanager
     def _head_for_generation(self):
@@ -140,10 +212,13 @@ class LPOTrainer(Trainer):
         else:
             yield head
 
+    def _prompt_seed(self, row) -> int:
+        # seeds depend on the prompt, not on its rank or batch: 1 and 2 processes sample alike
+        return seed_for(self.args.seed, self.state.global_step, str(row["prompt"]))
+
     def _sample(self, rows, head):
         args = self.args
-        # seeds depend on the prompt, not on its rank or batch: 1 and 2 processes sample alike
-        seeds = [seed_for(args.seed, self.state.global_step, str(r["prompt"])) for r in rows]
+        seeds = [self._prompt_seed(r) for r in rows]
         was_training = head.training
         head.eval()
         traces = generate(self.lm, self.tokenizer, [r["prompt"] for r in rows], AdaptiveDecoderRule(head, args.selection),

@@ -55,6 +55,10 @@ class LPOConfig(TrainingArguments):
     latent_form: str = _help("lpo_latent: marginalise per 'token' (Eq. 11) or over the whole 'sequence'.",
                              "token")
     beta: float = _help("The DPO temperature beta of the LPO losses.", 0.1)
+    protocol: str = _help("online: sample with the current head every step (on-policy); offline: sample and "
+                          "score once with the initial head into a pairs dataset, then train on it (the paper).",
+                          "online")
+    pairs_path: str | None = _help("offline protocol: the pairs parquet file, built on first use.", None)
     # --- TrainingArguments defaults that suit a small head ------------------------------------
     learning_rate: float = _help("AdamW learning rate of the head.", 1e-3)
     logging_steps: float = _help("Log every this many optimizer steps.", 1)
@@ -70,13 +74,15 @@ class LPOConfig(TrainingArguments):
             raise ValueError(f"num_generations must be >= 2 to form pairs, got {self.num_generations}.")
         checks = [("level", LEVELS), ("knob", KNOBS), ("selection", SELECTIONS), ("pair_mode", PAIR_MODES),
                   ("loss_type", LOSS_TYPES), ("latent_form", ("token", "sequence")),
-                  ("lm_dtype", ("float32", "bfloat16", "float16"))]
+                  ("lm_dtype", ("float32", "bfloat16", "float16")), ("protocol", ("online", "offline"))]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs.")
+        if self.protocol == "offline" and not self.pairs_path:
+            raise ValueError("protocol 'offline' needs pairs_path (where the pairs dataset is built or read).")
         if self.max_completion_length < 1 or self.max_prompt_length < 1:
             raise ValueError("max_prompt_length and max_completion_length must be >= 1.")
         grid = [self.grid] if isinstance(self.grid, (str, float, int)) else list(self.grid)
