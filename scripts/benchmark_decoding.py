@@ -50,15 +50,12 @@ def build_calls(args) -> dict:
 
     from lpo_train import AdaptiveDecoderHead
     from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, FixedTemperature, SamplingParams, generate
-    from lpo_train.decoding.engine import encode_prompts
+    from lpo_train.decoding.engine import encode_prompts, left_pad
 
     model, tok = _load(args.model, args.device)
     prompts = _prompts(args.batch)
     params = SamplingParams(max_new_tokens=args.new_tokens, batch_size=args.batch, ignore_eos=True, seed=0)
-    ids = encode_prompts(tok, prompts)
-    width = max(map(len, ids))
-    input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids], device=args.device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=args.device)
+    input_ids, mask = left_pad(encode_prompts(tok, prompts), tok.pad_token_id, args.device)
 
     def hf_generate():
         with torch.no_grad():

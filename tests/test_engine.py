@@ -2,21 +2,17 @@ import pytest
 import torch
 
 from lpo_train.decoding import FixedTemperature, SamplingParams, generate, next_token_distribution
-from lpo_train.decoding.engine import encode_prompts
+from lpo_train.decoding.engine import encode_prompts, left_pad
 from lpo_train.decoding.rules import entropy
 
 PROMPTS = ["What is the answer?", "hi", "The quick brown fox jumps over the lazy dog and then"]
 
 
 def _hf_greedy(model, tokenizer, prompts, max_new_tokens):
-    ids = encode_prompts(tokenizer, prompts)
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    input_ids, mask = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
     out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
-                         max_new_tokens=max_new_tokens, pad_token_id=pad)
-    return [row[width:].tolist() for row in out]
+                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    return [row[input_ids.shape[1]:].tolist() for row in out]
 
 
 def test_greedy_equals_hf_generate_token_for_token(tiny_lm):

@@ -3,7 +3,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from lpo_train.decoding import EDT, KLD, edt_temperature, entropy
-from lpo_train.decoding.engine import encode_prompts
+from lpo_train.decoding.engine import encode_prompts, left_pad
 from lpo_train.decoding.hf import (
     AdaptiveDecoderLogitsProcessor, DynatempLogitsProcessor, EDTLogitsProcessor, RuleLogitsProcessor,
 )
@@ -13,10 +13,7 @@ PROMPTS = ["What is the answer?", "hi"]
 
 
 def _batch(tok, prompts):
-    ids = encode_prompts(tok, prompts)
-    width = max(map(len, ids))
-    return (torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids]),
-            torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids]))
+    return left_pad(encode_prompts(tok, prompts), tok.pad_token_id)
 
 
 def test_edt_processor_divides_each_row_by_its_temperature():

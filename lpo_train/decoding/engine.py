@@ -125,6 +125,14 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def left_pad(prompt_ids: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of a left-padded batch, as HF ``generate`` expects."""
+    width = max(map(len, prompt_ids))
+    ids = torch.tensor([[pad_id] * (width - len(x)) + list(x) for x in prompt_ids], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompt_ids], dtype=torch.long, device=device)
+    return ids, mask
+
+
 class _Stream:
     """One model decoding a left-padded batch with its own KV cache, mask and positions."""
 
@@ -135,16 +143,10 @@ class _Stream:
         self.body, self.head = model.get_decoder(), model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.device = next(model.parameters()).device
-        width = max(map(len, prompt_ids))
-        ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-        self.full_mask = torch.zeros((len(prompt_ids), width + max_new_tokens), dtype=torch.long)
-        self.mask = self.full_mask[:, :width]
-        for r, x in enumerate(prompt_ids):  # left padding
-            ids[r, width - len(x):] = torch.tensor(x)
-            self.mask[r, width - len(x):] = 1
-        ids, self.full_mask = ids.to(self.device), self.full_mask.to(self.device)
-        self.width = width
-        self.full_mask[:, width:] = 1  # generated tokens are always attended to
+        ids, mask = left_pad(prompt_ids, pad_id, self.device)
+        self.width = width = ids.shape[1]
+        # room for every generated token, always attended to: no torch.cat per step
+        self.full_mask = torch.cat([mask, mask.new_ones((len(prompt_ids), max_new_tokens))], dim=-1)
         self.mask = self.full_mask[:, :width]
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = DynamicCache(config=model.config)
