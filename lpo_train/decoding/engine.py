@@ -11,7 +11,7 @@ Finished rows leave the batch (their KV cache rows are dropped), so they stop co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -56,12 +56,11 @@ class Trace:
     token_ids: list[int]  # generated tokens, EOS included when produced
     text: str  # decoded completion, without EOS/special tokens, cut after a stop string
     finish_reason: str  # "eos", "stop" or "length"
-    values: list[float]  # the temperature applied at each step (0 = greedy)
+    values: list[float]  # the knob value applied at each step (temperature: 0 = greedy)
     entropies: list[float]  # entropy (nats) of softmax(raw logits) at each step
     choices: list[int] | None = None  # grid index per step (one entry for sequence rules)
     hidden: torch.Tensor | None = None  # [steps or 1, H] in the model's dtype
     choice_logps: torch.Tensor | None = None  # [steps, K] float32
-    extras: dict = field(default_factory=dict)
 
 
 def next_token_distribution(

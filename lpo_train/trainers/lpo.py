@@ -140,7 +140,8 @@ class LPOTrainer(Trainer):
 
         records = []
         for start in range(0, len(prompts), chunk_size):
-            _, stored = self._make_pairs([prompts[i] for i in range(start, min(start + chunk_size, len(prompts)))])
+            chunk = [prompts[i] for i in range(start, min(start + chunk_size, len(prompts)))]
+            _, stored = self._make_pairs(chunk, keep_records=True)
             records += stored
         if not records:
             raise ValueError("No pair could be built from the prompts: every group tied or had no valid reward.")
@@ -158,9 +159,10 @@ class LPOTrainer(Trainer):
         self._metrics["prompts_skipped_too_long"].append(float(len(rows) - len(kept)))
         return kept
 
-    def _make_pairs(self, rows: list[dict]) -> tuple[list[tuple], list[dict]]:
+    def _make_pairs(self, rows: list[dict], keep_records: bool = False) -> tuple[list[tuple], list[dict]]:
         """Sample N responses per prompt, score, pair. Returns the pairs' features for the loss
-        and, per pair, a storable record (prompt, seed, choices, rewards, features)."""
+        and, with ``keep_records``, per pair a storable record (prompt, seed, texts, choices,
+        rewards, features)."""
         args, n = self.args, self.args.num_generations
         rows = self._filter_long_prompts(rows)
         with self._head_for_generation() as head:
@@ -182,7 +184,7 @@ class LPOTrainer(Trainer):
                          if x is not None)
             self._record({"features/bytes_per_pair": nbytes / len(features)})
         stored = []
-        if args.protocol == "offline":
+        if keep_records:
             for p, f in zip(pairs, features):
                 row = rows[p.prompt_index]
                 record = {"prompt": json.dumps(row["prompt"]), "family": row.get("family"),
