@@ -37,6 +37,7 @@ def negative_repetition_reward(prompts, completions, **kwargs) -> list[float]:
 BUILTIN_REWARDS: dict[str, Callable] = {
     "toy": toy.toy_reward,
     "arith": toy.arith_reward,
+    "arith_final": toy.arith_final_reward,
     "story": toy.story_reward,
     "constrained": toy.constrained_reward,
     "sentiment": toy.sentiment_reward,

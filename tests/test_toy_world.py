@@ -128,3 +128,11 @@ def test_toy_reward_errors_are_clear():
         toy_reward(None, ["1"], family=["arith"])
     with pytest.raises(ValueError, match="Unknown toy family"):
         toy_reward(None, ["x"], family=["poetry"], answer=[""], starter=[""])
+
+
+@pytest.mark.parametrize("text,answer,expected", [
+    ("3 + 4 = 7.", "7", 1.0), ("The sum of 3 and 4 is 7", "7", 1.0), ("3 + 4 = 8", "7", 0.0), ("", "7", 0.0),
+    ("7, no wait, 8", "7", 0.0),
+])
+def test_arith_final_score_reads_the_last_number(text, answer, expected):
+    assert toy.arith_final_score(text, answer) == expected

@@ -158,6 +158,13 @@ def arith_score(text: str, answer: str) -> float:
     return float(m is not None and m.group() == str(answer).strip())
 
 
+def arith_final_score(text: str, answer: str) -> float:
+    """1.0 if the last integer in the text equals the answer (for chatty real models that
+    restate the question, e.g. "3 + 4 = 7."), else 0.0."""
+    numbers = _INT_RE.findall(text)
+    return float(bool(numbers) and numbers[-1] == str(answer).strip())
+
+
 def _sentences(text: str) -> list[str]:
     return [s.strip() for s in text.strip().split(".") if s.strip()]
 
@@ -222,6 +229,10 @@ def _column(kwargs: dict, name: str, n: int) -> list:
 
 def arith_reward(prompts, completions, answer, **kwargs) -> list[float]:
     return [arith_score(completion_text(c), a) for c, a in zip(completions, answer, strict=True)]
+
+
+def arith_final_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    return [arith_final_score(completion_text(c), a) for c, a in zip(completions, answer, strict=True)]
 
 
 def story_reward(prompts, completions, **kwargs) -> list[float]:
