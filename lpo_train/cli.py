@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -75,7 +74,7 @@ def _demo(args) -> None:
     mix = {n: sum(rewards[f][n] for f in rewards) / len(rewards) for n in names}
     print("| mix | " + " | ".join(f"{mix[n]:.3f}" for n in names) + " |")
     best_fixed = max((n for n in names if n != "AD-seq"), key=mix.get)
-    print(f"\nwhere the head sends each family (mean chosen temperature): "
+    print("\nwhere the head sends each family (mean chosen temperature): "
           + ", ".join(f"{fam} -> {values[fam]['AD-seq']:.2f}" for fam in values))
     print(f"AD-seq mix reward {mix['AD-seq']:.3f} vs best fixed {best_fixed} {mix[best_fixed]:.3f}; "
           f"head saved to {out}; {time.time() - start:.0f} s in total.")

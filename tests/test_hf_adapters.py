@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from lpo_train.decoding import EDT, KLD, edt_temperature, entropy
+from lpo_train.decoding import KLD, edt_temperature, entropy
 from lpo_train.decoding.engine import encode_prompts, left_pad
 from lpo_train.decoding.hf import (
     AdaptiveDecoderLogitsProcessor, DynatempLogitsProcessor, EDTLogitsProcessor, RuleLogitsProcessor,

@@ -309,7 +309,7 @@ class LPOTrainer(Trainer):
             self._metrics[k].append(self.accelerator.gather(v).nanmean().item())
 
     def _log_generation(self, rows, traces, rewards, per_func, pairs, stats) -> None:
-        n, grid = self.args.num_generations, self.accelerator.unwrap_model(self.model).config.grid
+        grid = self.accelerator.unwrap_model(self.model).config.grid
         finite = rewards[~rewards.isnan()]
         metrics = {"reward": finite.mean() if len(finite) else math.nan,
                    "reward_std": finite.std() if len(finite) > 1 else 0.0,
