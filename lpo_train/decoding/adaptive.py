@@ -39,22 +39,29 @@ def knob_distribution(logits: torch.Tensor, knob: str, values: torch.Tensor,
         return probs
     if base_temperature <= 0:
         return _one_hot_argmax(logits)
-    probs = torch.softmax(logits / base_temperature, dim=-1)
-    if knob == "min_p":
-        keep = probs >= values[:, None] * probs.amax(-1, keepdim=True)
-    else:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        if knob == "top_k":
-            ranks = torch.arange(probs.shape[-1], device=probs.device)
-            k = torch.where(values > 0, values, torch.full_like(values, probs.shape[-1]))
-            keep_sorted = ranks[None, :] < k[:, None]
-        elif knob == "top_p":
-            keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < values[:, None]
-        else:
-            raise ValueError(f"Unknown knob {knob!r}.")
-        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    probs = probs * keep
+    probs = truncate(torch.softmax(logits / base_temperature, dim=-1), knob, values)
     return probs / probs.sum(-1, keepdim=True)
+
+
+def truncate(probs: torch.Tensor, knob: str, values: torch.Tensor) -> torch.Tensor:
+    """Zero the tokens row b drops under ``knob = values[b]`` (not renormalised).
+
+    top_k keeps the k most likely tokens (0 keeps all); top_p the smallest prefix whose mass
+    reaches p (always the top token); min_p the tokens with p >= min_p * max p.
+    """
+    values = values.to(probs.dtype)
+    if knob == "min_p":
+        return probs * (probs >= values[:, None] * probs.amax(-1, keepdim=True))
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    if knob == "top_k":
+        ranks = torch.arange(probs.shape[-1], device=probs.device)
+        k = torch.where(values > 0, values, torch.full_like(values, probs.shape[-1]))
+        keep_sorted = ranks[None, :] < k[:, None]
+    elif knob == "top_p":
+        keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < values[:, None]
+    else:
+        raise ValueError(f"Unknown truncation knob {knob!r}; choose top_k, top_p or min_p.")
+    return probs * torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
 class AdaptiveDecoderRule(Rule):

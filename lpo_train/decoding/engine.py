@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lpo_train.decoding.adaptive import knob_distribution, sample_from
+from lpo_train.decoding.adaptive import knob_distribution, sample_from, truncate
 from lpo_train.decoding.randomness import seed_for
 from lpo_train.decoding.rules import FixedTemperature, Rule, StepInput, entropy
 
@@ -78,19 +78,11 @@ def next_token_distribution(
     """
     if probs is None:
         probs = knob_distribution(logits, "temperature", temperature)
-    if top_k > 0 and top_k < probs.shape[-1]:
-        kth = probs.topk(top_k, dim=-1).values[:, -1:]
-        probs = probs.masked_fill(probs < kth, 0.0)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always the top token)
-        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
-    if min_p > 0.0:
-        probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
-    if top_k > 0 or top_p < 1.0 or min_p > 0.0:
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+    active = [(knob, v) for knob, v, off in (("top_k", top_k, 0), ("top_p", top_p, 1.0), ("min_p", min_p, 0.0))
+              if v != off]
+    for knob, value in active:
+        probs = truncate(probs, knob, probs.new_full((probs.shape[0],), float(value)))
+    return probs / probs.sum(-1, keepdim=True) if active else probs
 
 
 def encode_prompts(tokenizer, prompts, chat_template: bool | None = None) -> list[list[int]]:
