@@ -74,6 +74,9 @@ class AdaptiveDecoderConfig:
         """JSON-ready fields (also what trackers such as W&B record as the model config)."""
         return {"model_type": "adaptive_decoder", **asdict(self), "grid": list(self.grid)}
 
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
 
 class AdaptiveDecoderHead(nn.Module):
     """MLP (SiLU) from the LM's last hidden state to logits over the knob's grid.
@@ -129,7 +132,7 @@ class AdaptiveDecoderHead(nn.Module):
 
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        (path / "config.json").write_text(self.config.to_json_string())
         state = state_dict if state_dict is not None else self.state_dict()
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                   str(path / "model.safetensors"))
