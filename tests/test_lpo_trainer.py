@@ -28,7 +28,8 @@ def test_two_steps_train_only_the_head(toy_lm_folder, tmp_path, level):
     logs = {k for entry in trainer.state.log_history for k in entry}
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "logps/chosen", "logps/rejected", "reward", "reward_std", "rewards/toy_reward/mean",
-                "frac_prompts_tied", "completions/mean_length", "choice/arith/mean_value", "choice/story/mean_value"):
+                "frac_prompts_tied", "completions/mean_length", "choice/arith/mean_value", "choice/story/mean_value",
+                "choice/frac_0", "choice/arith/frac_0", "choice/story/frac_1"):
         assert key in logs, key
     first = trainer.state.log_history[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # uniform head: every pair costs ln 2
@@ -144,3 +145,12 @@ def test_offline_protocol_needs_a_path_and_a_valid_file(toy_lm_folder, tmp_path)
     datasets.Dataset.from_list([{"x": 1}]).to_parquet(str(bogus))
     with pytest.raises(ValueError, match="not an lpo-train pairs dataset"):
         LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, protocol="offline", pairs_path=str(bogus)))
+
+
+def test_choice_distribution_metrics_sum_to_one_per_family(toy_lm_folder, tmp_path):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_steps=1, level="token"))
+    trainer.train()
+    log = trainer.state.log_history[0]
+    for prefix in ("choice", "choice/arith", "choice/story"):
+        fracs = [v for k, v in log.items() if k.startswith(f"{prefix}/frac_") and k.count("/") == prefix.count("/") + 1]
+        assert len(fracs) == 6 and sum(fracs) == pytest.approx(1.0)

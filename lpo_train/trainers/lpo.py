@@ -319,17 +319,18 @@ class LPOTrainer(Trainer):
         for j, fn in enumerate(self.reward_funcs):
             col = per_func[:, j] if len(per_func) else torch.zeros(0)
             metrics[f"rewards/{reward_name(fn)}/mean"] = col.nanmean() if len(col) else math.nan
-        values = [v for t in traces for v in t.values]
-        metrics["choice/mean_value"] = sum(values) / len(values) if values else math.nan
-        choices = [c for t in traces for c in (t.choices or [])]
-        for k, g in enumerate(grid):
-            metrics[f"choice/frac_{g:g}"] = choices.count(k) / len(choices) if choices else math.nan
-        families = defaultdict(list)
+        by_family = defaultdict(list)  # the choice distribution, overall and per task family
         for t in traces:
-            families[rows[t.prompt_index].get("family", None)].extend(t.values)
-        for fam, vals in families.items():
-            if fam is not None and vals:
-                metrics[f"choice/{fam}/mean_value"] = sum(vals) / len(vals)
+            by_family[None].append(t)
+            if rows[t.prompt_index].get("family") is not None:
+                by_family[rows[t.prompt_index]["family"]].append(t)
+        for fam, group in by_family.items():
+            prefix = "choice" if fam is None else f"choice/{fam}"
+            values = [v for t in group for v in t.values]
+            choices = [c for t in group for c in (t.choices or [])]
+            metrics[f"{prefix}/mean_value"] = sum(values) / len(values) if values else math.nan
+            for k, g in enumerate(grid):
+                metrics[f"{prefix}/frac_{g:g}"] = choices.count(k) / len(choices) if choices else math.nan
         self._record(metrics)
         paired = {(p.prompt_index, p.chosen): "chosen" for p in pairs}
         paired.update({(p.prompt_index, p.rejected): "rejected" for p in pairs})
