@@ -44,10 +44,8 @@ def _toy_sweep(args) -> dict:
 
 def _demo(args) -> None:
     """Toy world end to end: pretrained LM -> fixed-T sweep -> LPO (sequence level) -> evaluation."""
-    from lpo_train.decoding import AdaptiveDecoderRule, FixedTemperature
-    from lpo_train.evaluation.sweep import evaluate_rules
-    from lpo_train.tasks.toy import make_prompts, toy_reward
-    from lpo_train.tasks.toy_lm import load_toy_lm, toy_lm_path
+    from lpo_train.evaluation.harness import EvalConfig, evaluate
+    from lpo_train.tasks.toy_lm import toy_lm_path
     from lpo_train.train import main as train_main
 
     start = time.time()
@@ -59,25 +57,20 @@ def _demo(args) -> None:
     print("[3/4] LPO: training a sequence-level AdaptiveDecoder head on arith + story")
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "lpo_seq.yaml"
     out = Path(args.output_dir) / "lpo_seq"
-    trainer = train_main(["--config", str(recipe), "--output_dir", str(out), "--report_to", "none"])
-    head = trainer.accelerator.unwrap_model(trainer.model).eval()
+    train_main(["--config", str(recipe), "--output_dir", str(out), "--report_to", "none"])
     print("[4/4] evaluation on held-out prompts: the trained head (argmax) vs every fixed temperature")
-    model, tokenizer = load_toy_lm("small", 0)
-    rows = make_prompts(["arith", "story"], n_per_family=48, seed=4242)
-    rules = {f"T={t:g}": FixedTemperature(t) for t in args.temperatures}
-    rules["AD-seq"] = AdaptiveDecoderRule(head, "argmax", model=model)
-    rewards, values = evaluate_rules(model, tokenizer, rows, toy_reward, rules, num_samples=args.num_samples)
-    names = list(rules)
-    print("| family | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-    for fam in rewards:
-        print(f"| {fam} | " + " | ".join(f"{rewards[fam][n]:.3f}" for n in names) + " |")
-    mix = {n: sum(rewards[f][n] for f in rewards) / len(rewards) for n in names}
-    print("| mix | " + " | ".join(f"{mix[n]:.3f}" for n in names) + " |")
-    best_fixed = max((n for n in names if n != "AD-seq"), key=mix.get)
-    print("\nwhere the head sends each family (mean chosen temperature): "
-          + ", ".join(f"{fam} -> {values[fam]['AD-seq']:.2f}" for fam in values))
-    print(f"AD-seq mix reward {mix['AD-seq']:.3f} vs best fixed {best_fixed} {mix[best_fixed]:.3f}; "
-          f"head saved to {out}; {time.time() - start:.0f} s in total.")
+    config = EvalConfig(model_name_or_path="toy:small", toy_families=["arith", "story"], toy_prompts_per_family=48,
+                        num_samples=args.num_samples, temperatures=args.temperatures, strategies=[f"head:{out}"],
+                        output_dir=str(Path(args.output_dir) / "eval"))
+    summary = evaluate(config)
+    print((Path(config.output_dir) / "report.md").read_text())
+    head = summary[f"head:{out}"]
+    best_fixed = max((n for n in summary if n.startswith("T=")), key=lambda n: summary[n]["mean_reward"])
+    print("where the head sends each family (mean chosen temperature): "
+          + ", ".join(f"{fam} -> {v:.2f}" for fam, v in head["mean_value_by_family"].items()))
+    print(f"head: mean reward {head['mean_reward']:.3f}, average win rate vs the fixed grid "
+          f"{head['average_win_rate']:.1f} %; best fixed {best_fixed}: {summary[best_fixed]['mean_reward']:.3f}. "
+          f"Head in {out}, evaluation in {config.output_dir}; {time.time() - start:.0f} s in total.")
 
 
 def _add_sweep_args(p) -> None:
@@ -93,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpo-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train an AdaptiveDecoder head with LPO: --config recipe.yaml [--key value ...]")
+    sub.add_parser("evaluate", help="decoding strategies vs the fixed-temperature grid: --config ... [--key value]")
 
     p = sub.add_parser("toy-pretrain", help="pretrain the toy world's LM and cache it")
     p.add_argument("--size", default="small", choices=["small", "base"])
@@ -118,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":  # TRL-style parser: --config recipe.yaml plus --key value overrides
-        from lpo_train.train import main as train_main
-
-        train_main(argv[1:])
+    if argv and argv[0] in ("train", "evaluate"):  # TRL-style parser: --config recipe.yaml plus --key value
+        if argv[0] == "train":
+            from lpo_train.train import main as command
+        else:
+            from lpo_train.evaluation.harness import main as command
+        command(argv[1:])
         return
     args = build_parser().parse_args(argv)
     args.func(args)

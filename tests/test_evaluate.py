@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from lpo_train import AdaptiveDecoderHead
+from lpo_train.evaluation import harness
+from lpo_train.evaluation.harness import EvalConfig, evaluate, parse_strategy
+
+
+def _config(tmp_path, toy_lm_folder, **kw):
+    base = dict(model_name_or_path=str(toy_lm_folder), toy_prompts_per_family=4, num_samples=2,
+                max_new_tokens=40, temperatures=[0.0, 1.0], n_boot=50, output_dir=str(tmp_path / "eval"))
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+def test_evaluate_writes_results_report_plot_and_resumes(toy_lm_folder, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(toy_lm_folder)
+    head = AdaptiveDecoderHead.for_model(lm, level="sequence", grid=[0.0, 1.0])
+    head.save_pretrained(tmp_path / "head")
+    config = _config(tmp_path, toy_lm_folder, strategies=["edt:T0=1,theta=1", "min_p:0.2", f"head:{tmp_path / 'head'}"])
+    summary = evaluate(config)
+    out = tmp_path / "eval"
+    results = json.loads((out / "results.json").read_text())["strategies"]
+    assert set(results) == {"T=0", "T=1", "edt:T0=1,theta=1", "min_p:0.2", f"head:{tmp_path / 'head'}"}
+    assert results["T=0"]["win_rate_vs_fixed"]["0"]["win_rate"] == 50.0  # against itself: all ties
+    assert results["T=0"]["percent_non_greedy"] == 0 and results["T=1"]["percent_non_greedy"] == 100
+    low, high = results["T=1"]["win_rate_vs_fixed"]["0"]["ci95"]
+    assert low <= results["T=1"]["win_rate_vs_fixed"]["0"]["win_rate"] <= high
+    # an untrained head ties its argmax to the first grid value (T = 0): it decodes greedily
+    assert results[f"head:{tmp_path / 'head'}"]["mean_value_by_family"]["arith"] == 0.0
+    assert set(results["T=0"]["mean_reward_by_family"]) == {"arith", "story"}
+    assert "| T=0 |" in (out / "report.md").read_text() and (out / "reward_vs_temperature.png").exists()
+    assert summary == results
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished strategy was recomputed")
+
+    monkeypatch.setattr(harness, "run_strategy", must_not_run)
+    assert evaluate(config) == summary  # resumed entirely from the per-strategy files
+
+
+def test_partial_strategy_files_are_not_trusted(toy_lm_folder, tmp_path):
+    config = _config(tmp_path, toy_lm_folder)
+    (tmp_path / "eval" / "strategies").mkdir(parents=True)
+    (tmp_path / "eval" / "strategies" / "T=0.partial").write_text("{broken")
+    summary = evaluate(config)
+    assert set(summary) == {"T=0", "T=1"}
+
+
+@pytest.mark.parametrize("spec", ["edt:T0=x", "head:", "nucleus:0.9", "min_p:"])
+def test_bad_strategies_are_rejected_before_loading(spec):
+    with pytest.raises(ValueError, match="Cannot read strategy"):
+        parse_strategy(spec)
+    with pytest.raises(ValueError, match="Cannot read strategy"):
+        EvalConfig(strategies=[spec])
+
+
+def test_cli_evaluate(toy_lm_folder, tmp_path, capsys):
+    from lpo_train.cli import main
+
+    main(["evaluate", "--model_name_or_path", str(toy_lm_folder), "--toy_prompts_per_family", "2",
+          "--num_samples", "2", "--temperatures", "0", "1", "--n_boot", "20", "--output_dir", str(tmp_path / "e")])
+    assert "win vs T=0" in capsys.readouterr().out and (tmp_path / "e" / "results.json").exists()
