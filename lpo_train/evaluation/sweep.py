@@ -11,42 +11,28 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from lpo_train.decoding import FixedTemperature, SamplingParams, generate
+from lpo_train.decoding import FixedTemperature
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2)
 
 
-def evaluate_rules(model, tokenizer, rows: list[dict], reward_fn, rules: dict, num_samples: int = 4,
-                   max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256
-                   ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Mean reward and mean applied knob value per family for each named rule:
-    ``({family: {name: reward}}, {family: {name: value}})``. ``reward_fn`` has TRL's signature
-    and receives every dataset column."""
-    prompts = [r["prompt"] for r in rows]
-    columns = {k: [r[k] for r in rows for _ in range(num_samples)] for k in rows[0] if k != "prompt"}
-    rewards_table: dict[str, dict] = defaultdict(dict)
-    values_table: dict[str, dict] = defaultdict(dict)
-    for name, rule in rules.items():
-        traces = generate(model, tokenizer, prompts, rule,
-                          SamplingParams(max_new_tokens=max_new_tokens, num_samples=num_samples,
-                                         seed=seed, batch_size=batch_size))
-        rewards = reward_fn([prompts[tr.prompt_index] for tr in traces], [tr.text for tr in traces], **columns)
-        by_family, values = defaultdict(list), defaultdict(list)
-        for fam, r, tr in zip(columns["family"], rewards, traces, strict=True):
-            by_family[fam].append(r)
-            values[fam].extend(tr.values)
+def sweep_temperatures(model, tokenizer, rows: list[dict], reward_fn, temperatures=DEFAULT_TEMPERATURES,
+                       num_samples: int = 4, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256
+                       ) -> dict[str, dict[float, float]]:
+    """``{family: {T: mean reward}}`` over ``rows`` (each with ``prompt`` and ``family``);
+    ``reward_fn`` has TRL's signature and receives every dataset column."""
+    from lpo_train.evaluation.harness import EvalConfig, run_strategy
+
+    config = EvalConfig(num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    table: dict[str, dict[float, float]] = defaultdict(dict)
+    for t in temperatures:
+        raw = run_strategy(model, tokenizer, rows, FixedTemperature(t), {}, [reward_fn], [1.0], config)
+        by_family = defaultdict(list)
+        for row, rewards in zip(rows, raw["rewards"]):
+            by_family[row["family"]].extend(rewards)
         for fam, rs in by_family.items():
-            rewards_table[fam][name] = sum(rs) / len(rs)
-            values_table[fam][name] = sum(values[fam]) / max(len(values[fam]), 1)
-    return dict(rewards_table), dict(values_table)
-
-
-def sweep_temperatures(model, tokenizer, rows: list[dict], reward_fn,
-                       temperatures=DEFAULT_TEMPERATURES, **kwargs) -> dict[str, dict[float, float]]:
-    """``{family: {T: mean reward}}`` over ``rows`` (each with ``prompt`` and ``family``)."""
-    rules = {float(t): FixedTemperature(t) for t in temperatures}
-    table, _ = evaluate_rules(model, tokenizer, rows, reward_fn, rules, **kwargs)
-    return table
+            table[fam][float(t)] = sum(rs) / len(rs)
+    return dict(table)
 
 
 def mix_gap(table: dict[str, dict[float, float]], families=("arith", "story")) -> dict:
