@@ -7,6 +7,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("LPO_TRAIN_CACHE", str(Path(__file__).resolve().parents[1] / ".cache"))
+# trackio reads its folder once, at import: point it inside the checkout before anything imports it
+os.environ.setdefault("TRACKIO_DIR", str(Path(os.environ["LPO_TRAIN_CACHE"]) / "trackio"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -79,3 +79,30 @@ def test_prompts_from_a_local_jsonl_file_with_extra_columns(toy_lm_folder, tmp_p
         LPOTrainer(model=str(toy_lm_folder), reward_funcs=[needs_answer],
                    args=LPOConfig(output_dir=str(tmp_path / "o2"), dataset_name=str(tmp_path / "missing.jsonl"),
                                   use_cpu=True, report_to="none"))
+
+
+def test_trackio_run_has_the_lpo_metrics_and_completions(toy_lm_folder, tmp_path):
+    import json
+    import os
+    import sqlite3
+    import uuid
+    from pathlib import Path
+
+    from lpo_train.trainers import LPOConfig, LPOTrainer
+
+    project = f"lpo-train-test-{uuid.uuid4().hex[:8]}"  # TRACKIO_DIR is set by conftest (read at import)
+
+    config = LPOConfig(output_dir=str(tmp_path / "out"), dataset_name="toy", toy_prompts_per_family=4,
+                       num_generations=4, max_completion_length=32, per_device_train_batch_size=4, max_steps=2,
+                       logging_steps=1, save_strategy="no", report_to=["trackio"], use_cpu=True, beta=1.0,
+                       project=project, trackio_space_id=None)
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=config)
+    trainer.train()  # the Trainer's trackio callback finishes the run
+    db = Path(os.environ["TRACKIO_DIR"]) / f"{project}.db"
+    rows = [json.loads(m) for (m,) in sqlite3.connect(db).execute("select metrics from metrics order by id")]
+    keys = {k for row in rows for k in row}
+    for key in ("train/loss", "train/rewards/accuracies", "train/logps/chosen", "train/choice/arith/mean_value"):
+        assert key in keys, (key, sorted(keys))
+    assert "completions" in keys
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert [row["train/loss"] for row in rows if "train/loss" in row] == pytest.approx(logged)

@@ -356,12 +356,17 @@ class LPOTrainer(Trainer):
         folder.mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame(self._completions)
         frame.to_parquet(folder / f"completions_{self.state.global_step:05d}.parquet")
-        if "wandb" in (self.args.report_to or []):
+        trackers = self.args.report_to or []
+        table = frame.astype({"choices": str})
+        if "wandb" in trackers:
             import wandb
 
             if wandb.run is not None:
-                wandb.log({"completions": wandb.Table(dataframe=frame.astype({"choices": str}))},
-                          step=self.state.global_step)
+                wandb.log({"completions": wandb.Table(dataframe=table)}, step=self.state.global_step)
+        if "trackio" in trackers:
+            import trackio
+
+            trackio.log({"completions": trackio.Table(dataframe=table)}, step=self.state.global_step)
 
     # --- saving -----------------------------------------------------------------------------
 
