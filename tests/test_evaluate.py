@@ -33,6 +33,10 @@ def test_evaluate_writes_results_report_plot_and_resumes(toy_lm_folder, tmp_path
     assert results[f"head:{tmp_path / 'head'}"]["mean_value_by_family"]["arith"] == 0.0
     assert set(results["T=0"]["mean_reward_by_family"]) == {"arith", "story"}
     assert "| T=0 |" in (out / "report.md").read_text() and (out / "reward_vs_temperature.png").exists()
+    assert (out / "temperature_histogram.png").exists()
+    assert results["T=1"]["mean_value_sentence_start"] == results["T=1"]["mean_value_other"] == 1.0
+    raw = json.loads((out / "strategies" / "T=0.json").read_text())
+    assert all(flags[0] for item in raw["sentence_start"] for flags in item)  # the first token opens a sentence
     assert summary == results
 
     def must_not_run(*a, **k):
@@ -48,6 +52,14 @@ def test_partial_strategy_files_are_not_trusted(toy_lm_folder, tmp_path):
     (tmp_path / "eval" / "strategies" / "T=0.partial").write_text("{broken")
     summary = evaluate(config)
     assert set(summary) == {"T=0", "T=1"}
+
+
+def test_sentence_starts(tokenizer):
+    ids = tokenizer("Hi there. Second one! Third?", add_special_tokens=False)["input_ids"]
+    flags = harness.sentence_starts(tokenizer, ids)
+    pieces = tokenizer.batch_decode([[t] for t in ids])
+    starts = [p for p, f in zip(pieces, flags) if f]
+    assert starts[0] == pieces[0] and len(starts) == 3 and flags.count(True) == 3
 
 
 @pytest.mark.parametrize("spec", ["edt:T0=x", "head:", "nucleus:0.9", "min_p:"])

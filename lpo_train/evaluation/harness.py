@@ -116,9 +116,17 @@ def run_strategy(model, tokenizer, rows, rule, overrides, funcs, weights, config
     columns = {k: [r[k] for r in rows for _ in range(n)] for k in rows[0] if k != "prompt"}
     total, _ = compute_rewards(funcs, weights, [rows[t.prompt_index]["prompt"] for t in traces],
                                [t.text for t in traces], completion_ids=[t.token_ids for t in traces], **columns)
+    starts = [sentence_starts(tokenizer, t.token_ids) for t in traces]
     return {"rewards": [total[i * n:(i + 1) * n].tolist() for i in range(len(rows))],
             "texts": [[traces[i * n + s].text for s in range(n)] for i in range(len(rows))],
-            "values": [[traces[i * n + s].values for s in range(n)] for i in range(len(rows))]}
+            "values": [[traces[i * n + s].values for s in range(n)] for i in range(len(rows))],
+            "sentence_start": [starts[i * n:(i + 1) * n] for i in range(len(rows))]}
+
+
+def sentence_starts(tokenizer, token_ids: list[int]) -> list[bool]:
+    """Per generated token: does it open a sentence (first token, or after one ending in . ! ?)."""
+    pieces = tokenizer.batch_decode([[t] for t in token_ids])
+    return [i == 0 or pieces[i - 1].rstrip().endswith((".", "!", "?")) for i in range(len(pieces))]
 
 
 def summarise(raw: dict[str, dict], rows: list[dict], config: EvalConfig) -> dict:
@@ -140,6 +148,11 @@ def summarise(raw: dict[str, dict], rows: list[dict], config: EvalConfig) -> dic
             low, high = metrics.bootstrap_ci(item[name], base, n_boot=config.n_boot, seed=config.seed)
             wins[f"{t:g}"] = {"win_rate": metrics.win_rate(item[name], base), "ci95": [low, high]}
         texts = data["texts"]
+        start_values, other_values = [], []
+        for vals, flags in zip((seq for v in data["values"] for seq in v),
+                               (seq for f in data["sentence_start"] for seq in f)):
+            for v, is_start in zip(vals, flags):
+                (start_values if is_start else other_values).append(v)
         out[name] = {
             "mean_reward": metrics.mean(item[name]),
             "mean_reward_by_family": {f: metrics.mean(v) for f, v in by_family.items()},
@@ -147,6 +160,9 @@ def summarise(raw: dict[str, dict], rows: list[dict], config: EvalConfig) -> dic
             "average_win_rate": metrics.mean([w["win_rate"] for w in wins.values()]),
             "percent_non_greedy": metrics.percent_non_greedy([seq for vals in data["values"] for seq in vals]),
             "mean_value_by_family": {f: metrics.mean(v) if v else None for f, v in values_by_family.items()},
+            # paper Fig. 5 (right): the value applied at a sentence's first token vs elsewhere
+            "mean_value_sentence_start": metrics.mean(start_values) if start_values else None,
+            "mean_value_other": metrics.mean(other_values) if other_values else None,
             "distinct_2": metrics.distinct_n([t for ts in texts for t in ts], 2),
             "self_bleu": metrics.mean([metrics.self_bleu(ts) for ts in texts]) if config.num_samples > 1 else None,
         }
@@ -190,6 +206,31 @@ def plot_reward_vs_temperature(summary: dict, config: EvalConfig, path: Path) ->
     plt.close(fig)
 
 
+def plot_value_histograms(raw: dict, rows: list[dict], path: Path) -> None:
+    """Paper Fig. 4: the applied temperature (knob value) per task family, for each method that
+    chooses it (fixed temperatures are left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [name for name in raw if not name.startswith("T=")]
+    families = sorted({r.get("family") or "all" for r in rows})
+    if not methods:
+        return
+    fig, axes = plt.subplots(len(methods), len(families), figsize=(3.4 * len(families), 2.6 * len(methods)),
+                             squeeze=False)
+    for i, name in enumerate(methods):
+        for j, fam in enumerate(families):
+            vals = [v for row, samples in zip(rows, raw[name]["values"]) if (row.get("family") or "all") == fam
+                    for seq in samples for v in seq]
+            axes[i][j].hist(vals, bins=[x / 10 - 0.05 for x in range(0, 15)], weights=[1 / max(len(vals), 1)] * len(vals))
+            axes[i][j].set(title=f"{name[:30]} | {fam}", xlabel="temperature", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def load_rows(config: EvalConfig) -> list[dict]:
     if config.dataset_name == "toy":
         from lpo_train.tasks.toy import make_prompts
@@ -230,6 +271,7 @@ def evaluate(config: EvalConfig) -> dict:
     (out / "results.json").write_text(json.dumps({"config": asdict(config), "strategies": summary}, indent=2))
     write_report(summary, config, out / "report.md")
     plot_reward_vs_temperature(summary, config, out / "reward_vs_temperature.png")
+    plot_value_histograms(raw, rows, out / "temperature_histogram.png")
     return summary
 
 
