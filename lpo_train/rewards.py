@@ -147,3 +147,13 @@ def compute_rewards(funcs, weights, prompts, completions, completion_ids=None, *
     total = torch.where(scored, per_func * w, torch.zeros_like(per_func)).sum(-1)
     total[~scored.any(-1)] = float("nan")
     return total, per_func
+
+
+def score_traces(funcs, weights, rows: list[dict], traces) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compute_rewards`` on engine traces of ``rows`` (prompt-major, any samples per prompt):
+    each trace gets its prompt and every other dataset column of its row."""
+    if not traces:
+        return torch.zeros(0), torch.zeros(0, len(funcs))
+    columns = {k: [rows[t.prompt_index][k] for t in traces] for k in rows[0] if k != "prompt"}
+    return compute_rewards(funcs, weights, [rows[t.prompt_index]["prompt"] for t in traces], [t.text for t in traces],
+                           completion_ids=[t.token_ids for t in traces], **columns)

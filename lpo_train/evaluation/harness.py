@@ -107,15 +107,13 @@ def _safe_name(name: str) -> str:
 
 
 def run_strategy(model, tokenizer, rows, rule, overrides, funcs, weights, config: EvalConfig) -> dict:
-    from lpo_train.rewards import compute_rewards
+    from lpo_train.rewards import score_traces
 
     n = config.num_samples
     traces = generate(model, tokenizer, [r["prompt"] for r in rows], rule,
                       SamplingParams(max_new_tokens=config.max_new_tokens, num_samples=n, seed=config.seed,
                                      batch_size=config.batch_size, **overrides))
-    columns = {k: [r[k] for r in rows for _ in range(n)] for k in rows[0] if k != "prompt"}
-    total, _ = compute_rewards(funcs, weights, [rows[t.prompt_index]["prompt"] for t in traces],
-                               [t.text for t in traces], completion_ids=[t.token_ids for t in traces], **columns)
+    total, _ = score_traces(funcs, weights, rows, traces)
     starts = [sentence_starts(tokenizer, t.token_ids) for t in traces]
     return {"rewards": [total[i * n:(i + 1) * n].tolist() for i in range(len(rows))],
             "texts": [[traces[i * n + s].text for s in range(n)] for i in range(len(rows))],

@@ -25,7 +25,7 @@ from lpo_train.heads import AdaptiveDecoderHead, default_model_card
 from lpo_train.losses import choice_logps, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss
 from lpo_train.models.loading import load_causal_lm
 from lpo_train.pairs import build_pairs
-from lpo_train.rewards import compute_rewards, reward_name, resolve_rewards
+from lpo_train.rewards import reward_name, resolve_rewards, score_traces
 from lpo_train.trainers.lpo_config import LPOConfig
 
 
@@ -167,7 +167,7 @@ class LPOTrainer(Trainer):
         rows = self._filter_long_prompts(rows)
         with self._head_for_generation() as head:
             traces = self._sample(rows, head) if rows else []
-        rewards, per_func = self._score(rows, traces)
+        rewards, per_func = score_traces(self.reward_funcs, self.reward_weights, rows, traces)
         groups = [rewards[i * n:(i + 1) * n].tolist() for i in range(len(rows))]
         secondary = None
         if args.pair_mode == "constrained":
@@ -230,15 +230,6 @@ class LPOTrainer(Trainer):
                                          trace_choice_logps=args.loss_type == "lpo_latent"))
         head.train(was_training)
         return traces
-
-    def _score(self, rows, traces):
-        if not traces:
-            return torch.zeros(0), torch.zeros(0, len(self.reward_funcs))
-        n = self.args.num_generations
-        columns = {k: [r[k] for r in rows for _ in range(n)] for k in rows[0] if k != "prompt"}
-        return compute_rewards(self.reward_funcs, self.reward_weights,
-                               [rows[t.prompt_index]["prompt"] for t in traces], [t.text for t in traces],
-                               completion_ids=[t.token_ids for t in traces], **columns)
 
     def _pair_features(self, chosen, rejected) -> tuple:
         return tuple((t.hidden, torch.tensor(t.choices if self.args.level == "token" else t.choices[:1]),
