@@ -13,8 +13,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lpo_train.decoding import EDT, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams, generate
-from lpo_train.evaluation import metrics
+from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams, generate
+from lpo_train.evaluation import metrics, plots
+from lpo_train.evaluation.tracking import TRACKERS, log_evaluation
+
+ANSWER_EXTRACTORS = ("first_number", "last_number", "text")
 
 
 def _help(text, default=None, **kw):
@@ -34,6 +37,7 @@ class EvalConfig:
     temperatures: list[float] = _help("The fixed-temperature grid every method is compared with.", None)
     strategies: list[str] = _help(
         "Extra strategies: 'edt:T0=1,theta=1', 'dynatemp:temp=0.8,range=0.3', 'min_p:0.1' (at T=1), "
+        "'kld:T0=1,sigma=1' (needs an evidence column), "
         "'head:PATH' or 'head:PATH:sample' (a trained AdaptiveDecoder head).", None)
     num_samples: int = _help("Samples per prompt (N).", 4)
     max_new_tokens: int = _help("Maximum new tokens per sample.", 64)
@@ -41,12 +45,28 @@ class EvalConfig:
     seed: int = _help("Sampling seed (per-row seeds derive from it).", 0)
     n_boot: int = _help("Bootstrap resamples for the win-rate confidence intervals.", 1000)
     output_dir: str = _help("Where results.json, report.md, plots and per-strategy files go.", "outputs/eval")
+    answer_extractor: str = _help(f"How a sample's answer is read for accuracy and maj@N when the suite has an "
+                                  f"'answer' column: one of {ANSWER_EXTRACTORS}.", "first_number")
+    reference_column: str = _help("Column with a reference text; when present, ROUGE-L and SacreBLEU are reported.",
+                                  "reference")
+    evidence_column: str = _help("Column with each prompt's evidence (text inside the prompt) for KLD; KLD's "
+                                 "second stream decodes the prompt with that text removed.", "evidence")
+    max_sentence_position: int = _help("Positions within a sentence tracked for the by-position plot (Fig. 5).", 24)
+    report_to: list[str] = _help(f"Trackers for the metrics and plots: any of {TRACKERS} ('none' for none).", None)
+    project: str = _help("Tracker project name (W&B, trackio).", "lpo-train-eval")
+    run_name: str | None = _help("Tracker run name.", None)
 
     def __post_init__(self):
         self.toy_families = self.toy_families or ["arith", "story"]
         self.reward_funcs = self.reward_funcs or (["toy"] if self.dataset_name == "toy" else [])
         self.temperatures = [float(t) for t in (self.temperatures or [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])]
         self.strategies = self.strategies or []
+        self.report_to = [t for t in (self.report_to or []) if t != "none"]
+        unknown = set(self.report_to) - set(TRACKERS)
+        if unknown:
+            raise ValueError(f"Unknown tracker(s) {sorted(unknown)} in report_to; choose from {TRACKERS} or 'none'.")
+        if self.answer_extractor not in ANSWER_EXTRACTORS:
+            raise ValueError(f"answer_extractor must be one of {ANSWER_EXTRACTORS}, got {self.answer_extractor!r}.")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}.")
         for spec in self.strategies:
@@ -70,6 +90,8 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
         if kind == "dynatemp":
             opts = {"temp": 0.8, "range": 0.3, "exponent": 1.0, **_kv(rest)}
             return kind, opts
+        if kind == "kld":
+            return kind, {"T0": 1.0, "sigma": 1.0, **_kv(rest)}
         if kind == "min_p":
             return kind, {"min_p": float(rest)}
         if kind == "head":
@@ -80,10 +102,29 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
     except ValueError:
         pass
     raise ValueError(f"Cannot read strategy {spec!r}; use e.g. 'edt:T0=1,theta=1', 'dynatemp:temp=0.8,range=0.3', "
-                     "'min_p:0.1', 'head:PATH' or 'head:PATH:sample'.")
+                     "'min_p:0.1', 'kld:T0=1,sigma=1', 'head:PATH' or 'head:PATH:sample'.")
 
 
-def build_rules(config: EvalConfig, model) -> dict[str, tuple]:
+def evidence_free_prompts(rows: list[dict], column: str = "evidence") -> list:
+    """KLD's second stream: each row's prompt with its evidence text removed (from every message
+    of a conversational prompt, or from a plain-text prompt)."""
+    if not rows or any(r.get(column) in (None, "") for r in rows):
+        raise ValueError(f"The KLD strategy needs each prompt's evidence: add a {column!r} column (the evidence "
+                         "text, as it appears inside the prompt) to every row of the prompt suite, set "
+                         "evidence_column to the column that has it, or drop the 'kld:' strategy.")
+    out = []
+    for r in rows:
+        evidence, prompt = r[column], r["prompt"]
+        text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
+        if evidence not in text:
+            raise ValueError(f"The evidence {evidence[:40]!r} does not occur in its prompt {text[:60]!r}; KLD removes "
+                             "the evidence from the prompt to build its evidence-free stream.")
+        strip = lambda t: " ".join(t.replace(evidence, " ").split())  # noqa: E731
+        out.append(strip(prompt) if isinstance(prompt, str) else [{**m, "content": strip(m["content"])} for m in prompt])
+    return out
+
+
+def build_rules(config: EvalConfig, model, rows: list[dict]) -> dict[str, tuple]:
     """``{name: (rule, sampling overrides)}`` for the fixed grid and every extra strategy."""
     from lpo_train.heads import AdaptiveDecoderHead
 
@@ -96,6 +137,8 @@ def build_rules(config: EvalConfig, model) -> dict[str, tuple]:
             rules[spec] = (Dynatemp(o["temp"], o["range"], o["exponent"]), {})
         elif kind == "min_p":
             rules[spec] = (FixedTemperature(1.0), {"min_p": o["min_p"]})
+        elif kind == "kld":
+            rules[spec] = (KLD(evidence_free_prompts(rows, config.evidence_column), o["T0"], o["sigma"]), {})
         else:
             head = AdaptiveDecoderHead.from_pretrained(o["path"])
             rules[spec] = (AdaptiveDecoderRule(head, o["selection"], model=model), {})
@@ -127,10 +170,61 @@ def sentence_starts(tokenizer, token_ids: list[int]) -> list[bool]:
     return [i == 0 or pieces[i - 1].rstrip().endswith((".", "!", "?")) for i in range(len(pieces))]
 
 
+_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def extract_answer(text: str, how: str = "first_number") -> str | None:
+    """A sample's answer for accuracy and maj@N: its first or last number, or the stripped text."""
+    if how == "text":
+        return text.strip() or None
+    numbers = _NUMBER_RE.findall(text)
+    if not numbers:
+        return None
+    return numbers[0] if how == "first_number" else numbers[-1]
+
+
+def values_by_sentence_position(values: list[list[float]], starts: list[list[bool]], max_position: int
+                                ) -> list[float | None]:
+    """Mean applied value at each position within a sentence (0 = the sentence's first token),
+    over all sequences; positions at or beyond ``max_position`` are pooled into the last slot."""
+    sums, counts = [0.0] * max_position, [0] * max_position
+    for vals, flags in zip(values, starts):
+        pos = -1
+        for v, is_start in zip(vals, flags):
+            pos = 0 if is_start else pos + 1
+            k = min(pos, max_position - 1)
+            sums[k] += v
+            counts[k] += 1
+    return [s / c if c else None for s, c in zip(sums, counts)]
+
+
+def _task_metrics(data: dict, rows: list[dict], config: EvalConfig) -> dict:
+    """Accuracy and maj@N on the rows with an ``answer``; ROUGE-L and SacreBLEU on the rows with a
+    reference text. Each is reported only when the suite has the column."""
+    out = {}
+    answered = [i for i, r in enumerate(rows) if str(r.get("answer") or "").strip()]
+    if answered:
+        gold = [str(rows[i]["answer"]).strip() for i in answered]
+        votes = [[extract_answer(t, config.answer_extractor) for t in data["texts"][i]] for i in answered]
+        out["accuracy"] = 100.0 * metrics.mean([a == g for g, vs in zip(gold, votes) for a in vs])
+        out["maj_at_n"] = metrics.majority_at_n(votes, gold)
+        out["num_answered"] = len(answered)
+    col = config.reference_column
+    referenced = [i for i, r in enumerate(rows) if str(r.get(col) or "").strip()]
+    if referenced:
+        predictions = [t for i in referenced for t in data["texts"][i]]
+        references = [rows[i][col] for i in referenced for _ in data["texts"][i]]
+        out["rouge_l"] = metrics.rouge_l(predictions, references)
+        out["bleu"] = metrics.corpus_bleu(predictions, references)
+    return out
+
+
 def summarise(raw: dict[str, dict], rows: list[dict], config: EvalConfig) -> dict:
     """Per strategy: mean reward (overall and per family), win rate vs each fixed T with a
     bootstrap CI (items = prompts, a prompt's score = mean over its N samples; 0.5 on ties),
-    % non-greedy, distinct-2, Self-BLEU over each prompt's N samples, mean applied value."""
+    % non-greedy, 3-gram repeats, distinct-2, Self-BLEU over each prompt's N samples, mean
+    applied value (per family, at sentence starts vs elsewhere, by position in the sentence),
+    and accuracy / maj@N / ROUGE-L / SacreBLEU when the suite has answers / references."""
     families = [r.get("family") or "all" for r in rows]
     item = {name: [metrics.mean(rs) for rs in data["rewards"]] for name, data in raw.items()}
     out = {}
@@ -147,8 +241,9 @@ def summarise(raw: dict[str, dict], rows: list[dict], config: EvalConfig) -> dic
             wins[f"{t:g}"] = {"win_rate": metrics.win_rate(item[name], base), "ci95": [low, high]}
         texts = data["texts"]
         start_values, other_values = [], []
-        for vals, flags in zip((seq for v in data["values"] for seq in v),
-                               (seq for f in data["sentence_start"] for seq in f)):
+        all_values = [seq for v in data["values"] for seq in v]
+        all_starts = [seq for f in data["sentence_start"] for seq in f]
+        for vals, flags in zip(all_values, all_starts):
             for v, is_start in zip(vals, flags):
                 (start_values if is_start else other_values).append(v)
         out[name] = {
@@ -161,8 +256,12 @@ def summarise(raw: dict[str, dict], rows: list[dict], config: EvalConfig) -> dic
             # paper Fig. 5 (right): the value applied at a sentence's first token vs elsewhere
             "mean_value_sentence_start": metrics.mean(start_values) if start_values else None,
             "mean_value_other": metrics.mean(other_values) if other_values else None,
+            "mean_value_by_sentence_position": values_by_sentence_position(all_values, all_starts,
+                                                                           config.max_sentence_position),
+            "repeat_3gram": metrics.ngram_repeat_rate([t for ts in texts for t in ts], 3),
             "distinct_2": metrics.distinct_n([t for ts in texts for t in ts], 2),
             "self_bleu": metrics.mean([metrics.self_bleu(ts) for ts in texts]) if config.num_samples > 1 else None,
+            **_task_metrics(data, rows, config),
         }
     return out
 
@@ -173,60 +272,35 @@ def write_report(summary: dict, config: EvalConfig, path: Path) -> None:
              f"N = {config.num_samples} samples per prompt, seed {config.seed}; win rates per prompt (mean of its "
              "N rewards), 0.5 each on ties, 95 % bootstrap intervals in results.json.", "",
              "| strategy | mean reward | " + " | ".join(f"win vs T={t}" for t in temps)
-             + " | avg win | % non-greedy | distinct-2 | Self-BLEU |",
-             "|---|---|" + "---|" * len(temps) + "---|---|---|---|"]
+             + " | avg win | % non-greedy | 3-gram rep. % | distinct-2 | Self-BLEU |",
+             "|---|---|" + "---|" * len(temps) + "---|---|---|---|---|"]
+    fmt = lambda v, spec=".1f": "-" if v is None else format(v, spec)  # noqa: E731
     for name, s in summary.items():
         wins = " | ".join(f"{s['win_rate_vs_fixed'][t]['win_rate']:.1f}" for t in temps)
-        bleu = "-" if s["self_bleu"] is None else f"{s['self_bleu']:.1f}"
         lines.append(f"| {name} | {s['mean_reward']:.3f} | {wins} | {s['average_win_rate']:.1f} | "
-                     f"{s['percent_non_greedy']:.0f} | {s['distinct_2']:.3f} | {bleu} |")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def plot_reward_vs_temperature(summary: dict, config: EvalConfig, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    families = sorted(next(iter(summary.values()))["mean_reward_by_family"])
-    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 3.2), squeeze=False)
-    for ax, fam in zip(axes[0], families):
-        ax.plot(config.temperatures, [summary[f"T={t:g}"]["mean_reward_by_family"][fam] for t in config.temperatures],
-                marker="o", label="fixed T")
+                     f"{s['percent_non_greedy']:.0f} | {s['repeat_3gram']:.1f} | {s['distinct_2']:.3f} | "
+                     f"{fmt(s['self_bleu'])} |")
+    optional = [(k, label) for k, label in [("accuracy", "accuracy %"), ("maj_at_n", f"maj@{config.num_samples} %"),
+                                            ("rouge_l", "ROUGE-L"), ("bleu", "SacreBLEU")]
+                if any(k in s for s in summary.values())]
+    if optional:
+        lines += ["", "| strategy | " + " | ".join(label for _, label in optional) + " |",
+                  "|---|" + "---|" * len(optional)]
         for name, s in summary.items():
-            if not name.startswith("T="):
-                ax.axhline(s["mean_reward_by_family"][fam], linestyle="--", label=name)
-        ax.set(title=fam, xlabel="temperature", ylabel="mean reward")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_value_histograms(raw: dict, rows: list[dict], path: Path) -> None:
-    """Paper Fig. 4: the applied temperature (knob value) per task family, for each method that
-    chooses it (fixed temperatures are left out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = [name for name in raw if not name.startswith("T=")]
-    families = sorted({r.get("family") or "all" for r in rows})
-    if not methods:
-        return
-    fig, axes = plt.subplots(len(methods), len(families), figsize=(3.4 * len(families), 2.6 * len(methods)),
-                             squeeze=False)
-    for i, name in enumerate(methods):
-        for j, fam in enumerate(families):
-            vals = [v for row, samples in zip(rows, raw[name]["values"]) if (row.get("family") or "all") == fam
-                    for seq in samples for v in seq]
-            axes[i][j].hist(vals, bins=[x / 10 - 0.05 for x in range(0, 15)], weights=[1 / max(len(vals), 1)] * len(vals))
-            axes[i][j].set(title=f"{name[:30]} | {fam}", xlabel="temperature", ylim=(0, 1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            lines.append(f"| {name} | " + " | ".join(fmt(s.get(k), ".3f" if k == "rouge_l" else ".1f")
+                                                     for k, _ in optional) + " |")
+    adaptive = [n for n in summary if not n.startswith("T=")]
+    if adaptive:
+        lines += ["", "Mean chosen temperature (knob value): per family; at sentence starts (the constrained "
+                  "positions of a constrained story) vs elsewhere.", "",
+                  "| strategy | " + " | ".join(sorted(summary[adaptive[0]]["mean_value_by_family"]))
+                  + " | sentence start | other |", "|---|" + "---|" * (len(summary[adaptive[0]]["mean_value_by_family"]) + 2)]
+        for name in adaptive:
+            s = summary[name]
+            fams = " | ".join(fmt(s["mean_value_by_family"][f], ".2f") for f in sorted(s["mean_value_by_family"]))
+            lines.append(f"| {name} | {fams} | {fmt(s['mean_value_sentence_start'], '.2f')} | "
+                         f"{fmt(s['mean_value_other'], '.2f')} |")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def load_rows(config: EvalConfig) -> list[dict]:
@@ -249,9 +323,11 @@ def evaluate(config: EvalConfig) -> dict:
     rows = load_rows(config)
     if not rows:
         raise ValueError("The prompt suite is empty.")
+    if any(parse_strategy(spec)[0] == "kld" for spec in config.strategies):
+        evidence_free_prompts(rows, config.evidence_column)  # fail before the model loads
     model, tokenizer = load_causal_lm(config.model_name_or_path)
     raw = {}
-    rules = build_rules(config, model)
+    rules = build_rules(config, model, rows)
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
@@ -268,8 +344,14 @@ def evaluate(config: EvalConfig) -> dict:
     summary = summarise(raw, rows, config)
     (out / "results.json").write_text(json.dumps({"config": asdict(config), "strategies": summary}, indent=2))
     write_report(summary, config, out / "report.md")
-    plot_reward_vs_temperature(summary, config, out / "reward_vs_temperature.png")
-    plot_value_histograms(raw, rows, out / "temperature_histogram.png")
+    figures = {"reward_vs_temperature": out / "reward_vs_temperature.png"}
+    plots.plot_reward_vs_temperature(summary, config.temperatures, figures["reward_vs_temperature"])
+    if plots.plot_value_histograms(raw, rows, out / "temperature_histogram.png"):
+        figures["temperature_histogram"] = out / "temperature_histogram.png"
+    if plots.plot_value_by_position(summary, out / "temperature_by_position.png"):
+        figures["temperature_by_position"] = out / "temperature_by_position.png"
+    if config.report_to:
+        log_evaluation(config.report_to, summary, figures, asdict(config), out, config.project, config.run_name)
     return summary
 
 
