@@ -192,15 +192,22 @@ def story_score(text: str) -> float:
     return grammatical * distinct_ngram_ratio(text.replace(".", " ").split())
 
 
-def constrained_score(text: str, starter: str) -> float:
-    """0.7 x share of sentences starting with ``starter`` + 0.3 x story quality without it."""
+def constrained_parts(text: str, starter: str) -> tuple[float, float]:
+    """(share of sentences starting with ``starter``, story quality without the starters): the
+    paper's constraint-first win rate compares the first, then the second on ties."""
     sentences = _sentences(text)
     if not sentences:
-        return 0.0
+        return 0.0, 0.0
     kept = [s.split(" ", 1) for s in sentences]
     constraint = sum(k[0] == starter for k in kept) / max(len(sentences), STORY_SENTENCES)
     rest = ". ".join(k[1] if len(k) > 1 else "" for k in kept) + "."
-    return 0.7 * constraint + 0.3 * story_score(rest)
+    return constraint, story_score(rest)
+
+
+def constrained_score(text: str, starter: str) -> float:
+    """0.7 x share of sentences starting with ``starter`` + 0.3 x story quality without it."""
+    constraint, quality = constrained_parts(text, starter)
+    return 0.7 * constraint + 0.3 * quality
 
 
 _VADER = None
