@@ -27,10 +27,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "toy"
 
-# name -> (train recipe or None, evaluation recipe, extra train runs {label: overrides})
+# name -> (train recipe or None, evaluation recipe, {head label: train overrides}[, evaluation overrides])
 REPLICATIONS = {
     "mixed_seq": ("lpo_seq.yaml", "eval_mixed_seq.yaml", {"AD-seq (LPO)": []}),
+    # the paper's Table 1 grid {0, .1, .2, .4, .6} (the recipes' default), and the wider default grid
     "repetition": ("lpo_tok_repetition.yaml", "eval_repetition.yaml", {"AD-tok (LPO)": []}),
+    "repetition_wide_grid": ("lpo_tok_repetition.yaml", "eval_repetition.yaml", {"AD-tok (LPO)": ["--grid", "default"]},
+                             ["--temperatures", "0", "0.2", "0.4", "0.6", "0.8", "1.0"]),
     "constrained_tok": ("lpo_tok.yaml", "eval_constrained_tok.yaml", {"AD-tok (LPO)": []}),
     # the same pairs for every loss: the first run builds the offline pairs file (with the
     # per-choice token log-probs Eq. 11 needs), the others read it
@@ -42,7 +45,9 @@ REPLICATIONS = {
     }),
     "rules": (None, "eval_rules.yaml", {}),
 }
+SAMPLED_TOO = {"mixed_seq", "constrained_tok"}  # also evaluate the heads with sampled selection (paper Table 5)
 OUT_JSON = {"mixed_seq": "mixed_seq.json", "repetition": "repetition_tok.json",
+            "repetition_wide_grid": "repetition_tok_wide_grid.json",
             "constrained_tok": "constrained_tok.json", "loss_ablation": "loss_ablation.json", "rules": "rules.json"}
 
 
@@ -58,7 +63,7 @@ def run_seed(name: str, seed: int, out: Path) -> tuple[dict, dict[str, str]]:
     from lpo_train.evaluation.harness import EvalConfig, evaluate, load_rows
     from lpo_train.train import main as train_main
 
-    train_recipe, eval_recipe, runs = REPLICATIONS[name]
+    train_recipe, eval_recipe, runs, *eval_overrides = REPLICATIONS[name]
     seed_dir = out / f"seed{seed}"
     heads = {}
     for label, overrides in runs.items():
@@ -70,10 +75,14 @@ def run_seed(name: str, seed: int, out: Path) -> tuple[dict, dict[str, str]]:
                 args += ["--pairs_path", str(seed_dir / "pairs.parquet")]
             train_main(args)
         heads[label] = f"head:{head_dir}"
+        if name in SAMPLED_TOO:
+            heads[f"{label}, sampled T"] = f"head:{head_dir}:sample"
     args = ["--config", str(RECIPES / eval_recipe), "--model_name_or_path", f"toy:small:{seed}",
             "--seed", str(seed), "--toy_seed", str(4242 + seed), "--output_dir", str(seed_dir / "eval")]
     if heads:
         args += ["--strategies", *heads.values()]
+    for overrides in eval_overrides:
+        args += overrides
     (config,) = TrlParser(dataclass_types=[EvalConfig]).parse_args_and_config(args)
     summary = evaluate(config)
     print((seed_dir / "eval" / "report.md").read_text())
@@ -154,7 +163,7 @@ def headline(name: str, agg: dict) -> dict:
                 "win_rate_vs_fixed": {fmt(t): v["mean"] for t, v in head["win_rate_vs_fixed"].items()},
                 "constraint_first_win_rate_vs_fixed": {
                     fmt(t): v["mean"] for t, v in head["constraint_first_win_rate_vs_fixed"].items()}}
-    if name == "repetition":
+    if name.startswith("repetition"):
         head, greedy = s["AD-tok (LPO)"], s["T=0"]
         return {"method": "AD-tok (LPO, Eq. 10), reward -(3-gram repeats), argmax selection",
                 "repeat_3gram_percent": {"AD-tok": head["repeat_3gram"]["mean"], "greedy": greedy["repeat_3gram"]["mean"]},
