@@ -61,6 +61,7 @@ class Trace:
     choices: list[int] | None = None  # grid index per step (one entry for sequence rules)
     hidden: torch.Tensor | None = None  # [steps or 1, H] in the model's dtype
     choice_logps: torch.Tensor | None = None  # [steps, K] float32
+    score: float | None = None  # the search's final score (chunk-level guidance), when one ran
 
 
 def next_token_distribution(
@@ -124,6 +125,12 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int, device=None) -> tuple[tor
     return ids, mask
 
 
+def head_logits(head, softcap, hidden: torch.Tensor) -> torch.Tensor:
+    """float32 logits of ``hidden`` through the output layer, with Gemma-style soft-capping."""
+    logits = head(hidden).float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 class _Stream:
     """One model decoding a left-padded batch with its own KV cache, mask and positions."""
 
@@ -144,19 +151,22 @@ class _Stream:
         self._forward(ids, positions)
         self.next_pos = positions[:, -1:] + 1
 
-    def _forward(self, ids, positions):
+    def _forward(self, ids, positions, all_positions: bool = False):
         out = self.body(input_ids=ids, attention_mask=self.mask, position_ids=positions,
                         past_key_values=self.cache, use_cache=True)
         self.hidden = out.last_hidden_state[:, -1]
-        logits = self.head(self.hidden).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        self.logits = logits
+        self.logits = self._logits(self.hidden)
+        return out.last_hidden_state if all_positions else None
+
+    def _logits(self, hidden):
+        return head_logits(self.head, self.softcap, hidden)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows ``keep`` (finished rows leave; beams are reordered) — cache included."""
-        self.cache.batch_select_indices(keep.to(self.device))
+        keep = keep.to(self.device)
+        self.cache.batch_select_indices(keep)
         self.full_mask, self.next_pos = self.full_mask[keep], self.next_pos[keep]
+        self.hidden, self.logits = self.hidden[keep], self.logits[keep]
         self.mask = self.full_mask[:, :self.width]
 
     def advance(self, token: torch.Tensor) -> None:
@@ -165,21 +175,81 @@ class _Stream:
         self._forward(token[:, None].to(self.device), self.next_pos)
         self.next_pos = self.next_pos + 1
 
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Append ``ids`` [B, n] (right-padded rows are fine: causal attention never looks ahead);
+        returns the hidden states at every new position, [B, n, H] (``logits_of`` maps them)."""
+        n = ids.shape[1]
+        self.width += n
+        self.mask = self.full_mask[:, :self.width]
+        positions = self.next_pos + torch.arange(n, device=self.device)
+        hidden = self._forward(ids.to(self.device), positions, all_positions=True)
+        self.next_pos = self.next_pos + n
+        return hidden
 
-def _check_same_vocab(tokenizer, other, what: str) -> None:
-    if other is not tokenizer and other.get_vocab() != tokenizer.get_vocab():
+    def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._logits(hidden)
+
+
+def vocab_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def same_vocab(tokenizer, other) -> bool:
+    return other is tokenizer or other.get_vocab() == tokenizer.get_vocab()
+
+
+def check_same_vocab(tokenizer, other, what: str) -> None:
+    if not same_vocab(tokenizer, other):
         raise ValueError(f"The {what} uses a different vocabulary from the main model's tokenizer; "
-                         "token-level combination needs one shared vocabulary (same tokenizer family).")
+                         "token-level combination needs one shared vocabulary (same tokenizer family). "
+                         "Use chunk-level (text) guidance for models with another tokenizer.")
+
+
+class RowSearch:
+    """Reorders rows at chunk boundaries (chunk-level beam search, ``lpo_train.guidance``).
+
+    Rows come in groups of ``group_size`` consecutive rows, one group per prompt. Every
+    ``chunk_len`` tokens (None: only at the end) and once at the end, ``boundary`` scores the rows
+    and returns ``src`` [B]: new row r continues old row ``src[r]`` (tokens, every KV cache and the
+    rule's state are copied along). A row that is not the first copy of its source gets a fresh
+    seed derived from its parent's, so copies diverge and a width-1 search equals plain sampling.
+    """
+
+    group_size: int = 1
+    chunk_len: int | None = None
+
+    def begin(self, prompt_index: list[int], prompt_ids: list[list[int]], max_new_tokens: int) -> None:
+        """A new batch: ``prompt_index`` / ``prompt_ids`` per row."""
+
+    def boundary(self, tokens: torch.Tensor, lengths: torch.Tensor, alive: torch.Tensor,
+                 final: bool) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _copy_seeds(seeds: torch.Tensor, src: torch.Tensor, step: int) -> torch.Tensor:
+    """Row seeds after a reorder: first copy of a source keeps its seed, others get derived ones."""
+    from lpo_train.decoding.randomness import derive_seeds
+
+    copy = torch.zeros_like(src)
+    seen: dict[int, int] = {}
+    for r, j in enumerate(src.tolist()):
+        copy[r] = seen.get(j, 0)
+        seen[j] = copy[r].item() + 1
+    parent = seeds[src]
+    return torch.where(copy == 0, parent, derive_seeds(parent, step, copy))
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts, rule: Rule | None = None,
-             params: SamplingParams | None = None) -> list[Trace]:
+             params: SamplingParams | None = None, search: RowSearch | None = None,
+             stats: dict | None = None) -> list[Trace]:
     """Decode ``params.num_samples`` completions per prompt with ``rule`` (default: greedy).
 
     Returns traces in prompt-major order (prompt 0's samples first). Each row draws its random
     numbers from its own seed (``decoding.randomness``), so results do not depend on the batch
-    size, the other prompts in the batch, or the number of processes.
+    size, the other prompts in the batch, or the number of processes. ``search`` reorders rows
+    at chunk boundaries (beam search; then ``num_samples`` must be its group size). ``stats``, a
+    dict, receives ``forward_tokens``: tokens the main model processed (prefill + decode).
     """
     rule = rule if rule is not None else FixedTemperature(0.0)
     params = params or SamplingParams()
@@ -188,11 +258,16 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
     encoded = encode_prompts(tokenizer, prompts, params.chat_template)
     aux = []
     for stream in rule.aux_streams():
-        if len(stream.prompts) != len(prompts):
-            raise ValueError(f"{rule.name} gave {len(stream.prompts)} auxiliary prompts for {len(prompts)} prompts.")
-        aux_tok = stream.tokenizer or tokenizer
-        _check_same_vocab(tokenizer, aux_tok, f"auxiliary model of {rule.name}")
-        aux.append((stream.model or model, encode_prompts(aux_tok, stream.prompts, stream.chat_template)))
+        aux_prompts = prompts if stream.prompts is None else stream.prompts
+        if len(aux_prompts) != len(prompts):
+            raise ValueError(f"{rule.name} gave {len(aux_prompts)} auxiliary prompts for {len(prompts)} prompts.")
+        aux_tok, aux_model = stream.tokenizer or tokenizer, stream.model or model
+        what = f"auxiliary model of {rule.name}"
+        check_same_vocab(tokenizer, aux_tok, what)
+        if vocab_size(aux_model) != vocab_size(model):
+            raise ValueError(f"The {what} has {vocab_size(aux_model)} output logits but the main model has "
+                             f"{vocab_size(model)}; token-level combination needs one shared vocabulary.")
+        aux.append((aux_model, encode_prompts(aux_tok, aux_prompts, stream.chat_template)))
     rows = [(i, s) for i in range(len(encoded)) for s in range(params.num_samples)]
     if params.prompt_seeds is not None and len(params.prompt_seeds) != len(prompts):
         raise ValueError(f"prompt_seeds has {len(params.prompt_seeds)} seeds for {len(prompts)} prompts.")
@@ -200,19 +275,30 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
                  else seed_for(params.seed, i, s) for i, s in rows]
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
+    batch_size = params.batch_size
+    if search is not None:
+        if params.num_samples != search.group_size:
+            raise ValueError(f"A search over groups of {search.group_size} rows needs num_samples = "
+                             f"{search.group_size}, got {params.num_samples}.")
+        batch_size = max(1, batch_size // search.group_size) * search.group_size  # whole groups
+    stats = stats if stats is not None else {}
+    stats.setdefault("forward_tokens", 0)
     traces: list[Trace] = []
-    for start in range(0, len(rows), params.batch_size):
-        chunk = rows[start:start + params.batch_size]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
         n = params.max_new_tokens
         streams = [_Stream(model, [encoded[i] for i, _ in chunk], pad_id, n)]
         streams += [_Stream(m, [ids[i] for i, _ in chunk], pad_id, n) for m, ids in aux]
-        seeds = torch.tensor(row_seeds[start:start + params.batch_size], device=streams[0].device)
+        stats["forward_tokens"] += sum(len(encoded[i]) for i, _ in chunk)
+        if search is not None:
+            search.begin([i for i, _ in chunk], [encoded[i] for i, _ in chunk], n)
+        seeds = torch.tensor(row_seeds[start:start + batch_size], device=streams[0].device)
         traces += _decode_batch(streams, tokenizer, [encoded[i] for i, _ in chunk], chunk, rule,
-                                params, seeds, eos_ids, pad_id)
+                                params, seeds, eos_ids, pad_id, search, stats)
     return traces
 
 
-def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos_ids, pad_id):
+def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos_ids, pad_id, search, stats):
     main = streams[0]
     device, batch, steps = main.device, len(prompt_ids), params.max_new_tokens
     tokens = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)
@@ -230,6 +316,9 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
                    default=0)
 
     active = torch.arange(batch, device=device)
+    alive = torch.ones(batch, dtype=torch.bool, device=device)
+    all_seeds = seeds.clone()
+    scores = None
     state = rule.init_state(batch, device)
     for step in range(steps):
         logits = main.logits
@@ -267,25 +356,56 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
                     tail = tokenizer.decode(tokens[r, max(0, step - max_stop):step + 1])
                     if any(s in tail for s in params.stop_strings):
                         done[j], finish[r] = True, "stop"
-        if step == steps - 1:
-            break
-        if done.any():
-            keep = (~done).nonzero().flatten()
-            if keep.numel() == 0:
+        alive[active[done]] = False
+        last = step == steps - 1 or not alive.any()
+        if search is not None and (last or (search.chunk_len and (step + 1) % search.chunk_len == 0)):
+            src = search.boundary(tokens, lengths, alive, final=last).to(device)
+            if last:  # final ranking: src is a permutation, nothing is copied
+                tokens, values, entropies, choices, lengths = (x[src] for x in (tokens, values, entropies,
+                                                                                 choices, lengths))
+                finish = [finish[j] for j in src.tolist()]
+                hiddens = None if hiddens is None else hiddens[src]
+                choice_logps = None if choice_logps is None else choice_logps[src]
+                scores = search.final_scores
                 break
-            active, token, seeds = active[keep], token[keep], seeds[keep]
+            position = torch.full((batch,), -1, dtype=torch.long, device=device)
+            position[active] = torch.arange(len(active), device=device)  # row -> index in the streams
+            tokens, values, entropies, choices, lengths = (x[src] for x in (tokens, values, entropies,
+                                                                             choices, lengths))
+            finish = [finish[j] for j in src.tolist()]
+            hiddens = None if hiddens is None else hiddens[src]
+            choice_logps = None if choice_logps is None else choice_logps[src]
+            all_seeds = _copy_seeds(all_seeds, src, step)
+            alive = alive[src]
+            active = alive.nonzero().flatten()
+            keep = position[src[active]]
+            token, seeds = tokens[active, step], all_seeds[active]
             for s in streams:
                 s.select(keep)
             state = {k: v[keep] for k, v in state.items()}
+        else:
+            if last:
+                break
+            if done.any():
+                keep = (~done).nonzero().flatten()
+                active, token, seeds = active[keep], token[keep], seeds[keep]
+                for s in streams:
+                    s.select(keep)
+                state = {k: v[keep] for k, v in state.items()}
+        stats["forward_tokens"] += len(active)
         for s in streams:
             s.advance(token)
 
-    return [_trace(tokenizer, rows[r], prompt_ids[r], tokens[r, :lengths[r]], finish[r],
-                   values[r, :lengths[r]], entropies[r, :lengths[r]], choices[r, :lengths[r]],
-                   None if hiddens is None else hiddens[r, :min(hidden_steps, lengths[r])],
-                   None if choice_logps is None else choice_logps[r, :lengths[r]],
-                   params.stop_strings)
-            for r in range(batch)]
+    traces = [_trace(tokenizer, rows[r], prompt_ids[r], tokens[r, :lengths[r]], finish[r],
+                     values[r, :lengths[r]], entropies[r, :lengths[r]], choices[r, :lengths[r]],
+                     None if hiddens is None else hiddens[r, :min(hidden_steps, lengths[r])],
+                     None if choice_logps is None else choice_logps[r, :lengths[r]],
+                     params.stop_strings)
+              for r in range(batch)]
+    if scores is not None:
+        for t, sc in zip(traces, scores.tolist()):
+            t.score = sc
+    return traces
 
 
 def _trace(tokenizer, row, prompt_ids, tokens, finish, values, entropies, choices, hidden,

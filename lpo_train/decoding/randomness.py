@@ -44,3 +44,9 @@ def seed_for(*parts) -> int:
     """A 63-bit seed from any printable parts (e.g. run seed, step, prompt text, sample index)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def derive_seeds(parent: torch.Tensor, step: int, copy: torch.Tensor) -> torch.Tensor:
+    """Child seeds of ``parent`` seeds (int64), distinct per (step, copy index); 63-bit."""
+    x = mix64(parent + _int64((step + 1) * _M2))
+    return mix64(x + copy * _GOLDEN) & ((1 << 63) - 1)

@@ -55,7 +55,7 @@ class AuxStream:
     a guidance model's template). ``model`` defaults to the main model.
     """
 
-    prompts: list
+    prompts: list | None = None  # None: the main prompts, rendered with this stream's tokenizer
     model: object | None = None
     tokenizer: object | None = None
     chat_template: bool | None = None

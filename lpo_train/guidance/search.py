@@ -1,0 +1,76 @@
+"""Chunk-level beam search (CBS) through the one engine, batched across prompts.
+
+Rows = prompts x W x K. Every L tokens each prompt's W*K candidates are scored, the global
+top W (sorted, duplicates of finished hypotheses allowed) survive, and each survivor is copied K
+times in the order [b1..bW, b1..bW, ...]. The engine copies tokens, every model's KV cache and
+the rule's state with one index; finished hypotheses stay in the pool at no compute cost. At
+the end (all finished or ``max_new_tokens``) the candidates are ranked once more.
+
+(W, K, L) = (1, 1, any) is plain sampling, (1, N, None) is best-of-N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from lpo_train.decoding.engine import RowSearch, SamplingParams, Trace, generate
+from lpo_train.decoding.rules import FixedTemperature, Rule
+from lpo_train.guidance.scorers import ChunkScorer
+
+
+class ChunkBeamSearch(RowSearch):
+    def __init__(self, scorer: ChunkScorer | None, width: int = 1, candidates: int = 1,
+                 chunk_length: int | None = None):
+        if width < 1 or candidates < 1:
+            raise ValueError(f"Beam width W and candidates K must be >= 1, got W={width}, K={candidates}.")
+        if chunk_length is not None and chunk_length < 1:
+            raise ValueError(f"chunk_length L must be >= 1 or None (= only at the end), got {chunk_length}.")
+        if scorer is None and width * candidates > 1:
+            raise ValueError("A beam search over W*K > 1 candidates needs a chunk scorer "
+                             "(implicit, explicit or reward).")
+        self.scorer, self.width, self.candidates = scorer, width, candidates
+        self.group_size, self.chunk_len = width * candidates, chunk_length
+        self.final_scores = None
+
+    def begin(self, prompt_index, prompt_ids, max_new_tokens):
+        self.device = None
+        if self.scorer is not None:
+            self.scorer.begin(prompt_index, max_new_tokens, None)
+
+    def boundary(self, tokens, lengths, alive, final):
+        batch = len(lengths)
+        scores = (self.scorer.score(tokens, lengths).float().cpu() if self.scorer is not None
+                  else torch.zeros(batch))
+        groups = scores.view(-1, self.group_size)
+        order = torch.argsort(groups, dim=1, descending=True, stable=True)
+        offsets = (torch.arange(len(groups)) * self.group_size)[:, None]
+        if final:
+            src = (order + offsets).flatten()
+            self.final_scores = scores[src]
+            return src
+        src = (order[:, :self.width].repeat(1, self.candidates) + offsets).flatten()
+        if self.scorer is not None:
+            self.scorer.select(src, alive.cpu()[src])
+        return src
+
+
+def guided_generate(model, tokenizer, prompts, rule: Rule | None = None, scorer: ChunkScorer | None = None,
+                    width: int = 1, candidates: int = 1, chunk_length: int | None = None,
+                    params: SamplingParams | None = None, rows: list[dict] | None = None,
+                    stats: dict | None = None) -> list[list[Trace]]:
+    """Per prompt, its final W*K candidates ranked best first (``trace.score``); ``[0]`` is the answer.
+
+    ``rule`` is the token-level sampler (default: temperature 1; ``ImplicitGuidance`` for EFT,
+    ``ExplicitGuidance`` for value-guided sampling), ``scorer`` the chunk-level guidance.
+    ``rows`` (dataset rows, one per prompt) give reward columns to a ``RewardScorer``.
+    """
+    params = replace(params or SamplingParams(), num_samples=width * candidates)
+    search = ChunkBeamSearch(scorer, width, candidates, chunk_length)
+    if scorer is not None:
+        scorer.bind(tokenizer, prompts, rows)
+    traces = generate(model, tokenizer, prompts, rule if rule is not None else FixedTemperature(1.0),
+                      params, search=search, stats=stats)
+    g = search.group_size
+    return [traces[i * g:(i + 1) * g] for i in range(len(prompts))]
