@@ -178,13 +178,35 @@ def headline(name: str, agg: dict) -> dict:
     return {}
 
 
+def markdown_table(result: dict) -> str:
+    """The aggregated strategies as a markdown table, mean ± std over the seeds."""
+    strategies = result["strategies"]
+    first = next(iter(strategies.values()))
+    temps = list(first["win_rate_vs_fixed"])
+    extra = [k for k in ("accuracy", "maj_at_n", "repeat_3gram", "percent_non_greedy", "self_bleu")
+             if any(k in s for s in strategies.values())]
+    ms = lambda v, f=".1f": "-" if v is None else f"{v['mean']:{f}} ± {v['std']:{f}}"  # noqa: E731
+    lines = ["| strategy | mean reward | " + " | ".join(f"win vs T={t}" for t in temps) + " | avg win | "
+             + " | ".join(extra) + " |", "|---|---|" + "---|" * (len(temps) + 1 + len(extra))]
+    for name, s in strategies.items():
+        lines.append(f"| {name} | {ms(s['mean_reward'], '.3f')} | "
+                     + " | ".join(f"{s['win_rate_vs_fixed'][t]['mean']:.1f}" for t in temps)
+                     + f" | {ms(s['average_win_rate'])} | " + " | ".join(ms(s.get(k)) for k in extra) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("replication", choices=sorted(REPLICATIONS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--output-dir", default=None, help="default: outputs/replicate/<replication>")
     p.add_argument("--json", default=None, help="default: docs/results/<replication's file>")
+    p.add_argument("--table-only", action="store_true", help="print the markdown table of an existing JSON")
     args = p.parse_args(argv)
+    path = Path(args.json or ROOT / "docs" / "results" / OUT_JSON[args.replication])
+    if args.table_only:
+        print(markdown_table(json.loads(path.read_text())))
+        return {}
     import torch
 
     torch.set_num_threads(1)
@@ -192,9 +214,9 @@ def main(argv=None) -> dict:
     per_seed = [run_seed(args.replication, s, out) for s in args.seeds]
     agg = aggregate(args.replication, per_seed, args.seeds)
     result = {**headline(args.replication, agg), **agg}
-    path = Path(args.json or ROOT / "docs" / "results" / OUT_JSON[args.replication])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown_table(result))
     print(f"wrote {path}")
     return result
 
