@@ -34,6 +34,37 @@ def negative_repetition_reward(prompts, completions, **kwargs) -> list[float]:
     return [-repetition_rate(toy.completion_text(c)) for c in completions]
 
 
+def answer_mentioned(text: str, answer: str) -> float:
+    """1.0 if ``answer`` occurs in ``text`` as a whole word or phrase (case-insensitive), else 0.0."""
+    import re
+
+    return float(re.search(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", text, re.IGNORECASE) is not None)
+
+
+def long_non_repetitive(text: str, min_words: int = 40) -> float:
+    """Share of non-repeated word 3-grams, scaled down for texts shorter than ``min_words``: a
+    text-quality proxy for stories (it cannot see incoherence)."""
+    words = text.split()
+    return (1.0 - repetition_rate(text)) * min(1.0, len(words) / min_words) if words else 0.0
+
+
+def real_mix_reward(prompts, completions, family, answer, **kwargs) -> list[float]:
+    """For the SmolLM2 run of the evaluation issue: ``arith`` = the last number is the sum,
+    ``capital`` = the capital is named, ``story`` = ``long_non_repetitive``."""
+    out = []
+    for c, f, a in zip(completions, family, answer, strict=True):
+        text = toy.completion_text(c)
+        if f == "arith":
+            out.append(toy.arith_final_score(text, a))
+        elif f == "capital":
+            out.append(answer_mentioned(text, a))
+        elif f == "story":
+            out.append(long_non_repetitive(text))
+        else:
+            raise ValueError(f"real_mix has no reward for family {f!r} (arith, capital, story).")
+    return out
+
+
 BUILTIN_REWARDS: dict[str, Callable] = {
     "toy": toy.toy_reward,
     "arith": toy.arith_reward,
@@ -42,6 +73,7 @@ BUILTIN_REWARDS: dict[str, Callable] = {
     "constrained": toy.constrained_reward,
     "sentiment": toy.sentiment_reward,
     "negative_repetition": negative_repetition_reward,
+    "real_mix": real_mix_reward,
 }
 
 
