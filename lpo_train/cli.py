@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -82,11 +83,21 @@ def _add_sweep_args(p) -> None:
                    default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2])
 
 
+TRL_STYLE = {  # commands parsed by TRL's parser (--config recipe.yaml plus --key value overrides)
+    "train": "lpo_train.train:main",
+    "evaluate": "lpo_train.evaluation.harness:main",
+    "train-value": "lpo_train.trainers.value:main",
+    "generate": "lpo_train.guidance.run:main",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpo-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train an AdaptiveDecoder head with LPO: --config recipe.yaml [--key value ...]")
     sub.add_parser("evaluate", help="decoding strategies vs the fixed-temperature grid: --config ... [--key value]")
+    sub.add_parser("train-value", help="train a guidance model: --kind implicit|explicit --config ... [--key value]")
+    sub.add_parser("generate", help="guided decoding to JSONL: --method base|bon|eft|tokenrm|cbs|ivg [--config ...]")
 
     p = sub.add_parser("toy-pretrain", help="pretrain the toy world's LM and cache it")
     p.add_argument("--size", default="small", choices=["small", "base"])
@@ -112,12 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("train", "evaluate"):  # TRL-style parser: --config recipe.yaml plus --key value
-        if argv[0] == "train":
-            from lpo_train.train import main as command
-        else:
-            from lpo_train.evaluation.harness import main as command
-        command(argv[1:])
+    if argv and argv[0] in TRL_STYLE:  # TRL-style parser: --config recipe.yaml plus --key value
+        module, _, name = TRL_STYLE[argv[0]].partition(":")
+        getattr(importlib.import_module(module), name)(argv[1:])
         return
     args = build_parser().parse_args(argv)
     args.func(args)

@@ -48,7 +48,7 @@ class ChunkBeamSearch(RowSearch):
         offsets = (torch.arange(len(groups)) * self.group_size)[:, None]
         if final:
             src = (order + offsets).flatten()
-            self.final_scores = scores[src]
+            self.final_scores = scores[src] if self.scorer is not None else None
             return src
         src = (order[:, :self.width].repeat(1, self.candidates) + offsets).flatten()
         if self.scorer is not None:

@@ -1,0 +1,201 @@
+"""``lpo-train generate --method base|bon|eft|cbs|ivg|tokenrm ...``: guided decoding to JSONL.
+
+Every cell of the token-level (none / implicit / explicit) x chunk-level (none / implicit /
+explicit / reward) grid is reachable by ``token_guidance`` / ``chunk_guidance``; ``method`` only
+sets their defaults:
+
+| method  | token level | chunk level                        | (W, K, L)              |
+|---------|-------------|------------------------------------|------------------------|
+| base    | none        | none                               | (1, 1, -)              |
+| bon     | none        | explicit, else implicit, else reward | (1, K, end)          |
+| eft     | implicit    | none                               | (1, 1, -)              |
+| tokenrm | explicit    | none                               | (1, 1, -)              |
+| cbs     | none        | implicit (weak-to-strong search)   | (W, K, L)              |
+| ivg     | implicit    | explicit                           | (W, K, L)              |
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+METHODS = {  # method -> (token guidance, chunk guidance, beam search?)
+    "base": ("none", "none", False),
+    "bon": ("none", "auto", False),
+    "eft": ("implicit", "none", False),
+    "tokenrm": ("explicit", "none", False),
+    "cbs": ("none", "implicit", True),
+    "ivg": ("implicit", "explicit", True),
+}
+TOKEN_GUIDANCE = ("none", "implicit", "explicit")
+CHUNK_GUIDANCE = ("none", "implicit", "explicit", "reward")
+
+
+def _help(text, default=None, **kw):
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class GenerateConfig:
+    method: str = _help(f"Preset: one of {sorted(METHODS)} (see the table in lpo_train/guidance/run.py).", "ivg")
+    token_guidance: str | None = _help(f"Override the token-level guidance: one of {TOKEN_GUIDANCE}.", None)
+    chunk_guidance: str | None = _help(f"Override the chunk-level guidance: one of {CHUNK_GUIDANCE}.", None)
+    model_name_or_path: str = _help("The base model being steered (path, Hub id, 'toy:base', 'smollm2').", "toy:base")
+    tuned_model: str | None = _help("Implicit value: the small tuned (e.g. DPO) model.", None)
+    untuned_model: str | None = _help("Implicit value: its untuned reference (e.g. the SFT model).", None)
+    value_model: str | None = _help("Explicit value: a token value model (lpo-train train-value --kind explicit).", None)
+    reward_funcs: list[str] | None = _help("Chunk-level 'reward' guidance (best-of-N with a reward): names, "
+                                           "'module:function' or reward-model paths.", None)
+    gold_reward_funcs: list[str] | None = _help("Rewards that score the final responses (reported, not used).", None)
+    beam_width: int = _help("W: hypotheses kept at each chunk boundary.", 4)
+    num_candidates: int = _help("K: successors per hypothesis (best-of-N: N).", 4)
+    chunk_length: int = _help("L: tokens per chunk; 0 = score only at the end (best-of-N).", 5)
+    beta_token: float = _help("Implicit token-level weight: z = l_base + beta (l_tuned - l_untuned).", 1.0)
+    w_token: float = _help("Explicit token-level weight: z = l_base + w Q.", 1.0)
+    beta_chunk: float = _help("Chunk-level score scale.", 1.0)
+    temperature: float = _help("Sampling temperature, applied after the guidance is combined.", 0.7)
+    top_k: int = _help("Top-k after temperature (0 = off).", 0)
+    top_p: float = _help("Top-p after temperature.", 1.0)
+    max_new_tokens: int = _help("Maximum new tokens per response.", 48)
+    stop_strings: list[str] | None = _help("Stop when a response contains one of these strings.", None)
+    incremental_scoring: bool = _help("Chunk scorers keep and reorder a KV cache (False: re-encode every chunk).",
+                                      True)
+    dataset_name: str = _help("Prompts: 'toy', a .json/.jsonl/.parquet file or a Hub dataset id.", "toy")
+    dataset_split: str = _help("Split of a Hub prompt dataset.", "test")
+    toy_families: list[str] | None = _help("Toy families when dataset_name is 'toy'.", None)
+    toy_prompts_per_family: int = _help("Toy prompts per family.", 32)
+    toy_seed: int = _help("Seed of the toy prompts (keep it apart from training prompts).", 4242)
+    seed: int = _help("Sampling seed (per-prompt seeds derive from it and the prompt index).", 0)
+    batch_size: int = _help("Rows (prompts x W x K) per forward batch.", 256)
+    output_file: str = _help("JSONL output; written atomically when the run completes.", "outputs/generate.jsonl")
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}.")
+        token, chunk, search = METHODS[self.method]
+        self.token_guidance = self.token_guidance or token
+        self.chunk_guidance = self.chunk_guidance or chunk
+        if self.chunk_guidance == "auto":
+            self.chunk_guidance = ("explicit" if self.value_model else "implicit" if self.tuned_model
+                                   else "reward" if self.reward_funcs else None)
+            if self.chunk_guidance is None:
+                raise ValueError("best-of-N needs a scorer: value_model, tuned_model + untuned_model, or reward_funcs.")
+        if self.token_guidance not in TOKEN_GUIDANCE or self.chunk_guidance not in CHUNK_GUIDANCE:
+            raise ValueError(f"token_guidance must be one of {TOKEN_GUIDANCE} and chunk_guidance one of "
+                             f"{CHUNK_GUIDANCE}; got {self.token_guidance!r}, {self.chunk_guidance!r}.")
+        if self.method == "bon":
+            self.beam_width, self.chunk_length = 1, 0
+        elif self.chunk_guidance == "none":
+            self.beam_width, self.num_candidates = 1, 1
+        needs = {"implicit": ("tuned_model", "untuned_model"), "explicit": ("value_model",), "reward": ("reward_funcs",)}
+        for level in {self.token_guidance, self.chunk_guidance} - {"none"}:
+            missing = [k for k in needs[level] if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"{level} guidance needs {', '.join(missing)}.")
+        if self.beam_width < 1 or self.num_candidates < 1 or self.chunk_length < 0:
+            raise ValueError("Need beam_width >= 1, num_candidates >= 1 and chunk_length >= 0 (0 = at the end).")
+
+
+def load_rows(config: GenerateConfig) -> list[dict]:
+    if config.dataset_name == "toy":
+        from lpo_train.tasks.toy import make_prompts
+
+        return make_prompts(config.toy_families or ["sentiment"], config.toy_prompts_per_family, seed=config.toy_seed)
+    from lpo_train.trainers.lpo import load_prompt_dataset
+
+    return list(load_prompt_dataset(config))
+
+
+def build(config: GenerateConfig, models: dict | None = None):
+    """``(rule, scorer)`` for ``config``; ``models`` caches loaded models by path across calls."""
+    from lpo_train.decoding import FixedTemperature
+    from lpo_train.guidance import (
+        ExplicitGuidance, ExplicitScorer, ImplicitGuidance, ImplicitScorer, RewardScorer, load_value_model,
+    )
+    from lpo_train.models.loading import load_causal_lm
+
+    models = models if models is not None else {}
+
+    def get(path, value=False):
+        key = ("value", path) if value else path
+        if key not in models:
+            models[key] = load_value_model(path) if value else load_causal_lm(path)
+        return models[key]
+
+    rule, scorer = FixedTemperature(config.temperature), None
+    if config.token_guidance == "implicit":
+        (tuned, tok), (untuned, _) = get(config.tuned_model), get(config.untuned_model)
+        rule = ImplicitGuidance(tuned, untuned, config.beta_token, config.temperature, tokenizer=tok)
+    elif config.token_guidance == "explicit":
+        value, tok = get(config.value_model, value=True)
+        rule = ExplicitGuidance(value, config.w_token, config.temperature, tokenizer=tok)
+    inc = config.incremental_scoring
+    if config.chunk_guidance == "implicit":
+        (tuned, tok), (untuned, _) = get(config.tuned_model), get(config.untuned_model)
+        scorer = ImplicitScorer(tuned, untuned, config.beta_chunk, tokenizer=tok, incremental=inc)
+    elif config.chunk_guidance == "explicit":
+        value, tok = get(config.value_model, value=True)
+        scorer = ExplicitScorer(value, config.beta_chunk, tokenizer=tok, incremental=inc)
+    elif config.chunk_guidance == "reward":
+        scorer = RewardScorer(config.reward_funcs)
+    return rule, scorer
+
+
+def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | None = None) -> dict:
+    """Generate for every prompt; returns ``{"records": [...], "stats": {...}}`` (and writes the JSONL)."""
+    from lpo_train.decoding import SamplingParams
+    from lpo_train.decoding.randomness import seed_for
+    from lpo_train.guidance import guided_generate
+    from lpo_train.models.loading import load_causal_lm
+    from lpo_train.rewards import resolve_rewards, score_traces
+
+    models = models if models is not None else {}
+    rows = rows if rows is not None else load_rows(config)
+    if not rows:
+        raise ValueError("The prompt dataset is empty.")
+    if config.model_name_or_path not in models:
+        models[config.model_name_or_path] = load_causal_lm(config.model_name_or_path)
+    model, tokenizer = models[config.model_name_or_path]
+    rule, scorer = build(config, models)
+    params = SamplingParams(max_new_tokens=config.max_new_tokens, top_k=config.top_k, top_p=config.top_p,
+                            stop_strings=tuple(config.stop_strings or ()), batch_size=config.batch_size,
+                            prompt_seeds=[seed_for(config.seed, i) for i in range(len(rows))])
+    stats, start = {}, time.time()
+    ranked = guided_generate(model, tokenizer, [r["prompt"] for r in rows], rule=rule, scorer=scorer,
+                             width=config.beam_width, candidates=config.num_candidates,
+                             chunk_length=config.chunk_length or None, params=params, rows=rows, stats=stats)
+    stats["seconds"] = time.time() - start
+    best = [r[0] for r in ranked]
+    gold = None
+    if config.gold_reward_funcs:
+        funcs, weights = resolve_rewards(config.gold_reward_funcs)
+        gold = score_traces(funcs, weights, rows, best)[0].tolist()
+    records = [{"prompt_index": i, "prompt": rows[i]["prompt"], "response": t.text, "score": t.score,
+                "finish_reason": t.finish_reason, "num_tokens": len(t.token_ids),
+                **({"gold_reward": gold[i]} if gold is not None else {})} for i, t in enumerate(best)]
+    stats["generated_tokens"] = sum(len(t.token_ids) for t in best)
+    if gold is not None:
+        stats["mean_gold_reward"] = sum(gold) / len(gold)
+    out = Path(config.output_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    with tmp.open("w") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+    tmp.rename(out)  # a half-written file is never taken for a finished run
+    out.with_name(out.stem + ".meta.json").write_text(json.dumps({"config": asdict(config), "stats": stats}, indent=2))
+    return {"records": records, "stats": stats}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from trl import TrlParser
+
+    (config,) = TrlParser(dataclass_types=[GenerateConfig]).parse_args_and_config(argv)
+    result = run(config)
+    s = result["stats"]
+    print(f"{config.method}: {len(result['records'])} responses -> {config.output_file} "
+          f"({s['forward_tokens']} base-model forward tokens, {s['seconds']:.1f} s"
+          + (f", mean gold reward {s['mean_gold_reward']:.4f})" if "mean_gold_reward" in s else ")"))
+    return result

@@ -1,0 +1,341 @@
+"""Companion trainers for guided decoding (``lpo-train train-value``).
+
+- **Implicit value**: a small "untuned" LM samples N responses per prompt, a gold reward labels
+  them, ``build_preference_pairs`` makes pairs (Bradley-Terry sampled labels as in weak-to-strong
+  search, or deterministic best vs worst), and TRL's ``DPOTrainer`` tunes a copy of the model.
+  tuned vs untuned then give the implicit value beta * log pi_tuned / pi_untuned.
+- **Explicit value**: ``ExplicitValueTrainer`` fits a token value model (``guidance.value_model``:
+  backbone + bias-free hidden x vocabulary head) on every prefix of the sampled responses. Loss
+  (the IVG authors never released theirs; documented choice): ``bce`` - FUDGE-style, every prefix
+  value is a logit for "the finished response scores above ``label_threshold``"; or ``mse`` -
+  every prefix value regresses onto the final reward (CD-FUDGE). Reported: held-out pairwise
+  accuracy of end scores (two responses to one prompt with different rewards, ranked right).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+PAIR_MODES = ("bradley_terry", "best_worst")
+VALUE_LOSSES = ("bce", "mse")
+
+
+def _help(text: str, default, **kw):
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class ValueDataArguments:
+    """Where the training responses come from (shared by both kinds)."""
+
+    model_name_or_path: str | None = _help(
+        "The model to train: the untuned small LM (implicit) or the value model's backbone (explicit): a path, "
+        "a Hub id, 'toy:small' / 'toy:base' or 'smollm2'.", None)
+    sampler_model: str | None = _help("The LM that samples the responses (default: model_name_or_path).", None)
+    dataset_name: str | None = _help("Prompts: 'toy', a .json/.jsonl/.parquet file or a Hub dataset id.", "toy")
+    dataset_split: str = _help("Split of a Hub prompt dataset.", "train")
+    toy_families: list[str] = _help("Toy families when dataset_name is 'toy'.", None)
+    toy_prompts_per_family: int = _help("Toy prompts per family.", 256)
+    reward_funcs: list[str] = _help("Gold rewards: built-in names, 'module:function' or model paths.", None)
+    reward_weights: list[float] | None = _help("One weight per reward function.", None)
+    num_samples: int = _help("Responses sampled per prompt (>= 2).", 4)
+    max_new_tokens: int = _help("Maximum new tokens per sampled response.", 48)
+    sampling_temperature: float = _help("Temperature of the sampler.", 1.0)
+    sample_batch_size: int = _help("Rows per forward batch while sampling.", 256)
+    pair_mode: str = _help(f"Implicit pairs: one of {PAIR_MODES}.", "bradley_terry")
+    bt_scale: float = _help("Bradley-Terry labels: P(a preferred) = sigmoid(bt_scale * (r_a - r_b)).", 1.0)
+    eval_fraction: float = _help("Share of prompts held out for evaluation (pairwise accuracy).", 0.1)
+    sample_seed: int = _help("Seed of the prompts, the sampling and the labels.", 0)
+
+    def __post_init__(self):
+        self.toy_families = self.toy_families or ["sentiment"]
+        self.reward_funcs = self.reward_funcs or (["toy"] if self.dataset_name == "toy" else [])
+        if self.pair_mode not in PAIR_MODES:
+            raise ValueError(f"pair_mode must be one of {PAIR_MODES}, got {self.pair_mode!r}.")
+        if self.num_samples < 2:
+            raise ValueError(f"num_samples must be >= 2 to build pairs, got {self.num_samples}.")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
+
+
+@dataclass
+class ExplicitValueConfig(TrainingArguments):
+    value_loss: str = _help(f"Per-prefix loss: one of {VALUE_LOSSES} (see the module docstring).", "bce")
+    label_threshold: float = _help("bce: a response is 'good' when its reward is above this.", 0.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.value_loss not in VALUE_LOSSES:
+            raise ValueError(f"value_loss must be one of {VALUE_LOSSES}, got {self.value_loss!r}.")
+
+
+def load_prompts(data: ValueDataArguments) -> list[dict]:
+    from lpo_train.trainers.lpo import load_prompt_dataset
+
+    if data.dataset_name == "toy":
+        from lpo_train.tasks.toy import make_prompts
+
+        return make_prompts(data.toy_families, data.toy_prompts_per_family, seed=data.sample_seed)
+    return list(load_prompt_dataset(data))
+
+
+def sample_responses(data: ValueDataArguments, rows: list[dict] | None = None) -> list[dict]:
+    """N responses per prompt from the sampler, each with its gold reward: records with ``prompt_index``,
+    ``prompt`` (as in the dataset), ``completion`` (text), ``prompt_ids``, ``completion_ids``, ``reward``."""
+    from lpo_train.decoding import FixedTemperature, SamplingParams, generate
+    from lpo_train.models.loading import load_causal_lm
+    from lpo_train.rewards import resolve_rewards, score_traces
+
+    rows = rows if rows is not None else load_prompts(data)
+    if not rows:
+        raise ValueError("The prompt dataset is empty.")
+    funcs, weights = resolve_rewards(data.reward_funcs, data.reward_weights)
+    model, tokenizer = load_causal_lm(data.sampler_model or data.model_name_or_path)
+    traces = generate(model, tokenizer, [r["prompt"] for r in rows], FixedTemperature(data.sampling_temperature),
+                      SamplingParams(max_new_tokens=data.max_new_tokens, num_samples=data.num_samples,
+                                     seed=data.sample_seed, batch_size=data.sample_batch_size))
+    rewards, _ = score_traces(funcs, weights, rows, traces)
+    return [{"prompt_index": t.prompt_index, "prompt": rows[t.prompt_index]["prompt"], "completion": t.text,
+             "prompt_ids": t.prompt_ids, "completion_ids": t.token_ids, "reward": float(r)}
+            for t, r in zip(traces, rewards.tolist()) if not math.isnan(r)]
+
+
+def split_by_prompt(records: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    prompts = sorted({r["prompt_index"] for r in records})
+    random.Random(f"split-{seed}").shuffle(prompts)
+    held = set(prompts[:int(round(eval_fraction * len(prompts)))])
+    return ([r for r in records if r["prompt_index"] not in held], [r for r in records if r["prompt_index"] in held])
+
+
+def _as_message(completion: str, prompt) -> list[dict] | str:
+    return [{"role": "assistant", "content": completion}] if isinstance(prompt, list) else completion
+
+
+def build_preference_pairs(records: list[dict], mode: str = "bradley_terry", bt_scale: float = 1.0,
+                           seed: int = 0) -> list[dict]:
+    """TRL preference rows ``{prompt, chosen, rejected}`` (conversational when prompts are).
+
+    ``bradley_terry``: the first two responses of each prompt; the first is chosen with probability
+    sigmoid(bt_scale * (r_a - r_b)) (a coin flip on ties). ``best_worst``: highest vs lowest reward;
+    prompts whose responses all tie are skipped.
+    """
+    if mode not in PAIR_MODES:
+        raise ValueError(f"mode must be one of {PAIR_MODES}, got {mode!r}.")
+    rng = random.Random(f"pairs-{seed}")
+    by_prompt: dict[int, list[dict]] = {}
+    for r in records:
+        by_prompt.setdefault(r["prompt_index"], []).append(r)
+    pairs = []
+    for _, group in sorted(by_prompt.items()):
+        if len(group) < 2:
+            continue
+        if mode == "bradley_terry":
+            a, b = group[0], group[1]
+            p_a = 1.0 / (1.0 + math.exp(-bt_scale * (a["reward"] - b["reward"])))
+            chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
+        else:
+            chosen, rejected = max(group, key=lambda r: r["reward"]), min(group, key=lambda r: r["reward"])
+            if chosen["reward"] == rejected["reward"]:
+                continue
+        prompt = chosen["prompt"]
+        pairs.append({"prompt": prompt, "chosen": _as_message(chosen["completion"], prompt),
+                      "rejected": _as_message(rejected["completion"], prompt),
+                      "chosen_reward": chosen["reward"], "rejected_reward": rejected["reward"]})
+    return pairs
+
+
+# --- explicit value model ------------------------------------------------------------------------
+
+
+def _value_features(records: list[dict]) -> list[dict]:
+    return [{"input_ids": r["prompt_ids"] + r["completion_ids"], "prompt_length": len(r["prompt_ids"]),
+             "reward": r["reward"], "prompt_index": r["prompt_index"]}
+            for r in records if r["completion_ids"]]
+
+
+class _ValueCollator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        response = torch.zeros_like(ids, dtype=torch.bool)
+        for i, f in enumerate(features):  # right padding
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.tensor(f["input_ids"])
+            mask[i, :n] = 1
+            response[i, f["prompt_length"]:n] = True  # V(x, y_<=t) at every response token t
+        return {"input_ids": ids, "attention_mask": mask, "response_mask": response,
+                "reward": torch.tensor([float(f["reward"]) for f in features])}
+
+
+class ExplicitValueTrainer(Trainer):
+    """Trains a token value model on every prefix of scored responses (see the module docstring).
+
+    ``train_dataset`` / ``eval_dataset``: records from ``sample_responses`` (lists of dicts).
+    """
+
+    def __init__(self, model, args: ExplicitValueConfig, train_dataset, eval_dataset=None, processing_class=None,
+                 callbacks=None):
+        from lpo_train.guidance.value_model import is_value_model
+
+        if not is_value_model(model):
+            raise ValueError("ExplicitValueTrainer needs a token value model; build one with "
+                             "lpo_train.guidance.make_value_model(backbone).")
+        args.remove_unused_columns = False
+        pad = processing_class.pad_token_id if processing_class is not None and processing_class.pad_token_id is not None else 0
+        self.eval_records = eval_dataset
+        super().__init__(model=model, args=args, train_dataset=_value_features(train_dataset),
+                         eval_dataset=_value_features(eval_dataset) if eval_dataset else None,
+                         data_collator=_ValueCollator(pad), processing_class=processing_class, callbacks=callbacks)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from lpo_train.guidance.value_model import token_values
+
+        values = token_values(model, inputs["input_ids"], inputs["attention_mask"])
+        mask = inputs["response_mask"].float()
+        reward = inputs["reward"][:, None].expand_as(values)
+        if self.args.value_loss == "bce":
+            target = (reward > self.args.label_threshold).float()
+            per_token = torch.nn.functional.binary_cross_entropy_with_logits(values, target, reduction="none")
+        else:
+            per_token = (values - reward) ** 2
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()  # each response weighs the same
+        return (loss, {"values": values}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad():
+            loss = self.compute_loss(model, self._prepare_inputs(inputs))
+        return loss.detach(), None, None
+
+    @torch.no_grad()
+    def pairwise_accuracy(self, records: list[dict] | None = None, batch_size: int = 64) -> float | None:
+        """Share of (same prompt, different reward) response pairs whose end scores rank them right."""
+        from lpo_train.guidance.value_model import end_scores
+
+        feats = _value_features(records if records is not None else self.eval_records or [])
+        if not feats:
+            return None
+        model = self.model.eval()
+        collate = _ValueCollator(self.data_collator.pad_id)
+        scores = []
+        for start in range(0, len(feats), batch_size):
+            batch = collate(feats[start:start + batch_size])
+            scores += end_scores(model, batch["input_ids"].to(model.device),
+                                 batch["attention_mask"].to(model.device)).tolist()
+        return pairwise_accuracy(scores, [f["reward"] for f in feats], [f["prompt_index"] for f in feats])
+
+
+def pairwise_accuracy(scores: list[float], rewards: list[float], groups: list) -> float | None:
+    """Over all pairs within a group with different rewards: how often the higher reward has the higher
+    score (score ties count 0.5). None when there is no such pair."""
+    by_group: dict = {}
+    for s, r, g in zip(scores, rewards, groups):
+        by_group.setdefault(g, []).append((s, r))
+    right, total = 0.0, 0
+    for items in by_group.values():
+        for i in range(len(items)):
+            for j in range(i + 1, len(items)):
+                (si, ri), (sj, rj) = items[i], items[j]
+                if ri == rj:
+                    continue
+                total += 1
+                right += 0.5 if si == sj else float((si > sj) == (ri > rj))
+    return right / total if total else None
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+
+def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig) -> dict:
+    from lpo_train.guidance.value_model import make_value_model
+    from lpo_train.models.loading import load_causal_lm, resolve_model_path
+
+    records = sample_responses(data)
+    train, held = split_by_prompt(records, data.eval_fraction, data.sample_seed)
+    _, tokenizer = load_causal_lm(data.model_name_or_path)
+    model = make_value_model(resolve_model_path(data.model_name_or_path))
+    trainer = ExplicitValueTrainer(model, args, train, held or None, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = {"kind": "explicit", "value_loss": args.value_loss, "train_responses": len(train),
+               "eval_responses": len(held), "eval_pairwise_accuracy": trainer.pairwise_accuracy(held),
+               "train_pairwise_accuracy": trainer.pairwise_accuracy(train[:2000])}
+    trainer.log({k: v for k, v in metrics.items() if isinstance(v, float)})
+    _write_metrics(args.output_dir, metrics)
+    return metrics
+
+
+def train_implicit_value(data: ValueDataArguments, args) -> dict:
+    """DPO (TRL's ``DPOTrainer``, ``args``: a ``trl.DPOConfig``) of the untuned model on sampled pairs."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+
+    from lpo_train.models.loading import load_causal_lm, resolve_model_path
+
+    records = sample_responses(data)
+    train, held = split_by_prompt(records, data.eval_fraction, data.sample_seed)
+    pairs = build_preference_pairs(train, data.pair_mode, data.bt_scale, data.sample_seed)
+    eval_pairs = build_preference_pairs(held, "best_worst", seed=data.sample_seed) if held else []
+    if not pairs:
+        raise ValueError("No preference pairs: every prompt's responses tied. Sample more (num_samples) or "
+                         "use a reward that separates responses.")
+    _, tokenizer = load_causal_lm(data.model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(data.model_name_or_path), dtype=torch.float32)
+    keep = ["prompt", "chosen", "rejected"]
+    train_ds = datasets.Dataset.from_list([{k: p[k] for k in keep} for p in pairs])
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds,
+                         eval_dataset=(datasets.Dataset.from_list([{k: p[k] for k in keep} for p in eval_pairs])
+                                       if eval_pairs else None),
+                         processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = {"kind": "implicit", "pair_mode": data.pair_mode, "train_pairs": len(pairs),
+               "eval_pairs": len(eval_pairs),
+               "label_agreement_with_reward": sum(p["chosen_reward"] > p["rejected_reward"] for p in pairs) / len(pairs)}
+    fit = trainer.evaluate(eval_dataset=train_ds.select(range(min(512, len(train_ds)))), metric_key_prefix="fit")
+    # DPO's implicit reward on (up to 512) training pairs; TRL names these eval_* whatever the prefix
+    metrics["train_rewards_accuracy"] = fit.get("eval_rewards/accuracies")
+    metrics["train_rewards_margin"] = fit.get("eval_rewards/margins")
+    if eval_pairs:
+        ev = trainer.evaluate()
+        metrics["eval_rewards_accuracy"] = ev.get("eval_rewards/accuracies")
+        metrics["eval_rewards_margin"] = ev.get("eval_rewards/margins")
+    _write_metrics(args.output_dir, metrics)
+    return metrics
+
+
+def _write_metrics(output_dir, metrics: dict) -> None:
+    path = Path(output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "value_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``lpo-train train-value --kind implicit|explicit --config recipe.yaml [--key value ...]``."""
+    from trl import DPOConfig, TrlParser
+
+    argv = list(argv or [])
+    kind = None
+    if "--kind" in argv:
+        i = argv.index("--kind")
+        kind = argv[i + 1] if i + 1 < len(argv) else None
+        del argv[i:i + 2]
+    if kind not in ("implicit", "explicit"):
+        raise SystemExit("lpo-train train-value needs --kind implicit (DPO of a small tuned model) or "
+                         "--kind explicit (a token value model).")
+    config_cls = DPOConfig if kind == "implicit" else ExplicitValueConfig
+    data, args = TrlParser(dataclass_types=[ValueDataArguments, config_cls]).parse_args_and_config(argv)
+    metrics = (train_implicit_value if kind == "implicit" else train_explicit_value)(data, args)
+    print(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,90 @@
+"""Companion trainers for guided decoding: preference pairs, DPO (TRL) and the explicit value model."""
+
+import json
+
+import pytest
+import torch
+
+from lpo_train.trainers.value import (
+    ExplicitValueConfig, ExplicitValueTrainer, ValueDataArguments, build_preference_pairs, pairwise_accuracy,
+    train_implicit_value,
+)
+
+
+def _rec(i, reward, text="x"):
+    return {"prompt_index": i, "prompt": [{"role": "user", "content": f"p{i}"}], "completion": text,
+            "prompt_ids": [1, 2], "completion_ids": [3], "reward": reward}
+
+
+def test_best_worst_pairs_pick_extremes_and_skip_ties():
+    recs = [_rec(0, 0.1, "a"), _rec(0, 0.9, "b"), _rec(0, -0.5, "c"), _rec(1, 0.3, "d"), _rec(1, 0.3, "e")]
+    pairs = build_preference_pairs(recs, "best_worst")
+    assert len(pairs) == 1  # prompt 1 ties
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": "b"}]
+    assert pairs[0]["rejected"] == [{"role": "assistant", "content": "c"}]
+    assert pairs[0]["prompt"] == [{"role": "user", "content": "p0"}]
+
+
+def test_bradley_terry_labels_follow_the_sigmoid():
+    recs = [r for i in range(400) for r in (_rec(i, 1.0, "good"), _rec(i, 0.0, "bad"))]
+    sharp = build_preference_pairs(recs, "bradley_terry", bt_scale=50.0, seed=1)
+    assert all(p["chosen"][0]["content"] == "good" for p in sharp)
+    soft = build_preference_pairs(recs, "bradley_terry", bt_scale=1.0, seed=1)
+    share = sum(p["chosen"][0]["content"] == "good" for p in soft) / len(soft)
+    assert abs(share - 1 / (1 + torch.e ** -1.0)) < 0.06  # sigmoid(1) = 0.731, 400 draws
+    with pytest.raises(ValueError, match="mode must be one of"):
+        build_preference_pairs(recs, "random")
+
+
+def test_pairwise_accuracy_by_hand():
+    # group a: pairs (0,1) right, (0,2) wrong, (1,2) tie in reward -> skipped; group b: score tie -> 0.5
+    scores, rewards, groups = [3.0, 1.0, 5.0, 2.0, 2.0], [1.0, 0.0, 0.0, 1.0, 0.5], ["a", "a", "a", "b", "b"]
+    assert pairwise_accuracy(scores, rewards, groups) == pytest.approx((1 + 0 + 0.5) / 3)
+    assert pairwise_accuracy([1.0], [1.0], ["a"]) is None
+
+
+def test_explicit_value_trainer_learns_a_token_rule(tiny_lm, tmp_path):
+    """Reward = +1 when a response ends in an even token id: the value model's end score must learn it."""
+    from lpo_train.guidance import make_value_model
+
+    base, tok = tiny_lm
+    gen = torch.Generator().manual_seed(0)
+    recs = []
+    for i in range(160):
+        ids = torch.randint(10, 200, (4,), generator=gen).tolist()
+        recs.append({"prompt_index": i // 4, "prompt": "p", "completion": "", "prompt_ids": [5, 6, 7],
+                     "completion_ids": ids, "reward": 1.0 if ids[-1] % 2 == 0 else -1.0})
+    args = ExplicitValueConfig(output_dir=str(tmp_path), value_loss="mse", learning_rate=3e-2, num_train_epochs=6,
+                               per_device_train_batch_size=16, use_cpu=True, report_to="none", save_strategy="no",
+                               logging_steps=50)
+    model = make_value_model(base)
+    trainer = ExplicitValueTrainer(model, args, recs[:120], recs[120:], processing_class=tok)
+    before = trainer.pairwise_accuracy(recs[:120])
+    trainer.train()
+    after = trainer.pairwise_accuracy(recs[:120])
+    assert before == 0.5  # zero head: every end score ties
+    assert after > 0.9
+    with pytest.raises(ValueError, match="token value model"):
+        ExplicitValueTrainer(base, args, recs, processing_class=tok)
+
+
+def test_implicit_value_dpo_end_to_end(tiny_lm_path, tmp_path):
+    """Sample from the untuned model, label with a reward, DPO with TRL: the tuned model prefers the chosen."""
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig
+
+    data = ValueDataArguments(model_name_or_path=str(tiny_lm_path), dataset_name=str(tmp_path / "p.jsonl"),
+                              reward_funcs=["tests.helpers.my_rewards:length_reward"], num_samples=4,
+                              max_new_tokens=8, pair_mode="best_worst", eval_fraction=0.0)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"story number {i}"}) + "\n" for i in range(24)))
+    args = DPOConfig(output_dir=str(tmp_path / "tuned"), learning_rate=5e-3, num_train_epochs=3,
+                     per_device_train_batch_size=8, use_cpu=True, bf16=False, report_to="none",
+                     save_strategy="no", logging_steps=50, max_length=64, beta=0.1)
+    metrics = train_implicit_value(data, args)
+    assert metrics["train_pairs"] > 10
+    assert metrics["label_agreement_with_reward"] == 1.0  # best vs worst: chosen always has the higher reward
+    assert json.loads((tmp_path / "tuned" / "value_metrics.json").read_text()) == metrics
+    assert metrics["train_rewards_margin"] > 0 and metrics["train_rewards_accuracy"] > 0.5  # DPO fitted the pairs
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "tuned")
+    untuned = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
+    assert not torch.equal(tuned.model.embed_tokens.weight, untuned.model.embed_tokens.weight)
