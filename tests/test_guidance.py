@@ -302,3 +302,29 @@ def test_search_needs_a_scorer_and_counts_compute(models):
                       stats=stats)
     prompt_tokens = sum(len(t.prompt_ids) for t in traces)
     assert stats["forward_tokens"] == prompt_tokens + 5 * len(PROMPTS)  # the last token is never fed back
+
+
+def test_args_picks_the_best_rescored_top_k_token(models):
+    """ARGS-greedy: each token is the argmax over the base top-k of log p_base(v) + w * r(prefix + v),
+    recomputed here from scratch; with w = 0 it is greedy decoding."""
+    from lpo_train.guidance import ARGS
+
+    base, tok, *_ = models
+
+    def vowels(prompts, completions, **kw):
+        return [float(sum(ch in "aeiou" for ch in c)) for c in completions]
+
+    greedy = generate(base, tok, PROMPTS, FixedTemperature(0.0), _params(8))
+    plain = generate(base, tok, PROMPTS, ARGS([vowels], weight=0.0, k=5), _params(8))
+    assert [t.token_ids for t in plain] == [t.token_ids for t in greedy]
+    w, k = 0.7, 5
+    traces = generate(base, tok, PROMPTS, ARGS([vowels], weight=w, k=k), _params(8))
+    assert [t.token_ids for t in traces] != [t.token_ids for t in greedy]
+    for t in traces:
+        _, logp = _logps(base, t.prompt_ids, t.token_ids)
+        for step, chosen in enumerate(t.token_ids):
+            top = logp[step].topk(k)
+            score = [top.values[j].item() + w * vowels(None, [tok.decode(t.token_ids[:step] + [v],
+                                                                         skip_special_tokens=True)])[0]
+                     for j, v in enumerate(top.indices.tolist())]
+            assert chosen == top.indices[max(range(k), key=lambda j: score[j])].item()

@@ -255,6 +255,7 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
     params = params or SamplingParams()
     if not prompts:
         raise ValueError("generate() got no prompts.")
+    rule.bind(tokenizer, prompts)
     encoded = encode_prompts(tokenizer, prompts, params.chat_template)
     aux = []
     for stream in rule.aux_streams():
@@ -316,6 +317,7 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
                    default=0)
 
     active = torch.arange(batch, device=device)
+    prompt_index = torch.tensor([row[0] for row in rows], device=device)
     alive = torch.ones(batch, dtype=torch.bool, device=device)
     all_seeds = seeds.clone()
     scores = None
@@ -325,6 +327,8 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
         step_entropy = entropy(logits)
         inp = StepInput(logits=logits, hidden=main.hidden, state=state, step=step, row_seeds=seeds,
                         aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy)
+        if rule.needs_history:
+            inp.generated, inp.prompt_index = tokens[active, :step], prompt_index[active]
         out = rule.step(inp)
         step_logits = out.logits if out.logits is not None else logits
         probs = next_token_distribution(step_logits, out.temperature, params.top_k, params.top_p,

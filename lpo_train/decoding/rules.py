@@ -25,6 +25,8 @@ class StepInput:
     row_seeds: torch.Tensor | None = None  # [B] int64, one per row (see decoding.randomness)
     aux_logits: list[torch.Tensor] = field(default_factory=list)  # one [B, V] per aux stream
     entropy: torch.Tensor | None = None  # [B] entropy of softmax(logits) in nats, when known
+    generated: torch.Tensor | None = None  # [B, step] tokens so far (only for rules with needs_history)
+    prompt_index: torch.Tensor | None = None  # [B] each row's prompt (only for rules with needs_history)
 
     def uniforms(self, purpose: int) -> torch.Tensor:
         """[B] uniforms for this step; ``purpose`` separates streams (0 is the engine's token draw)."""
@@ -66,6 +68,10 @@ class Rule:
 
     level = "token"
     name = "rule"
+    needs_history = False  # True: StepInput carries the tokens generated so far and the prompt index
+
+    def bind(self, tokenizer, prompts) -> None:
+        """Called once per ``generate`` with the main tokenizer and the input prompts."""
 
     def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
         return {}

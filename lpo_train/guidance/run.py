@@ -12,6 +12,7 @@ sets their defaults:
 | tokenrm | explicit    | none                               | (1, 1, -)              |
 | cbs     | none        | implicit (weak-to-strong search)   | (W, K, L)              |
 | ivg     | implicit    | explicit                           | (W, K, L)              |
+| args    | ARGS: top-k rescored by a sequence reward (reward_funcs) | (1, 1, -) |
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ METHODS = {  # method -> (token guidance, chunk guidance, beam search?)
     "tokenrm": ("explicit", "none", False),
     "cbs": ("none", "implicit", True),
     "ivg": ("implicit", "explicit", True),
+    "args": ("args", "none", False),
 }
-TOKEN_GUIDANCE = ("none", "implicit", "explicit")
+TOKEN_GUIDANCE = ("none", "implicit", "explicit", "args")
 CHUNK_GUIDANCE = ("none", "implicit", "explicit", "reward")
 
 
@@ -46,8 +48,8 @@ class GenerateConfig:
     tuned_model: str | None = _help("Implicit value: the small tuned (e.g. DPO) model.", None)
     untuned_model: str | None = _help("Implicit value: its untuned reference (e.g. the SFT model).", None)
     value_model: str | None = _help("Explicit value: a token value model (lpo-train train-value --kind explicit).", None)
-    reward_funcs: list[str] | None = _help("Chunk-level 'reward' guidance (best-of-N with a reward): names, "
-                                           "'module:function' or reward-model paths.", None)
+    reward_funcs: list[str] | None = _help("Sequence rewards for chunk-level 'reward' guidance (best-of-N with a "
+                                           "reward) and ARGS: names, 'module:function' or reward-model paths.", None)
     gold_reward_funcs: list[str] | None = _help("Rewards that score the final responses (reported, not used).", None)
     beam_width: int = _help("W: hypotheses kept at each chunk boundary.", 4)
     num_candidates: int = _help("K: successors per hypothesis (best-of-N: N).", 4)
@@ -55,6 +57,9 @@ class GenerateConfig:
     beta_token: float = _help("Implicit token-level weight: z = l_base + beta (l_tuned - l_untuned).", 1.0)
     w_token: float = _help("Explicit token-level weight: z = l_base + w Q.", 1.0)
     beta_chunk: float = _help("Chunk-level score scale.", 1.0)
+    args_k: int = _help("ARGS: top-k base tokens rescored per step.", 10)
+    args_weight: float = _help("ARGS: score = log p_base + args_weight * reward.", 1.0)
+    args_greedy: bool = _help("ARGS: take the best candidate (False: sample at `temperature`).", True)
     temperature: float = _help("Sampling temperature, applied after the guidance is combined.", 0.7)
     top_k: int = _help("Top-k after temperature (0 = off).", 0)
     top_p: float = _help("Top-p after temperature.", 1.0)
@@ -89,7 +94,8 @@ class GenerateConfig:
             self.beam_width, self.chunk_length = 1, 0
         elif self.chunk_guidance == "none":
             self.beam_width, self.num_candidates = 1, 1
-        needs = {"implicit": ("tuned_model", "untuned_model"), "explicit": ("value_model",), "reward": ("reward_funcs",)}
+        needs = {"implicit": ("tuned_model", "untuned_model"), "explicit": ("value_model",),
+                 "reward": ("reward_funcs",), "args": ("reward_funcs",)}
         for level in {self.token_guidance, self.chunk_guidance} - {"none"}:
             missing = [k for k in needs[level] if not getattr(self, k)]
             if missing:
@@ -108,11 +114,11 @@ def load_rows(config: GenerateConfig) -> list[dict]:
     return list(load_prompt_dataset(config))
 
 
-def build(config: GenerateConfig, models: dict | None = None):
+def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] | None = None):
     """``(rule, scorer)`` for ``config``; ``models`` caches loaded models by path across calls."""
     from lpo_train.decoding import FixedTemperature
     from lpo_train.guidance import (
-        ExplicitGuidance, ExplicitScorer, ImplicitGuidance, ImplicitScorer, RewardScorer, load_value_model,
+        ARGS, ExplicitGuidance, ExplicitScorer, ImplicitGuidance, ImplicitScorer, RewardScorer, load_value_model,
     )
     from lpo_train.models.loading import load_causal_lm
 
@@ -131,6 +137,9 @@ def build(config: GenerateConfig, models: dict | None = None):
     elif config.token_guidance == "explicit":
         value, tok = get(config.value_model, value=True)
         rule = ExplicitGuidance(value, config.w_token, config.temperature, tokenizer=tok)
+    elif config.token_guidance == "args":
+        rule = ARGS(config.reward_funcs, config.args_weight, config.args_k,
+                    0.0 if config.args_greedy else config.temperature, rows=rows)
     inc = config.incremental_scoring
     if config.chunk_guidance == "implicit":
         (tuned, tok), (untuned, _) = get(config.tuned_model), get(config.untuned_model)
@@ -158,7 +167,7 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
     if config.model_name_or_path not in models:
         models[config.model_name_or_path] = load_causal_lm(config.model_name_or_path)
     model, tokenizer = models[config.model_name_or_path]
-    rule, scorer = build(config, models)
+    rule, scorer = build(config, models, rows)
     params = SamplingParams(max_new_tokens=config.max_new_tokens, top_k=config.top_k, top_p=config.top_p,
                             stop_strings=tuple(config.stop_strings or ()), batch_size=config.batch_size,
                             prompt_seeds=[seed_for(config.seed, i) for i in range(len(rows))])

@@ -5,11 +5,14 @@ with the base model's, and temperature / top-k / top-p act on the combined logit
 - ``ImplicitGuidance`` (EFT / proxy-tuning): z = l_base + beta * (l_tuned - l_untuned).
 - ``ExplicitGuidance`` (FUDGE / CD-style, IVG's ``tokenrm``): z = l_base + w * Q(x, y_<t, .),
   with Q the vocabulary-sized head of a token value model (``guidance.value_model``).
-Both need one shared vocabulary (tokenizer and output size); the engine raises a clear error otherwise.
+- ``ARGS``: top-k base tokens rescored with a sequence-level reward on the partial text.
+The first two need one shared vocabulary (tokenizer and output size); the engine raises a clear
+error otherwise. ARGS only reads text.
 """
 
 from __future__ import annotations
 
+import torch
 
 from lpo_train.decoding.rules import AuxStream, Rule, StepInput, StepOutput, check_temperature
 
@@ -55,3 +58,52 @@ class ExplicitGuidance(Rule):
         (q,) = inp.aux_logits
         logits = inp.logits + self.weight * q
         return StepOutput(temperature=inp.logits.new_full((len(logits),), self.temperature), logits=logits)
+
+
+class ARGS(Rule):
+    """ARGS (Khanov et al., 2024): at each step score the base model's top-k tokens v by
+    log p_base(v | x, y_<t) + w * r(x, y_<t + v), with r a *sequence-level* reward on the partial
+    text (any reward of the project's interface: a reward-model path, a name, a callable), then
+    take the best (``temperature`` 0, ARGS-greedy) or sample from softmax(score / T) over the k.
+
+    Costs k reward evaluations per row and step. ``rows`` (one dict per prompt) give rewards
+    their dataset columns.
+    """
+
+    needs_history = True
+
+    def __init__(self, reward_funcs, weight: float = 1.0, k: int = 10, temperature: float = 0.0,
+                 reward_weights=None, rows: list[dict] | None = None):
+        from lpo_train.rewards import resolve_rewards
+
+        if k < 1:
+            raise ValueError(f"ARGS needs k >= 1 candidate tokens, got {k}.")
+        self.funcs, self.reward_weights = resolve_rewards(reward_funcs, reward_weights)
+        self.weight, self.k, self.rows = float(weight), k, rows
+        self.temperature = check_temperature(temperature)
+        self.name = f"args(w={self.weight:g},k={k})"
+
+    def bind(self, tokenizer, prompts):
+        self.tokenizer, self.prompts = tokenizer, prompts
+
+    def step(self, inp: StepInput) -> StepOutput:
+        from lpo_train.rewards import compute_rewards
+
+        logp = torch.log_softmax(inp.logits, -1)
+        top = logp.topk(min(self.k, logp.shape[-1]), dim=-1)
+        batch, k = top.indices.shape
+        prefixes, candidates = inp.generated.tolist(), top.indices.tolist()
+        texts = [self.tokenizer.decode(prefixes[b] + [v], skip_special_tokens=True)
+                 for b in range(batch) for v in candidates[b]]
+        idx = [i for i in inp.prompt_index.tolist() for _ in range(k)]
+        rows = self.rows or [{"prompt": p} for p in self.prompts]
+        columns = {c: [rows[i][c] for i in idx] for c in rows[0] if c != "prompt"}
+        reward, _ = compute_rewards(self.funcs, self.reward_weights, [rows[i]["prompt"] for i in idx], texts,
+                                    **columns)
+        score = top.values + self.weight * reward.to(top.values.device).view(batch, k).nan_to_num(nan=0.0)
+        probs = torch.zeros_like(logp)
+        if self.temperature == 0:
+            probs.scatter_(1, top.indices.gather(1, score.argmax(-1, keepdim=True)), 1.0)
+        else:
+            probs.scatter_(1, top.indices, torch.softmax(score / self.temperature, -1))
+        return StepOutput(temperature=logp.new_full((batch,), self.temperature), probs=probs)

@@ -10,6 +10,7 @@
   value is a logit for "the finished response scores above ``label_threshold``"; or ``mse`` -
   every prefix value regresses onto the final reward (CD-FUDGE). Reported: held-out pairwise
   accuracy of end scores (two responses to one prompt with different rewards, ranked right).
+- **Sequence reward model** (best-of-N, ARGS): TRL's ``RewardTrainer`` on the same kind of pairs.
 """
 
 from __future__ import annotations
@@ -315,6 +316,41 @@ def train_implicit_value(data: ValueDataArguments, args) -> dict:
     return metrics
 
 
+def train_reward_model(data: ValueDataArguments, args) -> dict:
+    """A sequence-level reward model (TRL's ``RewardTrainer``, ``args``: a ``trl.RewardConfig``) on sampled
+    pairs, for best-of-N (``chunk_guidance: reward``) and ARGS; usable anywhere a reward path is."""
+    import datasets
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardTrainer
+
+    from lpo_train.models.loading import load_causal_lm, resolve_model_path
+    from lpo_train.rewards import RewardModel
+
+    records = sample_responses(data)
+    train, held = split_by_prompt(records, data.eval_fraction, data.sample_seed)
+    pairs = build_preference_pairs(train, data.pair_mode, data.bt_scale, data.sample_seed)
+    if not pairs:
+        raise ValueError("No preference pairs: every prompt's responses tied. Sample more (num_samples) or "
+                         "use a reward that separates responses.")
+    _, tokenizer = load_causal_lm(data.model_name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(data.model_name_or_path),
+                                                               num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    keep = ["prompt", "chosen", "rejected"]
+    trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
+                            train_dataset=datasets.Dataset.from_list([{k: p[k] for k in keep} for p in pairs]))
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = {"kind": "reward", "pair_mode": data.pair_mode, "train_pairs": len(pairs), "eval_responses": len(held)}
+    if held:
+        rm = RewardModel(trainer.model.eval(), tokenizer)
+        scores = rm([r["prompt"] for r in held], [r["completion"] for r in held])
+        metrics["eval_pairwise_accuracy"] = pairwise_accuracy(scores, [r["reward"] for r in held],
+                                                              [r["prompt_index"] for r in held])
+    _write_metrics(args.output_dir, metrics)
+    return metrics
+
+
 def _write_metrics(output_dir, metrics: dict) -> None:
     path = Path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
@@ -322,8 +358,8 @@ def _write_metrics(output_dir, metrics: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """``lpo-train train-value --kind implicit|explicit --config recipe.yaml [--key value ...]``."""
-    from trl import DPOConfig, TrlParser
+    """``lpo-train train-value --kind implicit|explicit|reward --config recipe.yaml [--key value ...]``."""
+    from trl import DPOConfig, RewardConfig, TrlParser
 
     argv = list(argv or [])
     kind = None
@@ -331,11 +367,13 @@ def main(argv: list[str] | None = None) -> dict:
         i = argv.index("--kind")
         kind = argv[i + 1] if i + 1 < len(argv) else None
         del argv[i:i + 2]
-    if kind not in ("implicit", "explicit"):
-        raise SystemExit("lpo-train train-value needs --kind implicit (DPO of a small tuned model) or "
-                         "--kind explicit (a token value model).")
-    config_cls = DPOConfig if kind == "implicit" else ExplicitValueConfig
+    kinds = {"implicit": (DPOConfig, train_implicit_value), "explicit": (ExplicitValueConfig, train_explicit_value),
+             "reward": (RewardConfig, train_reward_model)}
+    if kind not in kinds:
+        raise SystemExit("lpo-train train-value needs --kind implicit (DPO of a small tuned model), --kind explicit "
+                         "(a token value model) or --kind reward (a sequence reward model, TRL's RewardTrainer).")
+    config_cls, train = kinds[kind]
     data, args = TrlParser(dataclass_types=[ValueDataArguments, config_cls]).parse_args_and_config(argv)
-    metrics = (train_implicit_value if kind == "implicit" else train_explicit_value)(data, args)
+    metrics = train(data, args)
     print(json.dumps(metrics, indent=2))
     return metrics
