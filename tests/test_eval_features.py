@@ -119,3 +119,66 @@ def test_unknown_tracker_is_rejected():
     with pytest.raises(ValueError, match="Unknown tracker"):
         EvalConfig(report_to=["mlflow"])
     assert EvalConfig(report_to=["none"]).report_to == []
+
+
+def _tiny_png(path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(path, dpi=20)
+    plt.close(fig)
+    return path
+
+
+_SUMMARY = {"T=0": {"mean_reward": 0.25, "average_win_rate": 50.0, "self_bleu": None},
+            "head:/x/h": {"mean_reward": 0.75, "maj_at_n": 80.0}}
+
+
+def test_tracker_scalars_skip_missing_values():
+    from lpo_train.evaluation.tracking import scalars
+
+    assert scalars(_SUMMARY) == {"eval/T=0/mean_reward": 0.25, "eval/T=0/average_win_rate": 50.0,
+                                 "eval/head:/x/h/mean_reward": 0.75, "eval/head:/x/h/maj_at_n": 80.0}
+
+
+def test_trackio_gets_the_scalars_and_the_plots(tmp_path):
+    import os
+    import sqlite3
+    import uuid
+    from pathlib import Path
+
+    from lpo_train.evaluation.tracking import log_evaluation
+
+    project = f"lpo-train-eval-test-{uuid.uuid4().hex[:8]}"  # TRACKIO_DIR is set by conftest
+    plot = _tiny_png(tmp_path / "p.png")
+    log_evaluation(["trackio"], _SUMMARY, {"temperature_by_position": plot}, {"seed": 0}, tmp_path, project, "r")
+    db = Path(os.environ["TRACKIO_DIR"]) / f"{project}.db"
+    rows = [json.loads(m) for (m,) in sqlite3.connect(db).execute("select metrics from metrics")]
+    logged = {k: v for row in rows for k, v in row.items()}
+    assert logged["eval/head:/x/h/mean_reward"] == 0.75 and logged["eval/T=0/average_win_rate"] == 50.0
+    assert logged["eval/plots/temperature_by_position"]["_type"] == "trackio.image"
+
+
+@pytest.mark.slow
+def test_wandb_offline_gets_the_scalars_and_the_plots(tmp_path, monkeypatch):
+    from lpo_train.evaluation.tracking import log_evaluation
+    from tests.helpers.wandb_reader import history
+
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb"))
+    (tmp_path / "wandb").mkdir()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    plot = _tiny_png(tmp_path / "p.png")
+    log_evaluation(["wandb"], _SUMMARY, {"reward_vs_temperature": plot}, {"seed": 0}, tmp_path, "lpo-train-tests", "r")
+    (run_file,) = (tmp_path / "wandb").glob("wandb/offline-run-*/run-*.wandb")
+    logged = {k: v for row in history(run_file) for k, v in row.items()}
+    assert logged["eval/head:/x/h/maj_at_n"] == 80.0 and logged["eval/T=0/mean_reward"] == 0.25
+    assert logged["eval/plots/reward_vs_temperature/_type"] == "image-file"  # the reader flattens nested keys
+    from matplotlib.image import imread
+
+    assert [logged[f"eval/plots/reward_vs_temperature/{k}"] for k in ("height", "width")] == list(imread(plot).shape[:2])
