@@ -6,9 +6,10 @@ import pytest
 
 from lpo_train.train import parse_config
 
-# training recipes; evaluation configs (eval_*.yaml) are checked in tests/test_eval_recipes.py
+# LPO training recipes; eval_*.yaml are checked in tests/test_eval_recipes.py, value_*/generate_*.yaml
+# (guided decoding) in tests/test_value_recipes.py
 RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml")
-                 if not p.name.startswith("eval_"))
+                 if not p.name.startswith(("eval_", "value_", "generate_")))
 
 
 def test_there_are_recipes_for_each_setting():
