@@ -59,6 +59,13 @@ def test_task_metrics_only_when_columns_exist():
     out = harness._task_metrics(data, rows, config)
     # row 0: votes 7, 7, 8 (2 right, majority 7 right); row 1: 3, 4, 4 (1 right, majority 4 wrong); row 2: no answer
     assert out == {"accuracy": 50.0, "maj_at_n": 50.0, "num_answered": 2}
+    # a number extractor skips non-numeric gold answers; the text extractor compares whole texts
+    rows_words = rows + [{"answer": "Paris"}]
+    data_words = {"texts": data["texts"] + [["Paris", "Rome", "Paris"]]}
+    assert harness._task_metrics(data_words, rows_words, config)["num_answered"] == 2
+    out = harness._task_metrics(data_words, rows_words, EvalConfig(answer_extractor="text"))
+    # text: row 0 "7" right once; row 1 "3 apples" != "3": none; row 3 Paris twice (majority right)
+    assert out == pytest.approx({"accuracy": 100 * 3 / 9, "maj_at_n": 100 * 2 / 3, "num_answered": 3})
     rows = [{"reference": "the cat sat on the mat"}, {"reference": ""}]
     data = {"texts": [["the cat sat on the mat", "the cat"], ["a", "b"]]}
     out = harness._task_metrics(data, rows, config)

@@ -199,10 +199,12 @@ def values_by_sentence_position(values: list[list[float]], starts: list[list[boo
 
 
 def _task_metrics(data: dict, rows: list[dict], config: EvalConfig) -> dict:
-    """Accuracy and maj@N on the rows with an ``answer``; ROUGE-L and SacreBLEU on the rows with a
-    reference text. Each is reported only when the suite has the column."""
+    """Accuracy and maj@N on the rows with an ``answer`` (a numeric one for the number extractors);
+    ROUGE-L and SacreBLEU on the rows with a reference text. Each only when the suite has the column."""
     out = {}
     answered = [i for i, r in enumerate(rows) if str(r.get("answer") or "").strip()]
+    if config.answer_extractor != "text":  # a number extractor can only match numeric gold answers
+        answered = [i for i in answered if _NUMBER_RE.fullmatch(str(rows[i]["answer"]).strip())]
     if answered:
         gold = [str(rows[i]["answer"]).strip() for i in answered]
         votes = [[extract_answer(t, config.answer_extractor) for t in data["texts"][i]] for i in answered]
