@@ -328,3 +328,37 @@ def test_args_picks_the_best_rescored_top_k_token(models):
                                                                          skip_special_tokens=True)])[0]
                      for j, v in enumerate(top.indices.tolist())]
             assert chosen == top.indices[max(range(k), key=lambda j: score[j])].item()
+
+
+class _PreferFinished(ChunkScorer):
+    """Scores finished responses (ending in EOS) far above growing ones."""
+
+    def bind(self, tokenizer, prompts, rows=None):
+        self.eos = tokenizer.eos_token_id
+
+    def score(self, tokens, lengths):
+        return torch.tensor([100.0 - lengths[r].item() if tokens[r, lengths[r] - 1].item() == self.eos else 0.0
+                             for r in range(len(lengths))])
+
+
+def test_search_stops_when_every_survivor_has_finished(models):
+    """Finished hypotheses stay in the pool; when they are all that survives, the search ends there."""
+    base, tok, *_ = models
+    eos = tok.eos_token_id
+
+    class EndEarly(FixedTemperature):  # EOS gets a large logit from step 3 on, for some rows only
+        def step(self, inp):
+            out = super().step(inp)
+            logits = inp.logits.clone()
+            if inp.step >= 3:
+                logits[inp.row_seeds % 3 == 0, eos] += 30.0
+            out.logits = logits
+            return out
+
+    ranked = guided_generate(base, tok, PROMPTS, rule=EndEarly(1.0), scorer=_PreferFinished(), width=2, candidates=4,
+                             chunk_length=5, params=_params(40))
+    for r in ranked:
+        if r[0].finish_reason == "eos":
+            assert r[0].score == 100.0 - len(r[0].token_ids) and r[0].token_ids[-1] == eos
+            assert all(len(t.token_ids) <= 10 for t in r)  # nothing decoded past the boundary that kept them
+    assert any(r[0].finish_reason == "eos" for r in ranked)

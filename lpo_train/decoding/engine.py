@@ -363,24 +363,22 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
         alive[active[done]] = False
         last = step == steps - 1 or not alive.any()
         if search is not None and (last or (search.chunk_len and (step + 1) % search.chunk_len == 0)):
-            src = search.boundary(tokens, lengths, alive, final=last).to(device)
-            if last:  # final ranking: src is a permutation, nothing is copied
-                tokens, values, entropies, choices, lengths = (x[src] for x in (tokens, values, entropies,
-                                                                                 choices, lengths))
-                finish = [finish[j] for j in src.tolist()]
-                hiddens = None if hiddens is None else hiddens[src]
-                choice_logps = None if choice_logps is None else choice_logps[src]
-                scores = search.final_scores
-                break
             position = torch.full((batch,), -1, dtype=torch.long, device=device)
             position[active] = torch.arange(len(active), device=device)  # row -> index in the streams
-            tokens, values, entropies, choices, lengths = (x[src] for x in (tokens, values, entropies,
-                                                                             choices, lengths))
-            finish = [finish[j] for j in src.tolist()]
-            hiddens = None if hiddens is None else hiddens[src]
-            choice_logps = None if choice_logps is None else choice_logps[src]
+            final = last
+            while True:  # final: src ranks the rows (a permutation); otherwise survivors are copied
+                src = search.boundary(tokens, lengths, alive, final=final).to(device)
+                tokens, values, entropies, choices, lengths, hiddens, choice_logps, alive = (
+                    None if x is None else x[src]
+                    for x in (tokens, values, entropies, choices, lengths, hiddens, choice_logps, alive))
+                finish = [finish[j] for j in src.tolist()]
+                if final or alive.any():
+                    break
+                final = True  # every survivor had already finished: rank them once more and stop
+            if final:
+                scores = search.final_scores
+                break
             all_seeds = _copy_seeds(all_seeds, src, step)
-            alive = alive[src]
             active = alive.nonzero().flatten()
             keep = position[src[active]]
             token, seeds = tokens[active, step], all_seeds[active]
