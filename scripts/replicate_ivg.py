@@ -46,8 +46,9 @@ def run_seed(seed: int, args, models: dict) -> dict:
     implicit = _train("implicit", out / "tuned", seed, [])
     explicit = _train("explicit", out / "value", seed, [])
     results = {}
-    for name, overrides in METHODS.items():
-        file = out / "generate" / f"{name}.jsonl"
+    for name in args.methods:
+        overrides = METHODS[name]
+        file = out / ("generate" + (f"_beta{args.beta_token:g}" if args.beta_token != 1.0 else "")) / f"{name}.jsonl"
         meta = file.with_name(file.stem + ".meta.json")
         if not (file.exists() and meta.exists()):
             config = GenerateConfig(model_name_or_path="toy:base", tuned_model=str(out / "tuned"),
@@ -72,7 +73,7 @@ def summarise(per_seed: dict, args) -> dict:
     def ms(values):
         return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
-    methods = list(METHODS)
+    methods = args.methods
     return {
         "seeds": len(per_seed),
         "mean_gold_reward": {m: ms([s["methods"][m]["mean_gold_reward"] for s in per_seed.values()])["mean"]
@@ -103,7 +104,8 @@ def main() -> None:
     parser.add_argument("--wkl", type=int, nargs=3, default=[4, 4, 5], metavar=("W", "K", "L"))
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--beta-token", type=float, default=1.0)
+    parser.add_argument("--beta-token", type=float, default=1.0, help="EFT / IVG token-level weight")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--output-dir", default="outputs/ivg_sentiment")
     parser.add_argument("--summary", default=str(ROOT / "docs" / "results" / "ivg_sentiment.json"))
     args = parser.parse_args()
@@ -113,7 +115,7 @@ def main() -> None:
     summary["seconds"] = round(time.time() - start, 1)
     Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
     print("\n| method | mean gold reward (mean ± std over seeds) | base forward tokens |\n|---|---|---|")
-    for m in METHODS:
+    for m in args.methods:
         print(f"| {m} | {summary['mean_gold_reward'][m]:.4f} ± {summary['std_gold_reward'][m]:.4f} | "
               f"{summary['base_forward_tokens'][m]:.0f} |")
     print(f"wrote {args.summary}")
