@@ -1,6 +1,8 @@
 """Replication (f): the arith + story protocol of (a) on the real SmolLM2-135M-Instruct (CPU).
 
     python scripts/replicate_smollm2.py --seeds 0 1 2     # -> docs/results/smollm2_mixed_seq.json
+    python scripts/replicate_smollm2.py --seeds 0 1 2 --protocol offline --learning-rate 1e-3 --tag offline_lr1e-3 \
+        --train-prompts 32 --max-steps 16          # the paper's protocol (pairs sampled once per seed, then reused)
 
 1. A fixed-temperature sweep over candidate tasks (arith: single-digit sums, capital: name the
    capital of a well-known country, story: a short story), on prompts of their own (seed 100),
@@ -79,8 +81,12 @@ def main(argv=None) -> dict:
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-steps", type=int, default=12)
+    p.add_argument("--protocol", default="online", choices=["online", "offline"],
+                   help="LPO protocol: online (the recipe's) or offline (the paper's: pairs sampled once, uniform head)")
+    p.add_argument("--learning-rate", type=float, default=1e-2)
+    p.add_argument("--tag", default="", help="names this variant's heads and JSON (e.g. 'offline')")
     p.add_argument("--output-dir", default=str(ROOT / "outputs" / "replicate" / "smollm2"))
-    p.add_argument("--json", default=str(ROOT / "docs" / "results" / "smollm2_mixed_seq.json"))
+    p.add_argument("--json", default=None, help="default: docs/results/smollm2_mixed_seq[_<tag>].json")
     args = p.parse_args(argv)
     import torch
 
@@ -103,12 +109,15 @@ def main(argv=None) -> dict:
     train_suite = write_suite(make_rows(chosen, args.train_prompts, 0), out / "train.jsonl")
     heads = {}
     for seed in args.seeds:
-        head_dir = out / f"head_seed{seed}"
+        head_dir = out / (f"head_{args.tag}_seed{seed}" if args.tag else f"head_seed{seed}")
         if not (head_dir / "model.safetensors").exists():
+            extra = (["--protocol", "offline", "--pairs_path", str(out / f"pairs_offline_seed{seed}.parquet")]
+                     if args.protocol == "offline" else [])
             train_main(["--config", str(ROOT / "recipes" / "smollm2-135m" / "lpo_seq.yaml"),
                         "--dataset_name", train_suite, "--reward_funcs", "real_mix", "--seed", str(seed),
                         "--max_steps", str(args.max_steps), "--max_completion_length", str(args.max_new_tokens),
-                        "--save_steps", "1000", "--output_dir", str(head_dir), "--report_to", "none"])
+                        "--learning_rate", str(args.learning_rate), "--save_steps", "1000",
+                        "--output_dir", str(head_dir), "--report_to", "none", *extra])
         heads[seed] = f"head:{head_dir}"
     eval_suite = write_suite(make_rows(chosen, args.eval_prompts, 4242), out / "eval.jsonl")
     summary = evaluate_suite(eval_suite, out / "eval", list(heads.values()), args)
@@ -119,7 +128,8 @@ def main(argv=None) -> dict:
 
     hs = [summary[h] for h in heads.values()]
     result = {
-        "method": "AD-seq (LPO, Eq. 10), argmax selection, SmolLM2-135M-Instruct (CPU)",
+        "method": f"AD-seq (LPO, Eq. 10, {args.protocol} protocol, lr {args.learning_rate:g}), argmax selection, "
+                  "SmolLM2-135M-Instruct (CPU)",
         "seeds": len(args.seeds), "tasks": chosen,
         "sweep": {"mean_reward": by_family, "best_T": best_t, "prompts_per_task": args.sweep_prompts},
         "win_rate_vs_fixed": {f"{t:.1f}": ms([h["win_rate_vs_fixed"][f"{t:g}"]["win_rate"] for h in hs])["mean"]
@@ -134,9 +144,10 @@ def main(argv=None) -> dict:
         "fixed": {f"{t:.1f}": {"mean_reward": summary[f"T={t:g}"]["mean_reward"],
                                "mean_reward_by_family": summary[f"T={t:g}"]["mean_reward_by_family"]} for t in TEMPS},
         "settings": {k: getattr(args, k) for k in ("eval_prompts", "train_prompts", "num_samples", "max_new_tokens",
-                                                   "max_steps")},
+                                                   "max_steps", "protocol", "learning_rate")},
     }
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    json_path = Path(args.json or ROOT / "docs" / "results" / f"smollm2_mixed_seq{'_' + args.tag if args.tag else ''}.json")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("tasks", "win_rate_vs_fixed", "average_win_rate",
                                              "mean_temperature_by_family")}, indent=1))
     return result
