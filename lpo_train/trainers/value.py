@@ -276,29 +276,36 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig) ->
     return metrics
 
 
+def _training_pairs(data: ValueDataArguments) -> tuple[list[dict], list[dict]]:
+    """Preference pairs from sampled, scored responses of the training prompts; and the held-out records."""
+    train, held = split_by_prompt(sample_responses(data), data.eval_fraction, data.sample_seed)
+    pairs = build_preference_pairs(train, data.pair_mode, data.bt_scale, data.sample_seed)
+    if not pairs:
+        raise ValueError("No preference pairs: every prompt's responses tied. Sample more (num_samples) or "
+                         "use a reward that separates responses.")
+    return pairs, held
+
+
+def _trl_dataset(pairs: list[dict]):
+    import datasets
+
+    return datasets.Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+
+
 def train_implicit_value(data: ValueDataArguments, args) -> dict:
     """DPO (TRL's ``DPOTrainer``, ``args``: a ``trl.DPOConfig``) of the untuned model on sampled pairs."""
-    import datasets
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
 
     from lpo_train.models.loading import load_causal_lm, resolve_model_path
 
-    records = sample_responses(data)
-    train, held = split_by_prompt(records, data.eval_fraction, data.sample_seed)
-    pairs = build_preference_pairs(train, data.pair_mode, data.bt_scale, data.sample_seed)
+    pairs, held = _training_pairs(data)
     eval_pairs = build_preference_pairs(held, "best_worst", seed=data.sample_seed) if held else []
-    if not pairs:
-        raise ValueError("No preference pairs: every prompt's responses tied. Sample more (num_samples) or "
-                         "use a reward that separates responses.")
     _, tokenizer = load_causal_lm(data.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(data.model_name_or_path), dtype=torch.float32)
-    keep = ["prompt", "chosen", "rejected"]
-    train_ds = datasets.Dataset.from_list([{k: p[k] for k in keep} for p in pairs])
+    train_ds = _trl_dataset(pairs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds,
-                         eval_dataset=(datasets.Dataset.from_list([{k: p[k] for k in keep} for p in eval_pairs])
-                                       if eval_pairs else None),
-                         processing_class=tokenizer)
+                         eval_dataset=_trl_dataset(eval_pairs) if eval_pairs else None, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     metrics = {"kind": "implicit", "pair_mode": data.pair_mode, "train_pairs": len(pairs),
@@ -319,26 +326,18 @@ def train_implicit_value(data: ValueDataArguments, args) -> dict:
 def train_reward_model(data: ValueDataArguments, args) -> dict:
     """A sequence-level reward model (TRL's ``RewardTrainer``, ``args``: a ``trl.RewardConfig``) on sampled
     pairs, for best-of-N (``chunk_guidance: reward``) and ARGS; usable anywhere a reward path is."""
-    import datasets
     from transformers import AutoModelForSequenceClassification
     from trl import RewardTrainer
 
     from lpo_train.models.loading import load_causal_lm, resolve_model_path
     from lpo_train.rewards import RewardModel
 
-    records = sample_responses(data)
-    train, held = split_by_prompt(records, data.eval_fraction, data.sample_seed)
-    pairs = build_preference_pairs(train, data.pair_mode, data.bt_scale, data.sample_seed)
-    if not pairs:
-        raise ValueError("No preference pairs: every prompt's responses tied. Sample more (num_samples) or "
-                         "use a reward that separates responses.")
+    pairs, held = _training_pairs(data)
     _, tokenizer = load_causal_lm(data.model_name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(data.model_name_or_path),
                                                                num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
-    keep = ["prompt", "chosen", "rejected"]
-    trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
-                            train_dataset=datasets.Dataset.from_list([{k: p[k] for k in keep} for p in pairs]))
+    trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=_trl_dataset(pairs))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     metrics = {"kind": "reward", "pair_mode": data.pair_mode, "train_pairs": len(pairs), "eval_responses": len(held)}
