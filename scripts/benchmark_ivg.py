@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--wkl", type=int, nargs=3, default=[4, 4, 5], metavar=("W", "K", "L"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rescan-lengths", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--parts", nargs="+", default=["methods", "batching", "rescan"],
+                        choices=["methods", "batching", "rescan"])
     args = parser.parse_args()
     torch.manual_seed(0)
     base, tok = load_causal_lm(args.base)
@@ -95,58 +97,59 @@ def main() -> None:
 
     print(f"base={args.base} guide={args.guide} device={args.device} prompts={len(prompts)} "
           f"new_tokens={args.new_tokens} repeats={args.repeats} torch threads={torch.get_num_threads()}")
-    seconds = _timed({m: call(s) for m, s in setups.items()}, args.repeats, args.device)
-    ref = seconds["base sampling"]
-    print("\n| method | rows | response tokens/s | row-tokens/s | time x base | peak MiB |")
-    print("|---|---|---|---|---|---|")
-    for m, s in setups.items():
-        rows = s.get("width", 1) * s.get("candidates", 1)
-        n = len(prompts) * args.new_tokens
-        print(f"| {m} | {rows} | {n / seconds[m]:.0f} | {n * rows / seconds[m]:.0f} | {seconds[m] / ref:.2f} | "
-              f"{_peak_mib(call(s), args.device):.0f} |")
+    if "methods" in args.parts:
+        seconds = _timed({m: call(s) for m, s in setups.items()}, args.repeats, args.device)
+        ref = seconds["base sampling"]
+        print("\n| method | rows | response tokens/s | row-tokens/s | time x base | peak MiB |")
+        print("|---|---|---|---|---|---|")
+        for m, s in setups.items():
+            rows = s.get("width", 1) * s.get("candidates", 1)
+            n = len(prompts) * args.new_tokens
+            print(f"| {m} | {rows} | {n / seconds[m]:.0f} | {n * rows / seconds[m]:.0f} | {seconds[m] / ref:.2f} | "
+                  f"{_peak_mib(call(s), args.device):.0f} |")
 
-    # batched across prompts vs one prompt at a time (the official loop), identical outputs
-    ivg = setups[f"IVG ({w},{k},{chunk})"]
+    if "batching" in args.parts:  # batched across prompts vs one prompt at a time, identical outputs
+        ivg = setups[f"IVG ({w},{k},{chunk})"]
 
-    def one_at_a_time():
-        return [r for i, p in enumerate(prompts)
-                for r in guided_generate(base, tok, [p], params=SamplingParams(
-                    max_new_tokens=args.new_tokens, ignore_eos=True, prompt_seeds=[i]), **ivg)]
+        def one_at_a_time():
+            return [r for i, p in enumerate(prompts)
+                    for r in guided_generate(base, tok, [p], params=SamplingParams(
+                        max_new_tokens=args.new_tokens, ignore_eos=True, prompt_seeds=[i]), **ivg)]
 
-    batched = call(ivg)
-    t = _timed({"batched": batched, "one": one_at_a_time}, args.repeats, args.device)
-    a, b = batched(), one_at_a_time()
-    same = [[t.token_ids for t in x] for x in a] == [[t.token_ids for t in y] for y in b]
-    print(f"\nIVG ({w},{k},{chunk}) on {len(prompts)} prompts: batched {t['batched']:.2f} s, one prompt at a time "
-          f"{t['one']:.2f} s -> {t['one'] / t['batched']:.1f}x; identical outputs: {same}")
+        batched = call(ivg)
+        t = _timed({"batched": batched, "one": one_at_a_time}, args.repeats, args.device)
+        a, b = batched(), one_at_a_time()
+        same = [[tr.token_ids for tr in x] for x in a] == [[tr.token_ids for tr in y] for y in b]
+        print(f"\nIVG ({w},{k},{chunk}) on {len(prompts)} prompts: batched {t['batched']:.2f} s, one prompt at a time "
+              f"{t['one']:.2f} s -> {t['one'] / t['batched']:.1f}x; identical outputs: {same}")
 
-    # incremental vs full-rescan chunk scoring as the response grows
-    print("\n| scorer | new tokens | total s | scoring s | scoring s per chunk: first -> last |")
-    print("|---|---|---|---|---|")
-    for length in args.rescan_lengths:
-        for incremental in (True, False):
-            scorer = ExplicitScorer(value, incremental=incremental)
-            log = []
-            score = scorer.score
+    if "rescan" in args.parts:  # incremental vs full-rescan chunk scoring as the response grows
+        print("\n| scorer | new tokens | total s | scoring s | scoring s per chunk: first -> last |")
+        print("|---|---|---|---|---|")
+        for length in args.rescan_lengths:
+            for incremental in (True, False):
+                scorer = ExplicitScorer(value, incremental=incremental)
+                log = []
+                score = scorer.score
 
-            def timed_score(tokens, lengths, score=score, log=log):
-                _sync(args.device)
+                def timed_score(tokens, lengths, score=score, log=log):
+                    _sync(args.device)
+                    start = time.perf_counter()
+                    out = score(tokens, lengths)
+                    _sync(args.device)
+                    log.append(time.perf_counter() - start)
+                    return out
+
+                scorer.score = timed_score
+                p = SamplingParams(max_new_tokens=length, ignore_eos=True, prompt_seeds=list(range(len(prompts))),
+                                   batch_size=4096)
                 start = time.perf_counter()
-                out = score(tokens, lengths)
-                _sync(args.device)
-                log.append(time.perf_counter() - start)
-                return out
-
-            scorer.score = timed_score
-            p = SamplingParams(max_new_tokens=length, ignore_eos=True, prompt_seeds=list(range(len(prompts))),
-                               batch_size=4096)
-            start = time.perf_counter()
-            guided_generate(base, tok, prompts, rule=FixedTemperature(0.7), scorer=scorer, width=w, candidates=k,
-                            chunk_length=chunk, params=p)
-            total = time.perf_counter() - start
-            name = "incremental (cached)" if incremental else "full rescan"
-            print(f"| {name} | {length} | {total:.2f} | {sum(log):.2f} | {1000 * log[0]:.1f} ms -> "
-                  f"{1000 * log[-2]:.1f} ms |")
+                guided_generate(base, tok, prompts, rule=FixedTemperature(0.7), scorer=scorer, width=w, candidates=k,
+                                chunk_length=chunk, params=p)
+                total = time.perf_counter() - start
+                name = "incremental (cached)" if incremental else "full rescan"
+                print(f"| {name} | {length} | {total:.2f} | {sum(log):.2f} | {1000 * log[0]:.1f} ms -> "
+                      f"{1000 * log[-2]:.1f} ms |")
 
 
 if __name__ == "__main__":
