@@ -177,7 +177,7 @@ class _Stream:
 
     def feed(self, ids: torch.Tensor) -> torch.Tensor:
         """Append ``ids`` [B, n] (right-padded rows are fine: causal attention never looks ahead);
-        returns the hidden states at every new position, [B, n, H] (``logits_of`` maps them)."""
+        returns the hidden states at every new position, [B, n, H]."""
         n = ids.shape[1]
         self.width += n
         self.mask = self.full_mask[:, :self.width]
@@ -185,9 +185,6 @@ class _Stream:
         hidden = self._forward(ids.to(self.device), positions, all_positions=True)
         self.next_pos = self.next_pos + n
         return hidden
-
-    def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._logits(hidden)
 
 
 def vocab_size(model) -> int:
@@ -230,11 +227,12 @@ def _copy_seeds(seeds: torch.Tensor, src: torch.Tensor, step: int) -> torch.Tens
     """Row seeds after a reorder: first copy of a source keeps its seed, others get derived ones."""
     from lpo_train.decoding.randomness import derive_seeds
 
-    copy = torch.zeros_like(src)
     seen: dict[int, int] = {}
-    for r, j in enumerate(src.tolist()):
-        copy[r] = seen.get(j, 0)
-        seen[j] = copy[r].item() + 1
+    copies = []
+    for j in src.tolist():
+        copies.append(seen.get(j, 0))
+        seen[j] = copies[-1] + 1
+    copy = torch.tensor(copies, device=src.device)
     parent = seeds[src]
     return torch.where(copy == 0, parent, derive_seeds(parent, step, copy))
 

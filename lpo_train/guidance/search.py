@@ -35,7 +35,6 @@ class ChunkBeamSearch(RowSearch):
         self.final_scores = None
 
     def begin(self, prompt_index, prompt_ids, max_new_tokens):
-        self.device = None
         if self.scorer is not None:
             self.scorer.begin(prompt_index, max_new_tokens, None)
 
