@@ -104,10 +104,10 @@ class _Track:
     def _update_incremental(self, tokens, lengths, rows):
         fed, new = self.count[rows], lengths[rows].to(self.device)
         n = int((new - fed).max())
-        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long, device=self.device)
-        valid = torch.arange(n, device=self.device)[None] < (new - fed)[:, None]
-        for j, r in enumerate(rows.tolist()):
-            ids[j, :new[j] - fed[j]] = tokens[r, fed[j]:new[j]]
+        offsets = torch.arange(n, device=self.device)[None]
+        valid = offsets < (new - fed)[:, None]  # rows that finished inside the chunk are right-padded
+        pos = (fed[:, None] + offsets).clamp(max=tokens.shape[1] - 1)
+        ids = tokens[rows.to(tokens.device)].to(self.device).gather(1, pos).masked_fill(~valid, self.pad_id)
         prev = self.stream.hidden
         hidden = self.stream.feed(ids)
         hidden_pred = torch.cat([prev[:, None], hidden[:, :-1]], dim=1)
