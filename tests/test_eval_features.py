@@ -181,7 +181,12 @@ def test_wandb_offline_gets_the_scalars_and_the_plots(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     plot = _tiny_png(tmp_path / "p.png")
-    log_evaluation(["wandb"], _SUMMARY, {"reward_vs_temperature": plot}, {"seed": 0}, tmp_path, "lpo-train-tests", "r")
+    import wandb
+
+    try:
+        log_evaluation(["wandb"], _SUMMARY, {"reward_vs_temperature": plot}, {"seed": 0}, tmp_path, "lpo-train-tests", "r")
+    finally:
+        wandb.teardown()  # wandb's process-wide setup keeps this test's folders otherwise (later runs would land here)
     (run_file,) = (tmp_path / "wandb").glob("wandb/offline-run-*/run-*.wandb")
     logged = {k: v for row in history(run_file) for k, v in row.items()}
     assert logged["eval/head:/x/h/maj_at_n"] == 80.0 and logged["eval/T=0/mean_reward"] == 0.25
