@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lpo_train.tasks import toy
+from lpo_train.tasks.reasoning import reasoning_gym_reward
 
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
@@ -74,6 +75,7 @@ BUILTIN_REWARDS: dict[str, Callable] = {
     "sentiment": toy.sentiment_reward,
     "negative_repetition": negative_repetition_reward,
     "real_mix": real_mix_reward,
+    "reasoning_gym": reasoning_gym_reward,
 }
 
 

@@ -31,7 +31,7 @@ class EvalConfig:
     dataset_split: str = _help("Split of a Hub dataset.", "test")
     toy_families: list[str] = _help("Toy families when dataset_name is 'toy'.", None)
     toy_prompts_per_family: int = _help("Toy prompts per family.", 32)
-    toy_seed: int = _help("Seed of the toy prompts (keep it apart from the training prompts' seed).", 4242)
+    toy_seed: int = _help("Seed of the toy / reasoning-gym prompts (keep it apart from the training prompts' seed).", 4242)
     reward_funcs: list[str] = _help("Rewards, as in training: names, 'module:function' or model paths.", None)
     reward_weights: list[float] | None = _help("One weight per reward function.", None)
     temperatures: list[float] = _help("The fixed-temperature grid every method is compared with.", None)

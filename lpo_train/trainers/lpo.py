@@ -30,7 +30,7 @@ from lpo_train.trainers.lpo_config import LPOConfig
 
 
 def load_prompt_dataset(args: LPOConfig):
-    """The prompt dataset named by ``args.dataset_name`` (toy world, local file or Hub id)."""
+    """The prompt dataset named by ``args.dataset_name`` (toy world, reasoning-gym, local file or Hub id)."""
     import datasets
 
     name = args.dataset_name
@@ -40,6 +40,11 @@ def load_prompt_dataset(args: LPOConfig):
         from lpo_train.tasks.toy import make_prompts
 
         return datasets.Dataset.from_list(make_prompts(args.toy_families, args.toy_prompts_per_family, seed=args.seed))
+    from lpo_train.tasks.reasoning import is_reasoning_gym, make_reasoning_gym_rows
+
+    if is_reasoning_gym(name):  # held-out suites pass their own seed (toy_seed / sample_seed)
+        seed = next((getattr(args, k) for k in ("toy_seed", "sample_seed", "seed") if getattr(args, k, None) is not None), 0)
+        return datasets.Dataset.from_list(make_reasoning_gym_rows(name, seed))
     suffix = Path(name).suffix.lower()
     if suffix in (".json", ".jsonl", ".parquet"):
         if not Path(name).exists():
