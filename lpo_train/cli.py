@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train an AdaptiveDecoder head with LPO: --config recipe.yaml [--key value ...]")
     sub.add_parser("evaluate", help="decoding strategies vs the fixed-temperature grid: --config ... [--key value]")
-    sub.add_parser("train-value", help="train a guidance model: --kind implicit|explicit --config ... [--key value]")
-    sub.add_parser("generate", help="guided decoding to JSONL: --method base|bon|eft|tokenrm|cbs|ivg [--config ...]")
+    sub.add_parser("train-value", help="train a guidance model: --kind implicit|explicit|reward --config ... [--key value]")
+    sub.add_parser("generate", help="guided decoding to JSONL: --method base|bon|eft|tokenrm|cbs|ivg|args [--config ...]")
 
     p = sub.add_parser("toy-pretrain", help="pretrain the toy world's LM and cache it")
     p.add_argument("--size", default="small", choices=["small", "base"])

@@ -88,3 +88,25 @@ def test_implicit_value_dpo_end_to_end(tiny_lm_path, tmp_path):
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "tuned")
     untuned = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
     assert not torch.equal(tuned.model.embed_tokens.weight, untuned.model.embed_tokens.weight)
+
+
+def test_explicit_value_gradient_accumulation_matches_one_big_batch(tiny_lm, tmp_path):
+    """One SGD step over 16 responses: batch 16 equals 2 accumulated micro-batches of 8."""
+    from lpo_train.guidance import make_value_model
+
+    base, tok = tiny_lm
+    gen = torch.Generator().manual_seed(1)
+    recs = [{"prompt_index": i, "prompt": "p", "completion": "", "prompt_ids": [5, 6],
+             "completion_ids": torch.randint(10, 200, (3,), generator=gen).tolist(), "reward": float(i % 3) - 1.0}
+            for i in range(16)]
+    heads = []
+    for batch, accumulate in ((16, 1), (8, 2)):
+        args = ExplicitValueConfig(output_dir=str(tmp_path / f"b{batch}"), value_loss="mse", optim="sgd",
+                                   learning_rate=0.5, max_steps=1, per_device_train_batch_size=batch,
+                                   gradient_accumulation_steps=accumulate, max_grad_norm=1e9, use_cpu=True,
+                                   report_to="none", save_strategy="no", lr_scheduler_type="constant")
+        model = make_value_model(base)
+        ExplicitValueTrainer(model, args, recs, processing_class=tok).train()
+        heads.append(model.get_output_embeddings().weight.detach().clone())
+    assert heads[0].abs().sum() > 0
+    assert torch.allclose(heads[0], heads[1], atol=1e-6)

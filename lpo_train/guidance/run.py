@@ -69,6 +69,7 @@ class GenerateConfig:
                                       True)
     dataset_name: str = _help("Prompts: 'toy', a .json/.jsonl/.parquet file or a Hub dataset id.", "toy")
     dataset_split: str = _help("Split of a Hub prompt dataset.", "test")
+    prompt_column: str = _help("The column holding the prompts (e.g. 'instruction' for AlpacaEval).", "prompt")
     toy_families: list[str] | None = _help("Toy families when dataset_name is 'toy'.", None)
     toy_prompts_per_family: int = _help("Toy prompts per family.", 32)
     toy_seed: int = _help("Seed of the toy prompts (keep it apart from training prompts).", 4242)
@@ -111,7 +112,11 @@ def load_rows(config: GenerateConfig) -> list[dict]:
         return make_prompts(config.toy_families or ["sentiment"], config.toy_prompts_per_family, seed=config.toy_seed)
     from lpo_train.trainers.lpo import load_prompt_dataset
 
-    return list(load_prompt_dataset(config))
+    rows = list(load_prompt_dataset(config))
+    if rows and config.prompt_column not in rows[0]:
+        raise ValueError(f"The prompt dataset has no column {config.prompt_column!r} (it has {sorted(rows[0])}); "
+                         "set prompt_column.")
+    return [{**r, "prompt": r[config.prompt_column]} for r in rows]
 
 
 def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] | None = None):

@@ -198,6 +198,7 @@ class ExplicitValueTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=_value_features(train_dataset),
                          eval_dataset=_value_features(eval_dataset) if eval_dataset else None,
                          data_collator=_ValueCollator(pad), processing_class=processing_class, callbacks=callbacks)
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a micro-batch mean: Trainer divides by GA steps
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from lpo_train.guidance.value_model import token_values
@@ -261,9 +262,16 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig) ->
     from lpo_train.guidance.value_model import make_value_model
     from lpo_train.models.loading import load_causal_lm, resolve_model_path
 
+    _, tokenizer = load_causal_lm(data.model_name_or_path)
+    if data.sampler_model:
+        from lpo_train.decoding.engine import same_vocab
+
+        if not same_vocab(tokenizer, load_causal_lm(data.sampler_model)[1]):
+            raise ValueError(f"sampler_model {data.sampler_model!r} and the value model's backbone "
+                             f"{data.model_name_or_path!r} use different tokenizers; the value model trains on the "
+                             "sampler's token ids, so pick a sampler of the same tokenizer family.")
     records = sample_responses(data)
     train, held = split_by_prompt(records, data.eval_fraction, data.sample_seed)
-    _, tokenizer = load_causal_lm(data.model_name_or_path)
     model = make_value_model(resolve_model_path(data.model_name_or_path))
     trainer = ExplicitValueTrainer(model, args, train, held or None, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -311,10 +319,11 @@ def train_implicit_value(data: ValueDataArguments, args) -> dict:
     metrics = {"kind": "implicit", "pair_mode": data.pair_mode, "train_pairs": len(pairs),
                "eval_pairs": len(eval_pairs),
                "label_agreement_with_reward": sum(p["chosen_reward"] > p["rejected_reward"] for p in pairs) / len(pairs)}
-    fit = trainer.evaluate(eval_dataset=train_ds.select(range(min(512, len(train_ds)))), metric_key_prefix="fit")
-    # DPO's implicit reward on (up to 512) training pairs; TRL names these eval_* whatever the prefix
-    metrics["train_rewards_accuracy"] = fit.get("eval_rewards/accuracies")
-    metrics["train_rewards_margin"] = fit.get("eval_rewards/margins")
+    if not getattr(args, "precompute_ref_log_probs", False):  # TRL cannot evaluate new data after training then
+        fit = trainer.evaluate(eval_dataset=train_ds.select(range(min(512, len(train_ds)))), metric_key_prefix="fit")
+        # DPO's implicit reward on (up to 512) training pairs; TRL names these eval_* whatever the prefix
+        metrics["train_rewards_accuracy"] = fit.get("eval_rewards/accuracies")
+        metrics["train_rewards_margin"] = fit.get("eval_rewards/margins")
     if eval_pairs:
         ev = trainer.evaluate()
         metrics["eval_rewards_accuracy"] = ev.get("eval_rewards/accuracies")
@@ -360,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     """``lpo-train train-value --kind implicit|explicit|reward --config recipe.yaml [--key value ...]``."""
     from trl import DPOConfig, RewardConfig, TrlParser
 
-    argv = list(argv or [])
+    argv = [x for a in (argv or []) for x in (a.split("=", 1) if a.startswith("--kind=") else [a])]
     kind = None
     if "--kind" in argv:
         i = argv.index("--kind")
