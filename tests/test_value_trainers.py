@@ -110,3 +110,17 @@ def test_explicit_value_gradient_accumulation_matches_one_big_batch(tiny_lm, tmp
         heads.append(model.get_output_embeddings().weight.detach().clone())
     assert heads[0].abs().sum() > 0
     assert torch.allclose(heads[0], heads[1], atol=1e-6)
+
+
+def test_explicit_value_rejects_a_sampler_with_another_tokenizer(tiny_lm_path, tmp_path):
+    from lpo_train.models import build_tiny_lm, train_bpe_tokenizer
+    from lpo_train.trainers.value import train_explicit_value
+
+    other_tok = train_bpe_tokenizer(vocab_size=300)
+    build_tiny_lm(other_tok, hidden_size=32, num_layers=1, num_heads=4, seed=0).save_pretrained(tmp_path / "other")
+    other_tok.save_pretrained(tmp_path / "other")
+    data = ValueDataArguments(model_name_or_path=str(tiny_lm_path), sampler_model=str(tmp_path / "other"),
+                              reward_funcs=["tests.helpers.my_rewards:length_reward"])
+    args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="different tokenizers"):
+        train_explicit_value(data, args)
