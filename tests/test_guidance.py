@@ -100,7 +100,7 @@ def test_fixed_scores_give_expected_survivors():
 class _RecordingScorer(ChunkScorer):
     """Scores a row by its token ids (a fixed function of the text) and records every boundary."""
 
-    def begin(self, prompt_index, max_new_tokens, device):
+    def begin(self, prompt_index, max_new_tokens):
         self.log = []
 
     def score(self, tokens, lengths):

@@ -31,7 +31,7 @@ class ChunkScorer:
         """The base tokenizer and the input prompts (and dataset rows, for reward columns)."""
         self.base_tokenizer, self.prompts_in, self.rows = tokenizer, prompts, rows
 
-    def begin(self, prompt_index: list[int], max_new_tokens: int, device) -> None:
+    def begin(self, prompt_index: list[int], max_new_tokens: int) -> None:
         """A new batch of rows; ``prompt_index`` per row."""
 
     def score(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -172,7 +172,7 @@ class _ModelScorer(ChunkScorer):
         for t in self.tracks:
             t.bind(tokenizer, prompts)
 
-    def begin(self, prompt_index, max_new_tokens, device):
+    def begin(self, prompt_index, max_new_tokens):
         self.growing = torch.arange(len(prompt_index))
         for t in self.tracks:
             t.begin(prompt_index, max_new_tokens)
@@ -237,7 +237,7 @@ class RewardScorer(ChunkScorer):
 
         self.funcs, self.weights = resolve_rewards(reward_funcs, reward_weights)
 
-    def begin(self, prompt_index, max_new_tokens, device):
+    def begin(self, prompt_index, max_new_tokens):
         self.prompt_index = list(prompt_index)
         self.values = torch.zeros(len(prompt_index))
         self.growing = torch.arange(len(prompt_index))

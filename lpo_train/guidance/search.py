@@ -36,7 +36,7 @@ class ChunkBeamSearch(RowSearch):
 
     def begin(self, prompt_index, prompt_ids, max_new_tokens):
         if self.scorer is not None:
-            self.scorer.begin(prompt_index, max_new_tokens, None)
+            self.scorer.begin(prompt_index, max_new_tokens)
 
     def boundary(self, tokens, lengths, alive, final):
         batch = len(lengths)
