@@ -306,10 +306,6 @@ def write_report(summary: dict, config: EvalConfig, path: Path) -> None:
 
 
 def load_rows(config: EvalConfig) -> list[dict]:
-    if config.dataset_name == "toy":
-        from lpo_train.tasks.toy import make_prompts
-
-        return make_prompts(config.toy_families, config.toy_prompts_per_family, seed=config.toy_seed)
     from lpo_train.trainers.lpo import load_prompt_dataset
 
     return list(load_prompt_dataset(config))

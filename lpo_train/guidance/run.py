@@ -70,7 +70,7 @@ class GenerateConfig:
     dataset_name: str = _help("Prompts: 'toy', a .json/.jsonl/.parquet file or a Hub dataset id.", "toy")
     dataset_split: str = _help("Split of a Hub prompt dataset.", "test")
     prompt_column: str = _help("The column holding the prompts (e.g. 'instruction' for AlpacaEval).", "prompt")
-    toy_families: list[str] | None = _help("Toy families when dataset_name is 'toy'.", None)
+    toy_families: list[str] | None = _help("Toy families when dataset_name is 'toy' (default: sentiment).", None)
     toy_prompts_per_family: int = _help("Toy prompts per family.", 32)
     toy_seed: int = _help("Seed of the toy prompts (keep it apart from training prompts).", 4242)
     seed: int = _help("Sampling seed (per-prompt seeds derive from it and the prompt index).", 0)
@@ -78,6 +78,7 @@ class GenerateConfig:
     output_file: str = _help("JSONL output; written atomically when the run completes.", "outputs/generate.jsonl")
 
     def __post_init__(self):
+        self.toy_families = self.toy_families or ["sentiment"]
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}.")
         token, chunk, search = METHODS[self.method]
@@ -106,10 +107,6 @@ class GenerateConfig:
 
 
 def load_rows(config: GenerateConfig) -> list[dict]:
-    if config.dataset_name == "toy":
-        from lpo_train.tasks.toy import make_prompts
-
-        return make_prompts(config.toy_families or ["sentiment"], config.toy_prompts_per_family, seed=config.toy_seed)
     from lpo_train.trainers.lpo import load_prompt_dataset
 
     rows = list(load_prompt_dataset(config))

@@ -36,14 +36,15 @@ def load_prompt_dataset(args: LPOConfig):
     name = args.dataset_name
     if name is None:
         raise ValueError("No prompt dataset: set dataset_name (a .json/.jsonl/.parquet file, a Hub id, or 'toy').")
+    from lpo_train.tasks.reasoning import is_reasoning_gym, make_reasoning_gym_rows
+
+    # generated suites: held-out configs carry their own prompt seed (toy_seed, sample_seed)
+    seed = next((getattr(args, k) for k in ("toy_seed", "sample_seed", "seed") if getattr(args, k, None) is not None), 0)
     if name == "toy":
         from lpo_train.tasks.toy import make_prompts
 
-        return datasets.Dataset.from_list(make_prompts(args.toy_families, args.toy_prompts_per_family, seed=args.seed))
-    from lpo_train.tasks.reasoning import is_reasoning_gym, make_reasoning_gym_rows
-
-    if is_reasoning_gym(name):  # held-out suites pass their own seed (toy_seed / sample_seed)
-        seed = next((getattr(args, k) for k in ("toy_seed", "sample_seed", "seed") if getattr(args, k, None) is not None), 0)
+        return datasets.Dataset.from_list(make_prompts(args.toy_families, args.toy_prompts_per_family, seed=seed))
+    if is_reasoning_gym(name):
         return datasets.Dataset.from_list(make_reasoning_gym_rows(name, seed))
     suffix = Path(name).suffix.lower()
     if suffix in (".json", ".jsonl", ".parquet"):

@@ -80,10 +80,6 @@ class ExplicitValueConfig(TrainingArguments):
 def load_prompts(data: ValueDataArguments) -> list[dict]:
     from lpo_train.trainers.lpo import load_prompt_dataset
 
-    if data.dataset_name == "toy":
-        from lpo_train.tasks.toy import make_prompts
-
-        return make_prompts(data.toy_families, data.toy_prompts_per_family, seed=data.sample_seed)
     return list(load_prompt_dataset(data))
 
 
