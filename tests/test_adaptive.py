@@ -6,7 +6,7 @@ from lpo_train.decoding import (
     AdaptiveDecoderRule, FixedTemperature, SamplingParams, StepInput, generate, knob_distribution,
     next_token_distribution,
 )
-from lpo_train.decoding.adaptive import sample_from
+from lpo_train.decoding.sampling import sample_from
 
 PROMPTS = ["What is the answer?", "hi", "The quick brown fox jumps over"]
 

@@ -108,7 +108,7 @@ def test_vanishing_temperature_is_greedy_not_nan():
 
 
 def test_sample_from_matches_the_distribution_and_never_draws_zero_mass():
-    from lpo_train.decoding.adaptive import sample_from
+    from lpo_train.decoding.sampling import sample_from
 
     from lpo_train.decoding.randomness import row_uniforms
 

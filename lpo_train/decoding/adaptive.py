@@ -4,64 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from lpo_train.decoding.rules import MIN_TEMPERATURE, Rule, StepInput, StepOutput
+from lpo_train.decoding.rules import Rule, StepInput, StepOutput
+from lpo_train.decoding.sampling import NO_TRUNCATION, knob_distribution, sample_from
 from lpo_train.heads import SELECTIONS, AdaptiveDecoderHead
-
-
-def sample_from(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """One index per row by inverse-CDF sampling with the given uniforms in [0, 1) (exact;
-    several times faster than ``torch.multinomial`` on CPU). Zero-mass entries are never drawn."""
-    cdf = probs.double().cumsum(-1)
-    u = uniforms.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
-    return (cdf <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
-
-
-def _one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-
-
-def knob_distribution(logits: torch.Tensor, knob: str, values: torch.Tensor,
-                      base_temperature: float = 1.0) -> torch.Tensor:
-    """Next-token distribution [B, V] when row b applies ``knob = values[b]``.
-
-    temperature: softmax(z / T); T <= MIN_TEMPERATURE (0 included) is one-hot on the argmax,
-    so a vanishing temperature (EDT at near-zero entropy) never overflows. top_k / top_p / min_p truncate
-    softmax(z / base_temperature) per row (top_k = 0 keeps everything).
-    """
-    values = values.to(logits.dtype)
-    if knob == "temperature":
-        greedy_rows = values <= MIN_TEMPERATURE
-        safe = torch.where(greedy_rows, torch.ones_like(values), values)
-        shifted = logits - logits.amax(-1, keepdim=True)  # <= 0, so dividing cannot overflow
-        probs = torch.softmax(shifted / safe[:, None], dim=-1)
-        if greedy_rows.any():
-            probs = torch.where(greedy_rows[:, None], _one_hot_argmax(logits), probs)
-        return probs
-    if base_temperature <= 0:
-        return _one_hot_argmax(logits)
-    probs = truncate(torch.softmax(logits / base_temperature, dim=-1), knob, values)
-    return probs / probs.sum(-1, keepdim=True)
-
-
-def truncate(probs: torch.Tensor, knob: str, values: torch.Tensor) -> torch.Tensor:
-    """Zero the tokens row b drops under ``knob = values[b]`` (not renormalised).
-
-    top_k keeps the k most likely tokens (0 keeps all); top_p the smallest prefix whose mass
-    reaches p (always the top token); min_p the tokens with p >= min_p * max p.
-    """
-    values = values.to(probs.dtype)
-    if knob == "min_p":
-        return probs * (probs >= values[:, None] * probs.amax(-1, keepdim=True))
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    if knob == "top_k":
-        ranks = torch.arange(probs.shape[-1], device=probs.device)
-        k = torch.where(values > 0, values, torch.full_like(values, probs.shape[-1]))
-        keep_sorted = ranks[None, :] < k[:, None]
-    elif knob == "top_p":
-        keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < values[:, None]
-    else:
-        raise ValueError(f"Unknown truncation knob {knob!r}; choose top_k, top_p or min_p.")
-    return probs * torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
 class AdaptiveDecoderRule(Rule):
@@ -106,7 +51,7 @@ class AdaptiveDecoderRule(Rule):
         choice, probs = state["choice"], state["probs"]
         if self.selection == "mixture":
             mixed = sum(probs[:, k, None] * knob_distribution(inp.logits, self.knob, grid[k].expand(len(choice)),
-                                                               self.base_temperature)
+                                                               self.base_temperature, inp.truncation)
                         for k in range(len(grid)))
             return StepOutput(temperature=self._applied_temperature(probs @ grid), probs=mixed, choice=choice,
                               value=probs @ grid)
@@ -114,14 +59,15 @@ class AdaptiveDecoderRule(Rule):
         if self.knob == "temperature":
             return StepOutput(temperature=values, choice=choice)
         return StepOutput(temperature=self._applied_temperature(values),
-                          probs=knob_distribution(inp.logits, self.knob, values, self.base_temperature),
+                          probs=knob_distribution(inp.logits, self.knob, values, self.base_temperature,
+                                                  inp.truncation),
                           choice=choice, value=values)
 
     def _applied_temperature(self, values: torch.Tensor) -> torch.Tensor:
         return values if self.knob == "temperature" else torch.full_like(values, self.base_temperature)
 
-    def choice_logps(self, logits, tokens):
+    def choice_logps(self, logits, tokens, truncation=NO_TRUNCATION):
         grid = self._grid(logits.device)
-        cols = [knob_distribution(logits, self.knob, grid[k].expand(len(tokens)), self.base_temperature)
+        cols = [knob_distribution(logits, self.knob, grid[k].expand(len(tokens)), self.base_temperature, truncation)
                 .gather(-1, tokens[:, None]).squeeze(-1) for k in range(len(grid))]
         return torch.stack(cols, -1).log()

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lpo_train.decoding.adaptive import knob_distribution, sample_from, truncate
 from lpo_train.decoding.randomness import seed_for
 from lpo_train.decoding.rules import FixedTemperature, Rule, StepInput, entropy
+from lpo_train.decoding.sampling import Truncation, sample_from, warp
 
 
 @dataclass
@@ -41,11 +41,14 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}.")
-        if self.top_k < 0 or not 0 < self.top_p <= 1 or not 0 <= self.min_p < 1:
-            raise ValueError("Need top_k >= 0 (0 = off), 0 < top_p <= 1 and 0 <= min_p < 1.")
+        self.truncation  # validates top_k / top_p / min_p
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         self.stop_strings = tuple(self.stop_strings)
+
+    @property
+    def truncation(self) -> Truncation:
+        return Truncation(self.top_k, self.top_p, self.min_p)
 
 
 @dataclass
@@ -64,26 +67,11 @@ class Trace:
     score: float | None = None  # the search's final score (chunk-level guidance), when one ran
 
 
-def next_token_distribution(
-    logits: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    probs: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The distribution the engine samples from, [B, V].
-
-    Without ``probs``: softmax(logits / T) per row, rows with T = 0 one-hot on the argmax (no
-    division by zero). Truncations act after temperature, as in HF ``generate``.
-    """
-    if probs is None:
-        probs = knob_distribution(logits, "temperature", temperature)
-    active = [(knob, v) for knob, v, off in (("top_k", top_k, 0), ("top_p", top_p, 1.0), ("min_p", min_p, 0.0))
-              if v != off]
-    for knob, value in active:
-        probs = truncate(probs, knob, probs.new_full((probs.shape[0],), float(value)))
-    return probs / probs.sum(-1, keepdim=True) if active else probs
+def next_token_distribution(logits: torch.Tensor, temperature: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
+                            min_p: float = 0.0) -> torch.Tensor:
+    """The distribution the engine samples from for a temperature rule, [B, V]: softmax(logits / T)
+    (rows with T = 0 one-hot on the argmax), then top-k, top-p, min-p, exactly as HF ``generate``."""
+    return warp(logits, temperature, Truncation(top_k, top_p, min_p))
 
 
 def encode_prompts(tokenizer, prompts, chat_template: bool | None = None) -> list[list[int]]:
@@ -310,6 +298,7 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
     hiddens = (torch.zeros((batch, hidden_steps, main.hidden.shape[-1]), dtype=main.hidden.dtype, device=device)
                if params.trace_hidden else None)
     choice_logps = None
+    truncation = params.truncation
     eos = torch.tensor(sorted(eos_ids), device=device)
     max_stop = max((len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in params.stop_strings),
                    default=0)
@@ -324,13 +313,12 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
         logits = main.logits
         step_entropy = entropy(logits)
         inp = StepInput(logits=logits, hidden=main.hidden, state=state, step=step, row_seeds=seeds,
-                        aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy)
+                        aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy, truncation=truncation)
         if rule.needs_history:
             inp.generated, inp.prompt_index = tokens[active, :step], prompt_index[active]
         out = rule.step(inp)
         step_logits = out.logits if out.logits is not None else logits
-        probs = next_token_distribution(step_logits, out.temperature, params.top_k, params.top_p,
-                                        params.min_p, probs=out.probs)
+        probs = out.probs if out.probs is not None else warp(step_logits, out.temperature, truncation)
         token = sample_from(probs, inp.uniforms(purpose=0))
 
         rows_now = slice(None) if len(active) == batch else active  # plain slices until a row finishes
@@ -343,7 +331,7 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
         if hiddens is not None and step < hidden_steps:
             hiddens[rows_now, step] = main.hidden
         if params.trace_choice_logps:
-            lp = rule.choice_logps(step_logits, token)
+            lp = rule.choice_logps(step_logits, token, truncation)
             if lp is not None:
                 if choice_logps is None:
                     choice_logps = torch.zeros((batch, steps, lp.shape[-1]), device=device)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lpo_train.decoding.sampling import MIN_TEMPERATURE, NO_TRUNCATION, Truncation  # noqa: F401 (re-exported)
+
 
 @dataclass
 class StepInput:
@@ -27,6 +29,7 @@ class StepInput:
     entropy: torch.Tensor | None = None  # [B] entropy of softmax(logits) in nats, when known
     generated: torch.Tensor | None = None  # [B, step] tokens so far (only for rules with needs_history)
     prompt_index: torch.Tensor | None = None  # [B] each row's prompt (only for rules with needs_history)
+    truncation: Truncation = NO_TRUNCATION  # the call's fixed top-k / top-p / min-p (for rules returning probs)
 
     def uniforms(self, purpose: int) -> torch.Tensor:
         """[B] uniforms for this step; ``purpose`` separates streams (0 is the engine's token draw)."""
@@ -44,7 +47,7 @@ class StepInput:
 class StepOutput:
     temperature: torch.Tensor  # [B] float; 0.0 means argmax, never a division
     logits: torch.Tensor | None = None  # [B, V] replaces the LM logits when set
-    probs: torch.Tensor | None = None  # [B, V] sample from this directly
+    probs: torch.Tensor | None = None  # [B, V] sample from this directly (the rule applied inp.truncation)
     choice: torch.Tensor | None = None  # [B] long, index into the rule's grid
     value: torch.Tensor | None = None  # [B] knob value applied, traced (default: temperature)
 
@@ -82,8 +85,10 @@ class Rule:
     def step(self, inp: StepInput) -> StepOutput:  # pragma: no cover
         raise NotImplementedError
 
-    def choice_logps(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor | None:
-        """log P(token | choice k) for every grid choice k, [B, K]; None for grid-free rules."""
+    def choice_logps(self, logits: torch.Tensor, tokens: torch.Tensor,
+                     truncation: Truncation = NO_TRUNCATION) -> torch.Tensor | None:
+        """log P(token | choice k) for every grid choice k under the call's truncation, [B, K];
+        None for grid-free rules."""
         return None
 
 
@@ -115,14 +120,9 @@ class FixedTemperature(Rule):
         return StepOutput(temperature=_rows(inp, self.temperature))
 
 
-def greedy() -> FixedTemperature:
-    return FixedTemperature(0.0)
-
-
 # --- entropy-based rules ----------------------------------------------------------------------
 
 MIN_ENTROPY = 1e-6  # below this a distribution is numerically one-hot: decode greedily
-MIN_TEMPERATURE = 1e-4  # temperatures at or below this decode greedily (z / T would overflow)
 
 
 def edt_temperature(entropy: torch.Tensor, T0: float, theta: float, N: float = 0.8) -> torch.Tensor:

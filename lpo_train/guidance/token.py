@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from lpo_train.decoding.rules import AuxStream, Rule, StepInput, StepOutput, check_temperature
+from lpo_train.decoding.sampling import truncate
 
 
 class ImplicitGuidance(Rule):
@@ -106,4 +107,5 @@ class ARGS(Rule):
             probs.scatter_(1, top.indices.gather(1, score.argmax(-1, keepdim=True)), 1.0)
         else:
             probs.scatter_(1, top.indices, torch.softmax(score / self.temperature, -1))
+        probs = truncate(probs, inp.truncation.top_k, inp.truncation.top_p, inp.truncation.min_p)
         return StepOutput(temperature=logp.new_full((batch,), self.temperature), probs=probs)
