@@ -58,7 +58,7 @@ def _demo(args) -> None:
     print("[3/4] LPO: training a sequence-level AdaptiveDecoder head on arith + story")
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "lpo_seq.yaml"
     out = Path(args.output_dir) / "lpo_seq"
-    train_main(["--config", str(recipe), "--output_dir", str(out), "--report_to", "none"])
+    train_main(["--config", str(recipe), "--output_dir", str(out), "--report_to", "none", "--overwrite_output_dir", "true"])
     print("[4/4] evaluation on held-out prompts: the trained head (argmax) vs every fixed temperature")
     config = EvalConfig(model_name_or_path="toy:small", toy_families=["arith", "story"], toy_prompts_per_family=48,
                         num_samples=args.num_samples, temperatures=args.temperatures, strategies=[f"head:{out}"],

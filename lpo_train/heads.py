@@ -35,6 +35,7 @@ class AdaptiveDecoderConfig:
     head_hidden_size: int | None = None  # paper: 2048 for 8B models; default min(2048, max(64, 2 x hidden))
     num_layers: int = 3  # Linear layers; SiLU between them
     base_temperature: float = 1.0  # temperature used with the top_p/top_k/min_p knobs
+    input_norm: bool = True  # LayerNorm (no parameters) on the hidden state before the MLP: real LMs' states are large
     base_model: str | None = None  # id or path of the LM the head was trained on
     extra: dict = field(default_factory=dict)  # free metadata (training config, metrics)
 
@@ -94,13 +95,16 @@ class AdaptiveDecoderHead(nn.Module):
             if i < len(dims) - 2:
                 layers.append(nn.SiLU())
         self.mlp = nn.Sequential(*layers)
+        # a real LM's last hidden state has a large, token-dependent norm (SmolLM2: ~40-100); the
+        # raw state makes the first step's logits scale with it and online LPO overshoots
+        self.norm = nn.LayerNorm(config.hidden_size, elementwise_affine=False) if config.input_norm else nn.Identity()
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
         self.register_buffer("grid", torch.tensor(config.grid), persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the grid, [..., K], in the head's dtype."""
-        return self.mlp(hidden.to(self.mlp[0].weight.dtype))
+        return self.mlp(self.norm(hidden.to(self.mlp[0].weight.dtype)))
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.forward(hidden).float(), dim=-1)
@@ -141,21 +145,31 @@ class AdaptiveDecoderHead(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None) -> AdaptiveDecoderHead:
-        from safetensors.torch import load_file
-
         path = Path(name_or_path)
         if not path.is_dir():
+            if _looks_local(str(name_or_path)):
+                raise FileNotFoundError(f"No AdaptiveDecoder head at {name_or_path}: the folder does not exist. "
+                                        "Give the output_dir of a training run or a Hub repo id (user/name).")
             from huggingface_hub import snapshot_download
 
-            path = Path(snapshot_download(str(name_or_path), revision=revision,
-                                          allow_patterns=["config.json", "model.safetensors", "README.md"]))
+            try:
+                path = Path(snapshot_download(str(name_or_path), revision=revision,
+                                              allow_patterns=["config.json", "model.safetensors", "README.md"]))
+            except Exception as e:  # HFValidationError, offline mode, 404: say both places were looked at
+                raise FileNotFoundError(f"No AdaptiveDecoder head at {name_or_path!r}: there is no such local folder, "
+                                        f"and as a Hub repo id it could not be fetched ({type(e).__name__}: {e}).") from e
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"No AdaptiveDecoder config.json in {path}.")
         raw = json.loads((path / "config.json").read_text())
+        raw.setdefault("input_norm", False)  # heads saved before the field existed read raw states
         if raw.pop("model_type", "adaptive_decoder") != "adaptive_decoder":
             raise ValueError(f"{path} does not hold an AdaptiveDecoder head.")
-        head = cls(AdaptiveDecoderConfig(**raw))
-        head.load_state_dict(load_file(str(path / "model.safetensors")))
+        try:
+            config = AdaptiveDecoderConfig(**raw)
+        except TypeError as e:
+            raise ValueError(f"{path / 'config.json'} is not an AdaptiveDecoder config: {e}.") from e
+        head = cls(config)
+        head.load_state_dict(load_head_weights(path / "model.safetensors"))
         return head.eval()
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
@@ -170,6 +184,26 @@ class AdaptiveDecoderHead(nn.Module):
             self.save_pretrained(tmp, model_card=model_card)
             info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
         return str(getattr(info, "commit_url", info))
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a Hub id: starts with . / ~, or has more than one '/' or a backslash."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or name.endswith("/")
+
+
+def load_head_weights(path: Path) -> dict:
+    """The head's safetensors state, with an error naming the file when it is missing or corrupt."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the head or checkpoint folder is incomplete (an interrupted "
+                                "save?). Use another checkpoint or retrain.")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); it is corrupt or "
+                         "half-written. Use another checkpoint or retrain.") from e
 
 
 def default_model_card(config: AdaptiveDecoderConfig, extra_sections: str = "") -> str:

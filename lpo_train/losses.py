@@ -2,8 +2,10 @@
 
 Notation: for a pair (chosen c, rejected r), ``*_logps`` are log-probabilities of the head's
 choices, summed over response tokens for token-level heads (prompt and padding masked) or the
-single sequence-level choice. The reference over choices is uniform (the paper's footnote 3),
-so it cancels in Eq. 9 and 10.
+single sequence-level choice. The paper takes the reference over choices to be uniform and drops
+it (footnote 3). It cancels only when both responses make the same number of decisions: a
+token-level head's uniform reference is log P_ref(tau) = -T log K for T decisions, so the
+``ref_*_logps`` arguments (default 0, the paper's literal Eq. 10) make it explicit.
 """
 
 from __future__ import annotations
@@ -27,14 +29,21 @@ def choice_logps(head_log_probs: torch.Tensor, choices: torch.Tensor, mask: torc
     return masked_sum(picked, mask)
 
 
-def lpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
-    """Eq. 10: -log sigmoid(beta * (log P(tau_c) - log P(tau_r))), per pair."""
-    return -F.logsigmoid(beta * (chosen_logps - rejected_logps))
+def uniform_reference_logps(mask: torch.Tensor, num_choices: int) -> torch.Tensor:
+    """log P_ref(tau) of a uniform reference over ``num_choices``: -(decisions) x log K, [B]."""
+    return -mask.sum(-1).to(torch.float32) * math.log(num_choices)
+
+
+def lpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float = 0.1,
+             ref_chosen_logps=0.0, ref_rejected_logps=0.0) -> torch.Tensor:
+    """Eq. 10: -log sigmoid(beta * ((log P(tau_c) - log P_ref(tau_c)) - (log P(tau_r) - log P_ref(tau_r)))), per pair."""
+    return -F.logsigmoid(beta * ((chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)))
 
 
 def lpo_joint_loss(chosen_logps, rejected_logps, beta: float = 0.1,
                    chosen_word_logratio: torch.Tensor | None = None,
-                   rejected_word_logratio: torch.Tensor | None = None) -> torch.Tensor:
+                   rejected_word_logratio: torch.Tensor | None = None,
+                   ref_chosen_logps=0.0, ref_rejected_logps=0.0) -> torch.Tensor:
     """Eq. 9: DPO on (words, temperatures). The word terms are log P(y)/P_ref(y) summed over
     tokens; with the frozen LM of lpo-train they are 0 (P = P_ref) and Eq. 9 equals Eq. 10."""
     word = 0.0
@@ -42,7 +51,8 @@ def lpo_joint_loss(chosen_logps, rejected_logps, beta: float = 0.1,
         if chosen_word_logratio is None or rejected_word_logratio is None:
             raise ValueError("Give both chosen_word_logratio and rejected_word_logratio, or neither.")
         word = chosen_word_logratio - rejected_word_logratio
-    return -F.logsigmoid(beta * (word + chosen_logps - rejected_logps))
+    choice = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
+    return -F.logsigmoid(beta * (word + choice))
 
 
 def latent_logratio(head_log_probs: torch.Tensor, token_choice_logps: torch.Tensor, mask: torch.Tensor,

@@ -9,7 +9,9 @@ the lowest sample index wins, so pairs are deterministic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import torch
 
 PAIR_MODES = ("best_worst", "all", "constrained")
 
@@ -30,7 +32,6 @@ class PairStats:
     tied: int = 0  # groups whose valid rewards all tie
     invalid: int = 0  # groups with fewer than two valid rewards
     dropped_rewards: int = 0  # None/NaN rewards ignored
-    skipped_prompts: list[int] = field(default_factory=list)
 
     @property
     def frac_tied(self) -> float:
@@ -61,11 +62,9 @@ def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
         stats.dropped_rewards += len(rewards) - len(valid)
         if len(valid) < 2:
             stats.invalid += 1
-            stats.skipped_prompts.append(p)
             continue
         if max(r for _, r in valid) == min(r for _, r in valid):
             stats.tied += 1
-            stats.skipped_prompts.append(p)
             continue
         if mode == "all":
             pairs += [Pair(p, i, j, ri, rj) for i, ri in valid for j, rj in valid if ri > rj]
@@ -81,3 +80,35 @@ def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
         pairs.append(Pair(p, ci, ri, cr, rr))
     stats.pairs = len(pairs)
     return pairs, stats
+
+
+def group_row(prompt_index: int, sample_index: int, num_generations: int) -> int:
+    """Row of sample ``sample_index`` of prompt ``prompt_index`` in prompt-major order (the engine's)."""
+    return prompt_index * num_generations + sample_index
+
+
+def group_slices(values, num_generations: int) -> list:
+    """Prompt-major ``values`` (N per prompt) as one group per prompt."""
+    return [values[i:i + num_generations] for i in range(0, len(values), num_generations)]
+
+
+@dataclass
+class SideFeatures:
+    """What the head's loss needs of one response, traced by the engine (the LM never runs again)."""
+
+    hidden: torch.Tensor  # [decisions, H]: one row per head decision (1 for a sequence-level head)
+    choices: torch.Tensor  # [decisions] long: grid index chosen at each decision
+    token_logps: torch.Tensor | None = None  # [tokens, K]: log P(y_t | choice k), for lpo_latent
+
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in (self.hidden, self.choices, self.token_logps)
+                   if x is not None)
+
+
+@dataclass
+class PairFeatures:
+    chosen: SideFeatures
+    rejected: SideFeatures
+    chosen_reward: float
+    rejected_reward: float
+    family: str | None = None

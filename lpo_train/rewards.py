@@ -18,35 +18,13 @@ import torch
 
 from lpo_train.tasks import toy
 from lpo_train.tasks.reasoning import reasoning_gym_reward
-
-
-def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-
-
-def repetition_rate(text: str, n: int = 3) -> float:
-    """Share of word n-grams that repeat an earlier n-gram of the same text (0 when none)."""
-    grams = _ngrams(text.split(), n)
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+from lpo_train.tasks.smollm2_mix import smollm2_mix_reward
+from lpo_train.text import answer_mentioned, completion_text, long_non_repetitive, repetition_rate  # noqa: F401
 
 
 def negative_repetition_reward(prompts, completions, **kwargs) -> list[float]:
     """-(3-gram repeat rate): the paper's Wikitext-2 repetition reward."""
-    return [-repetition_rate(toy.completion_text(c)) for c in completions]
-
-
-def answer_mentioned(text: str, answer: str) -> float:
-    """1.0 if ``answer`` occurs in ``text`` as a whole word or phrase (case-insensitive), else 0.0."""
-    import re
-
-    return float(re.search(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", text, re.IGNORECASE) is not None)
-
-
-def long_non_repetitive(text: str, min_words: int = 40) -> float:
-    """Share of non-repeated word 3-grams, scaled down for texts shorter than ``min_words``: a
-    text-quality proxy for stories (it cannot see incoherence)."""
-    words = text.split()
-    return (1.0 - repetition_rate(text)) * min(1.0, len(words) / min_words) if words else 0.0
+    return [-repetition_rate(completion_text(c)) for c in completions]
 
 
 def real_mix_reward(prompts, completions, family, answer, **kwargs) -> list[float]:
@@ -54,7 +32,7 @@ def real_mix_reward(prompts, completions, family, answer, **kwargs) -> list[floa
     ``capital`` = the capital is named, ``story`` = ``long_non_repetitive``."""
     out = []
     for c, f, a in zip(completions, family, answer, strict=True):
-        text = toy.completion_text(c)
+        text = completion_text(c)
         if f == "arith":
             out.append(toy.arith_final_score(text, a))
         elif f == "capital":
@@ -75,6 +53,7 @@ BUILTIN_REWARDS: dict[str, Callable] = {
     "sentiment": toy.sentiment_reward,
     "negative_repetition": negative_repetition_reward,
     "real_mix": real_mix_reward,
+    "smollm2_mix": smollm2_mix_reward,
     "reasoning_gym": reasoning_gym_reward,
 }
 
@@ -105,7 +84,7 @@ class RewardModel:
         if isinstance(prompt, list):
             reply = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
             return self.tokenizer.apply_chat_template(prompt + reply, tokenize=False)
-        return (prompt or "") + toy.completion_text(completion)
+        return (prompt or "") + completion_text(completion)
 
     @torch.no_grad()
     def __call__(self, prompts, completions, **kwargs) -> list[float]:

@@ -32,7 +32,14 @@ def test_two_steps_train_only_the_head(toy_lm_folder, tmp_path, level):
                 "choice/frac_0", "choice/arith/frac_0", "choice/story/frac_1"):
         assert key in logs, key
     first = trainer.state.log_history[0]
-    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # uniform head: every pair costs ln 2
+    if level == "sequence":  # a uniform head: every pair costs ln 2, and both sides have log P = -log K
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+        assert first["logps/chosen"] == pytest.approx(-math.log(6), abs=1e-5)
+        assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert first["choice/entropy"] == pytest.approx(math.log(6), abs=1e-4)  # the fresh head is uniform
+    assert first["choice/kl_from_uniform"] == pytest.approx(0.0, abs=1e-4)
+    assert first["rewards/margins"] == pytest.approx(first["rewards/chosen"] - first["rewards/rejected"], abs=1e-5)
+    assert first["pairs/reward_chosen"] > first["pairs/reward_rejected"]
     assert (tmp_path / "out" / "completions" / "completions_00001.parquet").exists()
 
 
@@ -108,11 +115,16 @@ def test_rewards_that_fail_for_whole_groups_are_counted_not_paired(toy_lm_folder
         trainer.train()
 
 
-def test_too_long_prompts_are_skipped_and_counted(toy_lm_folder, tmp_path):
-    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_steps=1, max_prompt_length=5))
-    trainer.train()
-    log = trainer.state.log_history[0]
-    assert log["prompts_skipped_too_long"] == 4 and log["num_pairs"] == 0
+def test_too_long_prompts_are_dropped_before_training_and_all_too_long_is_an_error(toy_lm_folder, tmp_path):
+    import datasets
+
+    short = {"prompt": [{"role": "user", "content": "What is 1 + 2?"}], "family": "arith", "answer": "3"}
+    long = {"prompt": [{"role": "user", "content": "What is 1 + 2? " * 20}], "family": "arith", "answer": "3"}
+    data = datasets.Dataset.from_list([short, long, short, long])
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_prompt_length=40), train_dataset=data)
+    assert len(trainer.train_dataset) == 2 and trainer.num_prompts_dropped == 2
+    with pytest.raises(ValueError, match="Every prompt of the dataset is longer than max_prompt_length=5"):
+        LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_prompt_length=5))
 
 
 def test_offline_protocol_builds_pairs_once_then_trains_on_them(toy_lm_folder, tmp_path):

@@ -4,8 +4,28 @@ from __future__ import annotations
 
 import torch
 
+from lpo_train.decoding.randomness import row_uniforms
 from lpo_train.decoding.rules import Rule, StepInput, StepOutput
 from lpo_train.decoding.sampling import NO_TRUNCATION, knob_distribution, sample_from
+
+EXPLORATIONS = ("none", "stratified", "uniform_mix")
+
+
+def stratified_choices(probs: torch.Tensor, group_seeds: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
+    """Sequence-level choices for the N samples of each prompt, drawn from the head *without
+    replacement*: Gumbel-top-k with noise shared by the prompt's samples, sample s taking the
+    (s mod K)-th key, so N <= K samples cover N distinct grid values and N > K repeats in rounds."""
+    k = probs.shape[-1]
+    u = torch.stack([row_uniforms(group_seeds, 0, purpose=16 + j) for j in range(k)], -1)
+    gumbel = -torch.log(-torch.log(u.clamp(1e-300, 1 - 1e-16)))
+    keys = probs.double().clamp_min(1e-300).log() + gumbel.to(probs.device)
+    order = keys.argsort(-1, descending=True)
+    return order.gather(-1, (sample_index % k)[:, None].to(order.device)).squeeze(-1)
+
+
+def exploration_probs(probs: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """The generation-time mixture (1 - epsilon) P_head + epsilon / K."""
+    return (1 - epsilon) * probs + epsilon / probs.shape[-1]
 from lpo_train.heads import SELECTIONS, AdaptiveDecoderHead
 
 
@@ -15,11 +35,22 @@ class AdaptiveDecoderRule(Rule):
     selection: ``argmax`` (inference default, Eq. 4), ``sample`` (data generation, Eq. 5) or
     ``mixture`` (sample y from sum_k P(k) p(y | k), Eq. 6; the trace records the argmax choice
     and the expected knob value).
+
+    ``exploration`` (``sample`` only; LPO's training data): ``stratified`` draws a sequence-level
+    head's N choices per prompt without replacement (``stratified_choices``) and a token-level
+    head's choices from ``exploration_probs``; ``uniform_mix`` uses ``exploration_probs`` at both
+    levels; ``none`` samples the head as it is.
     """
 
-    def __init__(self, head: AdaptiveDecoderHead, selection: str = "argmax", model=None):
+    def __init__(self, head: AdaptiveDecoderHead, selection: str = "argmax", model=None,
+                 exploration: str = "none", epsilon: float = 0.1):
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
+        if exploration not in EXPLORATIONS:
+            raise ValueError(f"exploration must be one of {EXPLORATIONS}, got {exploration!r}.")
+        if not 0 <= epsilon <= 1:
+            raise ValueError(f"The exploration epsilon must be in [0, 1], got {epsilon}.")
+        self.exploration, self.epsilon = exploration, float(epsilon)
         if model is not None:
             head.check_compatible(model)
         self.head, self.selection = head, selection
@@ -44,7 +75,7 @@ class AdaptiveDecoderRule(Rule):
             with torch.no_grad():
                 probs = self.head.log_probs(inp.hidden).exp()
             if self.selection == "sample":
-                choice = sample_from(probs, inp.uniforms(purpose=1))
+                choice = self._explore(probs, inp)
             else:
                 choice = probs.argmax(-1)
             state["choice"], state["probs"] = choice, probs
@@ -62,6 +93,13 @@ class AdaptiveDecoderRule(Rule):
                           probs=knob_distribution(inp.logits, self.knob, values, self.base_temperature,
                                                   inp.truncation),
                           choice=choice, value=values)
+
+    def _explore(self, probs: torch.Tensor, inp: StepInput) -> torch.Tensor:
+        if self.exploration == "stratified" and self.level == "sequence" and inp.group_seeds is not None:
+            return stratified_choices(probs, inp.group_seeds, inp.sample_index)
+        if self.exploration != "none":
+            probs = exploration_probs(probs, self.epsilon)
+        return sample_from(probs, inp.uniforms(purpose=1))
 
     def _applied_temperature(self, values: torch.Tensor) -> torch.Tensor:
         return values if self.knob == "temperature" else torch.full_like(values, self.base_temperature)

@@ -260,6 +260,9 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
         raise ValueError(f"prompt_seeds has {len(params.prompt_seeds)} seeds for {len(prompts)} prompts.")
     row_seeds = [seed_for(params.prompt_seeds[i], s) if params.prompt_seeds is not None
                  else seed_for(params.seed, i, s) for i, s in rows]
+    # one seed per prompt, shared by its samples: rules that draw the N samples' choices jointly
+    group_seeds = [seed_for(params.prompt_seeds[i], "group") if params.prompt_seeds is not None
+                   else seed_for(params.seed, i, "group") for i, _ in rows]
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
     batch_size = params.batch_size
@@ -280,12 +283,15 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
         if search is not None:
             search.begin([i for i, _ in chunk], [encoded[i] for i, _ in chunk], n)
         seeds = torch.tensor(row_seeds[start:start + batch_size], device=streams[0].device)
+        groups = torch.tensor(group_seeds[start:start + batch_size], device=streams[0].device)
         traces += _decode_batch(streams, tokenizer, [encoded[i] for i, _ in chunk], chunk, rule,
-                                params, seeds, eos_ids, pad_id, search, stats)
+                                params, (seeds, groups), eos_ids, pad_id, search, stats)
     return traces
 
 
 def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos_ids, pad_id, search, stats):
+    seeds, group_seeds = seeds
+    sample_index = torch.tensor([row[1] for row in rows], device=seeds.device)
     main = streams[0]
     device, batch, steps = main.device, len(prompt_ids), params.max_new_tokens
     tokens = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)
@@ -314,6 +320,8 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
         step_entropy = entropy(logits)
         inp = StepInput(logits=logits, hidden=main.hidden, state=state, step=step, row_seeds=seeds,
                         aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy, truncation=truncation)
+        if step == 0:  # before any row finishes or is reordered: rows are still the chunk's rows
+            inp.group_seeds, inp.sample_index = group_seeds, sample_index
         if rule.needs_history:
             inp.generated, inp.prompt_index = tokens[active, :step], prompt_index[active]
         out = rule.step(inp)

@@ -30,6 +30,8 @@ class StepInput:
     generated: torch.Tensor | None = None  # [B, step] tokens so far (only for rules with needs_history)
     prompt_index: torch.Tensor | None = None  # [B] each row's prompt (only for rules with needs_history)
     truncation: Truncation = NO_TRUNCATION  # the call's fixed top-k / top-p / min-p (for rules returning probs)
+    group_seeds: torch.Tensor | None = None  # [B] at step 0: one seed per prompt, shared by its samples
+    sample_index: torch.Tensor | None = None  # [B] at step 0: the row's sample index within its prompt
 
     def uniforms(self, purpose: int) -> torch.Tensor:
         """[B] uniforms for this step; ``purpose`` separates streams (0 is the engine's token draw)."""

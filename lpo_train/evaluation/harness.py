@@ -306,9 +306,10 @@ def write_report(summary: dict, config: EvalConfig, path: Path) -> None:
 
 
 def load_rows(config: EvalConfig) -> list[dict]:
-    from lpo_train.trainers.lpo import load_prompt_dataset
+    from lpo_train.data import load_prompt_dataset
 
-    return list(load_prompt_dataset(config))
+    return list(load_prompt_dataset(config.dataset_name, config.dataset_split, config.toy_seed, config.toy_families,
+                                    config.toy_prompts_per_family, getattr(config, "prompt_column", "prompt")))
 
 
 def evaluate(config: EvalConfig) -> dict:

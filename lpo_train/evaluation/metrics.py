@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from lpo_train.rewards import repetition_rate
+from lpo_train.text import repetition_rate
 
 
 def mean(values: Sequence[float]) -> float:

@@ -107,9 +107,10 @@ class GenerateConfig:
 
 
 def load_rows(config: GenerateConfig) -> list[dict]:
-    from lpo_train.trainers.lpo import load_prompt_dataset
+    from lpo_train.data import load_prompt_dataset
 
-    rows = list(load_prompt_dataset(config))
+    rows = list(load_prompt_dataset(config.dataset_name, config.dataset_split, config.toy_seed, config.toy_families,
+                                    config.toy_prompts_per_family, getattr(config, "prompt_column", "prompt")))
     if rows and config.prompt_column not in rows[0]:
         raise ValueError(f"The prompt dataset has no column {config.prompt_column!r} (it has {sorted(rows[0])}); "
                          "set prompt_column.")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+from lpo_train.heads import _looks_local
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,8 +37,15 @@ def load_causal_lm(spec, dtype: str = "float32"):
         tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path)
     else:
         path = resolve_model_path(str(spec))
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        if not Path(path).is_dir() and (_looks_local(path) or Path(path).suffix):
+            raise FileNotFoundError(f"The model {spec!r} is not a local folder (it does not exist) and not a Hub id. "
+                                    "Give an existing model folder, a Hub id (org/name), 'toy:small' or 'smollm2'.")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except OSError as e:
+            raise FileNotFoundError(f"Could not load the model {spec!r}: no local folder of that name, and as a Hub id "
+                                    f"it could not be fetched ({e}).") from e
         model.config.name_or_path = str(spec) if not str(spec).startswith("toy:") else path
     model.eval().requires_grad_(False)
     return model, tokenizer

@@ -49,7 +49,7 @@ def make_reasoning_gym_rows(name: str, seed: int = 0, default_size: int = 32) ->
 
 def reasoning_gym_reward(prompts, completions, family, rg_entry, **kwargs) -> list[float]:
     """The task's own verifier on the completion text (reasoning-gym ``score_answer``)."""
-    from lpo_train.tasks.toy import completion_text
+    from lpo_train.text import completion_text
 
     rg = _import()
     fns: dict = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from lpo_train.text import completion_text, distinct_ngram_ratio  # noqa: F401 (re-exported)
 
 FAMILIES = ("arith", "story", "constrained", "sentiment")
 
@@ -138,17 +139,6 @@ def make_corpus(n_docs: int = 20000, seed: int = 0, families=FAMILIES) -> list[d
 
 # --- rewards (TRL signature: prompts, completions, **columns -> list[float]) ---------------
 
-def completion_text(completion) -> str:
-    """Plain text of a completion given as a string or as a conversation."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    raise TypeError(f"A completion must be a string or a list of messages, got {type(completion)}.")
-
-
 _INT_RE = re.compile(r"-?\d+")
 
 
@@ -175,12 +165,6 @@ def is_grammatical(sentence: str) -> bool:
         m["adj"] in ADJS and m["noun"] in NOUNS and m["verb"] in VERBS
         and m["obj"] in NOUNS and m["place"] in PLACES
     )
-
-
-def distinct_ngram_ratio(words: list[str], n: int = 3) -> float:
-    """Unique n-grams / all n-grams (0.0 when the text has no n-gram)."""
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def story_score(text: str) -> float:

@@ -10,6 +10,7 @@ scores them, pairs best vs worst and keeps the traced head inputs of the paired 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import defaultdict
 from contextlib import contextmanager
@@ -18,50 +19,60 @@ from pathlib import Path
 import torch
 from transformers import Trainer, set_seed
 
+from lpo_train.data import load_prompt_dataset
 from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
 from lpo_train.decoding.engine import encode_prompts
 from lpo_train.decoding.randomness import seed_for
 from lpo_train.heads import AdaptiveDecoderHead, default_model_card
-from lpo_train.losses import choice_logps, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss
+from lpo_train.losses import (
+    choice_logps, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss, uniform_reference_logps,
+)
 from lpo_train.models.loading import load_causal_lm
-from lpo_train.pairs import build_pairs
+from lpo_train.pairs import PairFeatures, SideFeatures, build_pairs, group_row, group_slices
 from lpo_train.rewards import reward_name, resolve_rewards, score_traces
 from lpo_train.trainers.lpo_config import LPOConfig
+from lpo_train.trainers.lpo_metrics import (
+    choice_distribution_metrics, choice_entropy, generation_metrics, reduce_across_processes,
+)
+
+logger = logging.getLogger(__name__)
 
 
-def load_prompt_dataset(args: LPOConfig):
-    """The prompt dataset named by ``args.dataset_name`` (toy world, reasoning-gym, local file or Hub id)."""
-    import datasets
-
-    name = args.dataset_name
-    if name is None:
-        raise ValueError("No prompt dataset: set dataset_name (a .json/.jsonl/.parquet file, a Hub id, or 'toy').")
-    from lpo_train.tasks.reasoning import is_reasoning_gym, make_reasoning_gym_rows
-
-    # generated suites: held-out configs carry their own prompt seed (toy_seed, sample_seed)
-    seed = next((getattr(args, k) for k in ("toy_seed", "sample_seed", "seed") if getattr(args, k, None) is not None), 0)
-    if name == "toy":
-        from lpo_train.tasks.toy import make_prompts
-
-        return datasets.Dataset.from_list(make_prompts(args.toy_families, args.toy_prompts_per_family, seed=seed))
-    if is_reasoning_gym(name):
-        return datasets.Dataset.from_list(make_reasoning_gym_rows(name, seed))
-    suffix = Path(name).suffix.lower()
-    if suffix in (".json", ".jsonl", ".parquet"):
-        if not Path(name).exists():
-            raise FileNotFoundError(f"Prompt file {name} does not exist.")
-        return datasets.load_dataset("parquet" if suffix == ".parquet" else "json", data_files=name, split="train")
-    return datasets.load_dataset(name, split=args.dataset_split)
+class LPOTrainingFailed(RuntimeError):
+    """Training learned nothing (no pairs, no valid reward): raised instead of presenting a head."""
 
 
-def _stored_features(row: dict, dtype: torch.dtype) -> tuple:
-    """A stored pair (see ``LPOTrainer.build_pairs_dataset``) back in the loss's feature format."""
+def _stored_features(row: dict, dtype: torch.dtype) -> PairFeatures:
+    """A stored pair (see ``LPOTrainer.build_pairs_dataset``) back as ``PairFeatures``."""
     sides = []
     for side in ("chosen", "rejected"):
         logps = row.get(f"{side}_token_logps")
-        sides.append((torch.tensor(row[f"{side}_hidden"], dtype=dtype), torch.tensor(row[f"{side}_choices"]),
-                      None if logps is None else torch.tensor(logps, dtype=torch.float32)))
-    return (*sides, row["chosen_reward"], row["rejected_reward"])
+        sides.append(SideFeatures(torch.tensor(row[f"{side}_hidden"], dtype=dtype), torch.tensor(row[f"{side}_choices"]),
+                                  None if logps is None else torch.tensor(logps, dtype=torch.float32)))
+    return PairFeatures(*sides, row["chosen_reward"], row["rejected_reward"], row.get("family"))
+
+
+def check_output_dir(args: LPOConfig) -> None:
+    """Training into a folder that holds another run's head or checkpoints needs
+    ``overwrite_output_dir`` (or a resume): a rerun never mixes its results with a stale run's."""
+    out = Path(args.output_dir)
+    if not out.is_dir() or args.resume_from_checkpoint:
+        return
+    previous = sorted(p.name for p in out.iterdir() if p.name == "model.safetensors" or p.name.startswith("checkpoint-"))
+    if not previous:
+        return
+    if not args.overwrite_output_dir:
+        raise FileExistsError(f"{out} already holds another run ({', '.join(previous[:3])}). Set "
+                              "--overwrite_output_dir true to replace it, --resume_from_checkpoint true to continue "
+                              "it, or choose another --output_dir.")
+    import shutil
+
+    for name in ("completions", "choice_histogram.png", "trainer_state.json", "model.safetensors", *previous):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _pad(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
@@ -78,32 +89,54 @@ class LPOTrainer(Trainer):
         spec = model if model is not None else args.model_name_or_path
         if spec is None:
             raise ValueError("Give the frozen LM: LPOTrainer(model=...) or LPOConfig(model_name_or_path=...).")
-        self.lm, tokenizer = load_causal_lm(spec, args.lm_dtype)
-        self.tokenizer = processing_class or tokenizer
-        if head is None and args.head_name_or_path:
-            head = AdaptiveDecoderHead.from_pretrained(args.head_name_or_path)
-        if head is None:
-            set_seed(args.seed)  # the head's initialisation depends on the seed only, not on the launcher
-            head = AdaptiveDecoderHead.for_model(self.lm, level=args.level, knob=args.knob, grid=args.grid,
-                                                 head_hidden_size=args.head_hidden_size,
-                                                 num_layers=args.head_num_layers)
-        head.check_compatible(self.lm)
+        # everything a user can get wrong is checked before the (slow) LM load
+        check_output_dir(args)
         self.reward_funcs, self.reward_weights = resolve_rewards(
             reward_funcs if reward_funcs is not None else args.reward_funcs, args.reward_weights)
-        train_dataset = train_dataset if train_dataset is not None else load_prompt_dataset(args)
+        if train_dataset is None:
+            train_dataset = load_prompt_dataset(args.dataset_name, args.dataset_split, args.seed, args.toy_families,
+                                                args.toy_prompts_per_family)
         if len(train_dataset) == 0:
             raise ValueError("The prompt dataset is empty.")
         if "prompt" not in train_dataset.column_names:
             raise ValueError(f"The prompt dataset needs a 'prompt' column (TRL prompt-only format); "
                              f"it has {train_dataset.column_names}.")
+        if head is None and args.head_name_or_path:
+            head = AdaptiveDecoderHead.from_pretrained(args.head_name_or_path)
+        self.lm, tokenizer = load_causal_lm(spec, args.lm_dtype)
+        self.tokenizer = processing_class or tokenizer
+        if head is None:
+            set_seed(args.seed)  # the head's initialisation depends on the seed only, not on the launcher
+            head = AdaptiveDecoderHead.for_model(self.lm, level=args.level, knob=args.knob, grid=args.grid,
+                                                 head_hidden_size=args.head_hidden_size,
+                                                 num_layers=args.head_num_layers, input_norm=args.head_input_norm)
+        head.check_compatible(self.lm)
+        train_dataset = self._drop_long_prompts(train_dataset, args)
         super().__init__(model=head, args=args, train_dataset=train_dataset, data_collator=lambda rows: rows,
                          callbacks=callbacks)
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's pair count
         self.lm.to(self.accelerator.device)
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._completions: list[dict] = []
+        self._steps_without_pairs = 0
+        self._warned_collapse = False
         if args.protocol == "offline":
             self.train_dataset = self._offline_pairs(train_dataset)
+
+    def _drop_long_prompts(self, dataset, args):
+        """Prompts longer than ``max_prompt_length`` are dropped once, before training, and counted;
+        if none is left that is an error, not a run that silently trains on nothing."""
+        lengths = [len(ids) for ids in encode_prompts(self.tokenizer, dataset["prompt"])]
+        keep = [i for i, n in enumerate(lengths) if n <= args.max_prompt_length]
+        if not keep:
+            raise ValueError(f"Every prompt of the dataset is longer than max_prompt_length={args.max_prompt_length} "
+                             f"tokens (shortest: {min(lengths)}); raise max_prompt_length or shorten the prompts.")
+        if len(keep) < len(dataset):
+            logger.warning("Dropped %d of %d prompts longer than max_prompt_length=%d tokens.",
+                           len(dataset) - len(keep), len(dataset), args.max_prompt_length)
+            dataset = dataset.select(keep)
+        self.num_prompts_dropped = len(lengths) - len(keep)
+        return dataset
 
     def _offline_pairs(self, prompts):
         """Load the pairs dataset at ``pairs_path``, or build it once (main process) and load it."""
@@ -134,23 +167,46 @@ class LPOTrainer(Trainer):
             total = max(sum(map(len, features)), 1)
             return [self._collate(f, total) for f in features], None
         rows = [row for batch in batches for row in batch]
-        features, _ = self._make_pairs(rows)
+        features, _, counts = self._make_pairs(rows)
+        self._check_progress(counts)
         total = max(len(features), 1)
         return [self._collate(features[i::len(batches)], total) for i in range(len(batches))], None
+
+    def _check_progress(self, counts: torch.Tensor) -> None:
+        """Stop loudly when the step had no valid reward, or when no pair has formed for
+        ``max_steps_without_pairs`` consecutive steps (summed over processes: every rank decides alike)."""
+        counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum").cpu()
+        pairs, valid, total = (int(x) for x in counts)
+        if total and not valid:
+            raise LPOTrainingFailed(
+                f"Every reward of step {self.state.global_step} was None or NaN ({total} responses): the reward "
+                f"functions {[reward_name(f) for f in self.reward_funcs]} score nothing on these prompts. Check "
+                "that they read the dataset's columns and return numbers.")
+        self._steps_without_pairs = 0 if pairs else self._steps_without_pairs + 1
+        if self._steps_without_pairs >= self.args.max_steps_without_pairs:
+            raise LPOTrainingFailed(
+                f"No preference pair formed for {self._steps_without_pairs} consecutive optimizer steps (up to step "
+                f"{self.state.global_step}): every prompt's responses tied or had no valid reward, so the head "
+                "cannot learn. Check the rewards (do they vary between responses?), raise num_generations, keep "
+                "exploration on, or raise max_steps_without_pairs.")
 
     def build_pairs_dataset(self, prompts, path: str | Path | None = None, chunk_size: int = 64):
         """The paper's offline protocol: sample and score once with the current (initial) head,
         keep the pairs with their traced features (and what is needed to re-score them), and
         save them as parquet when ``path`` is given. Returns a ``datasets.Dataset``."""
         import datasets
+        from tqdm.auto import tqdm
 
         records = []
-        for start in range(0, len(prompts), chunk_size):
+        starts = range(0, len(prompts), chunk_size)
+        for start in tqdm(starts, desc="offline LPO: sampling and pairing", unit="chunk",
+                          disable=not self.is_world_process_zero()):
             chunk = [prompts[i] for i in range(start, min(start + chunk_size, len(prompts)))]
-            _, stored = self._make_pairs(chunk, keep_records=True)
+            _, stored, _ = self._make_pairs(chunk, keep_records=True)
             records += stored
+            logger.info("offline pairs: %d pairs from %d prompts", len(records), min(start + chunk_size, len(prompts)))
         if not records:
-            raise ValueError("No pair could be built from the prompts: every group tied or had no valid reward.")
+            raise LPOTrainingFailed("No pair could be built from the prompts: every group tied or had no valid reward.")
         dataset = datasets.Dataset.from_list(records)
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -159,52 +215,47 @@ class LPOTrainer(Trainer):
             tmp.rename(path)  # a half-written file is never taken for a finished pairs dataset
         return dataset
 
-    def _filter_long_prompts(self, rows: list[dict]) -> list[dict]:
-        lengths = [len(ids) for ids in encode_prompts(self.tokenizer, [r["prompt"] for r in rows])]
-        kept = [r for r, n in zip(rows, lengths) if n <= self.args.max_prompt_length]
-        self._metrics["prompts_skipped_too_long"].append(float(len(rows) - len(kept)))
-        return kept
-
-    def _make_pairs(self, rows: list[dict], keep_records: bool = False) -> tuple[list[tuple], list[dict]]:
-        """Sample N responses per prompt, score, pair. Returns the pairs' features for the loss
-        and, with ``keep_records``, per pair a storable record (prompt, seed, texts, choices,
-        rewards, features)."""
+    def _make_pairs(self, rows: list[dict], keep_records: bool = False):
+        """Sample N responses per prompt, score, pair. Returns the pairs' ``PairFeatures``, with
+        ``keep_records`` a storable record per pair, and the counts (pairs, valid rewards, rewards)."""
         args, n = self.args, self.args.num_generations
-        rows = self._filter_long_prompts(rows)
         with self._head_for_generation() as head:
             traces = self._sample(rows, head) if rows else []
         rewards, per_func = score_traces(self.reward_funcs, self.reward_weights, rows, traces)
-        groups = [rewards[i * n:(i + 1) * n].tolist() for i in range(len(rows))]
         secondary = None
         if args.pair_mode == "constrained":
             if per_func.shape[1] < 2:
                 raise ValueError("pair_mode 'constrained' needs two reward functions: the ranking reward and the "
                                  "secondary criterion (e.g. the constraint).")
-            secondary = [per_func[i * n:(i + 1) * n, 1].tolist() for i in range(len(rows))]
-        pairs, stats = build_pairs(groups, args.pair_mode, secondary=secondary, top_k=args.pair_top_k)
+            secondary = group_slices(per_func[:, 1].tolist(), n)
+        pairs, stats = build_pairs(group_slices(rewards.tolist(), n), args.pair_mode, secondary=secondary,
+                                   top_k=args.pair_top_k)
         self._log_generation(rows, traces, rewards, per_func, pairs, stats)
-        features = [self._pair_features(traces[p.prompt_index * n + p.chosen], traces[p.prompt_index * n + p.rejected])
-                    + (p.chosen_reward, p.rejected_reward) for p in pairs]
+        features = [PairFeatures(self._side(traces[group_row(p.prompt_index, p.chosen, n)]),
+                                 self._side(traces[group_row(p.prompt_index, p.rejected, n)]),
+                                 p.chosen_reward, p.rejected_reward, rows[p.prompt_index].get("family"))
+                    for p in pairs]
         if features:  # what the traced features of one pair cost (budget this at paper scale)
-            nbytes = sum(x.numel() * x.element_size() for f in features for side in f[:2] for x in side
-                         if x is not None)
-            self._record({"features/bytes_per_pair": nbytes / len(features)})
-        stored = []
-        if keep_records:
-            for p, f in zip(pairs, features):
-                row = rows[p.prompt_index]
-                record = {"prompt": json.dumps(row["prompt"]), "family": row.get("family"),
-                          "seed": self._prompt_seed(row), "num_generations": n,
-                          "chosen_index": p.chosen, "rejected_index": p.rejected,
-                          "chosen_reward": p.chosen_reward, "rejected_reward": p.rejected_reward}
-                for side, (hidden, choices, logps) in zip(("chosen", "rejected"), f[:2]):
-                    trace = traces[p.prompt_index * n + (p.chosen if side == "chosen" else p.rejected)]
-                    record[f"{side}_text"] = trace.text
-                    record[f"{side}_hidden"] = hidden.float().tolist()
-                    record[f"{side}_choices"] = choices.tolist()
-                    record[f"{side}_token_logps"] = None if logps is None else logps.tolist()
-                stored.append(record)
-        return features, stored
+            self._record({"features/bytes_per_pair": sum(f.chosen.nbytes() + f.rejected.nbytes() for f in features)
+                          / len(features)})
+        stored = [self._pair_record(rows[p.prompt_index], p, f, traces) for p, f in zip(pairs, features)] \
+            if keep_records else []
+        counts = torch.tensor([len(pairs), int((~rewards.isnan()).sum()), len(rewards)], dtype=torch.float64)
+        return features, stored, counts
+
+    def _pair_record(self, row, pair, features: PairFeatures, traces) -> dict:
+        n = self.args.num_generations
+        record = {"prompt": json.dumps(row["prompt"]), "family": row.get("family"),
+                  "seed": self._prompt_seed(row), "num_generations": n,
+                  "chosen_index": pair.chosen, "rejected_index": pair.rejected,
+                  "chosen_reward": pair.chosen_reward, "rejected_reward": pair.rejected_reward}
+        for side, feats, sample in (("chosen", features.chosen, pair.chosen),
+                                    ("rejected", features.rejected, pair.rejected)):
+            record[f"{side}_text"] = traces[group_row(pair.prompt_index, sample, n)].text
+            record[f"{side}_hidden"] = feats.hidden.float().tolist()
+            record[f"{side}_choices"] = feats.choices.tolist()
+            record[f"{side}_token_logps"] = None if feats.token_logps is None else feats.token_logps.tolist()
+        return record
 
     @contextmanager
     def _head_for_generation(self):
@@ -229,7 +280,9 @@ class LPOTrainer(Trainer):
         seeds = [self._prompt_seed(r) for r in rows]
         was_training = head.training
         head.eval()
-        traces = generate(self.lm, self.tokenizer, [r["prompt"] for r in rows], AdaptiveDecoderRule(head, args.selection),
+        rule = AdaptiveDecoderRule(head, args.selection, exploration=args.exploration, epsilon=args.exploration_epsilon)
+        # the engine keeps only what the pairs need on the device; traces copy hidden states to the CPU
+        traces = generate(self.lm, self.tokenizer, [r["prompt"] for r in rows], rule,
                           SamplingParams(max_new_tokens=args.max_completion_length, num_samples=args.num_generations,
                                          top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, prompt_seeds=seeds,
                                          batch_size=args.generation_batch_size, trace_hidden=True,
@@ -237,25 +290,25 @@ class LPOTrainer(Trainer):
         head.train(was_training)
         return traces
 
-    def _pair_features(self, chosen, rejected) -> tuple:
-        return tuple((t.hidden, torch.tensor(t.choices if self.args.level == "token" else t.choices[:1]),
-                      t.choice_logps) for t in (chosen, rejected))
+    def _side(self, trace) -> SideFeatures:
+        choices = trace.choices if self.args.level == "token" else trace.choices[:1]
+        return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps)
 
-    def _collate(self, features: list[tuple], total_pairs: int) -> dict:
+    def _collate(self, features: list[PairFeatures], total_pairs: int) -> dict:
         device = self.accelerator.device
-        out = {"num_pairs_in_step": total_pairs, "num_pairs": len(features)}
-        for side, idx in (("chosen", 0), ("rejected", 1)):
-            if not features:
-                continue
-            hidden = [f[idx][0] for f in features]
-            out[f"{side}_hidden"] = _pad(hidden).to(device)
-            out[f"{side}_choices"] = _pad([f[idx][1] for f in features], -1).to(device)
-            out[f"{side}_mask"] = _pad([torch.ones(len(h)) for h in hidden]).to(device)
-            if features[0][idx][2] is not None:
-                lps = [f[idx][2] for f in features]
-                out[f"{side}_token_logps"] = _pad(lps, 0.0).to(device)
-                out[f"{side}_token_mask"] = _pad([torch.ones(len(x)) for x in lps]).to(device)
-            out[f"{side}_reward"] = torch.tensor([f[2 + idx] for f in features], device=device)
+        out = {"num_pairs_in_step": total_pairs, "num_pairs": len(features),
+               "family": [f.family for f in features]}
+        if not features:
+            return out
+        for side in ("chosen", "rejected"):
+            sides = [getattr(f, side) for f in features]
+            out[f"{side}_hidden"] = _pad([x.hidden for x in sides]).to(device)
+            out[f"{side}_choices"] = _pad([x.choices for x in sides], -1).to(device)
+            out[f"{side}_mask"] = _pad([torch.ones(len(x.hidden)) for x in sides]).to(device)
+            if sides[0].token_logps is not None:
+                out[f"{side}_token_logps"] = _pad([x.token_logps for x in sides], 0.0).to(device)
+                out[f"{side}_token_mask"] = _pad([torch.ones(len(x.token_logps)) for x in sides]).to(device)
+            out[f"{side}_reward"] = torch.tensor([getattr(f, f"{side}_reward") for f in features], device=device)
         return out
 
     def _prepare_inputs(self, inputs):
@@ -274,61 +327,82 @@ class LPOTrainer(Trainer):
         args = self.args
         lp_c_all, logp_c = self._side_logps(model, inputs, "chosen")
         lp_r_all, logp_r = self._side_logps(model, inputs, "rejected")
-        if args.loss_type == "lpo":
-            per_pair = lpo_loss(logp_c, logp_r, args.beta)
-        elif args.loss_type == "lpo_joint":
-            per_pair = lpo_joint_loss(logp_c, logp_r, args.beta)
-        elif args.loss_type == "nll_chosen":
-            per_pair = nll_chosen_loss(logp_c)
+        k = lp_c_all.shape[-1]
+        if args.choice_reference == "uniform":
+            ref_c, ref_r = (uniform_reference_logps(inputs[f"{s}_mask"], k) for s in ("chosen", "rejected"))
+        else:  # the paper's literal Eq. 10: no reference term
+            ref_c = ref_r = torch.zeros_like(logp_c)
+        if args.loss_type in ("lpo", "lpo_joint", "nll_chosen"):
+            ratio_c, ratio_r = logp_c - ref_c, logp_r - ref_r
+            per_pair = {"lpo": lambda: lpo_loss(logp_c, logp_r, args.beta, ref_c, ref_r),
+                        "lpo_joint": lambda: lpo_joint_loss(logp_c, logp_r, args.beta, ref_chosen_logps=ref_c,
+                                                            ref_rejected_logps=ref_r),
+                        "nll_chosen": lambda: nll_chosen_loss(logp_c)}[args.loss_type]()
         else:
             ratios = []
             for side, lp in (("chosen", lp_c_all), ("rejected", lp_r_all)):
                 token_logps = inputs[f"{side}_token_logps"]
                 head_lp = lp if args.level == "token" else lp[:, :1].expand(-1, token_logps.shape[1], -1)
                 ratios.append(latent_logratio(head_lp, token_logps, inputs[f"{side}_token_mask"], args.latent_form))
-            per_pair = lpo_latent_loss(ratios[0], ratios[1], args.beta)
+            ratio_c, ratio_r = ratios
+            per_pair = lpo_latent_loss(ratio_c, ratio_r, args.beta)
         loss = per_pair.sum() / inputs["num_pairs_in_step"]
         with torch.no_grad():
-            margin = args.beta * (logp_c - logp_r)
+            chosen, rejected = args.beta * ratio_c, args.beta * ratio_r
             self._record({"logps/chosen": logp_c.mean(), "logps/rejected": logp_r.mean(),
-                          "rewards/chosen": inputs["chosen_reward"].mean(),
-                          "rewards/rejected": inputs["rejected_reward"].mean(),
-                          "rewards/margins": (inputs["chosen_reward"] - inputs["rejected_reward"]).mean(),
-                          "rewards/accuracies": (logp_c > logp_r).float().mean(),
-                          "lpo/choice_margin": margin.mean()})
+                          "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
+                          "rewards/margins": (chosen - rejected).mean(),
+                          "rewards/accuracies": (chosen > rejected).float().mean(),
+                          "pairs/reward_chosen": inputs["chosen_reward"].mean(),
+                          "pairs/reward_rejected": inputs["rejected_reward"].mean()})
+            if args.protocol == "offline":  # the choice metrics of the stored pairs, and of the head on them
+                self._record_pair_choices(inputs, lp_c_all, lp_r_all)
+        if model.training and not self.is_deepspeed_enabled:
+            self._record_family_grad_norms(model, per_pair, inputs)
         return (loss, None) if return_outputs else loss
+
+    def _record_pair_choices(self, inputs, lp_c_all, lp_r_all) -> None:
+        grid = self.accelerator.unwrap_model(self.model).config.grid
+        entropies, choices, values = [], [], []
+        for side, lp in (("chosen", lp_c_all), ("rejected", lp_r_all)):
+            mask = inputs[f"{side}_mask"].bool()
+            entropies += choice_entropy(lp)[mask].tolist()
+            picked = inputs[f"{side}_choices"][mask].tolist()
+            choices += picked
+            values += [grid[c] for c in picked]
+        self._record(choice_distribution_metrics("choice", entropies, choices, values, grid))
+
+    def _record_family_grad_norms(self, model, per_pair, inputs) -> None:
+        """``grad_norm/<family>``: the norm of the gradient of each family's share of the loss
+        (one extra backward through the small head per family; the LM is not involved)."""
+        families = inputs["family"]
+        if len(set(families)) < 2 or None in families:
+            return
+        params = [p for p in model.parameters() if p.requires_grad]
+        for fam in sorted(set(families)):
+            idx = torch.tensor([i for i, f in enumerate(families) if f == fam], device=per_pair.device)
+            grads = torch.autograd.grad(per_pair[idx].sum() / inputs["num_pairs_in_step"], params,
+                                        retain_graph=True, allow_unused=True)
+            norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+            self._record({f"grad_norm/{fam}": norm})
 
     # --- metrics, logging ----------------------------------------------------------------------
 
     def _record(self, values: dict) -> None:
+        """Keep metric values locally; ``log`` reduces them over processes in one fixed set of collectives."""
         for k, v in values.items():
-            v = torch.as_tensor(v, dtype=torch.float32, device=self.accelerator.device).reshape(1)
-            self._metrics[k].append(self.accelerator.gather(v).nanmean().item())
+            self._metrics[k].append(float(v))
 
     def _log_generation(self, rows, traces, rewards, per_func, pairs, stats) -> None:
-        grid = self.accelerator.unwrap_model(self.model).config.grid
-        finite = rewards[~rewards.isnan()]
-        metrics = {"reward": finite.mean() if len(finite) else math.nan,
-                   "reward_std": finite.std() if len(finite) > 1 else 0.0,
-                   "frac_prompts_tied": stats.frac_tied, "num_pairs": float(stats.pairs),
-                   "prompts_without_valid_rewards": float(stats.invalid),
-                   "completions/mean_length": (sum(len(t.token_ids) for t in traces) / len(traces)) if traces else 0.0}
-        for j, fn in enumerate(self.reward_funcs):
-            col = per_func[:, j] if len(per_func) else torch.zeros(0)
-            metrics[f"rewards/{reward_name(fn)}/mean"] = col.nanmean() if len(col) else math.nan
-        by_family = defaultdict(list)  # the choice distribution, overall and per task family
-        for t in traces:
-            by_family[None].append(t)
-            if rows[t.prompt_index].get("family") is not None:
-                by_family[rows[t.prompt_index]["family"]].append(t)
-        for fam, group in by_family.items():
-            prefix = "choice" if fam is None else f"choice/{fam}"
-            values = [v for t in group for v in t.values]
-            choices = [c for t in group for c in (t.choices or [])]
-            metrics[f"{prefix}/mean_value"] = sum(values) / len(values) if values else math.nan
-            for k, g in enumerate(grid):
-                metrics[f"{prefix}/frac_{g:g}"] = choices.count(k) / len(choices) if choices else math.nan
+        head = self.accelerator.unwrap_model(self.model)
+        grid = head.config.grid
+        with torch.no_grad():  # the head's own distribution (not the exploration's) on what it saw
+            entropies = [choice_entropy(head.log_probs(t.hidden.to(self.accelerator.device))).mean().item()
+                         for t in traces]
+        metrics = generation_metrics(rows, traces, rewards, per_func, stats,
+                                     [reward_name(f) for f in self.reward_funcs], grid, entropies)
         self._record(metrics)
+        self._warn_on_collapse(metrics, len(grid))
         paired = {(p.prompt_index, p.chosen): "chosen" for p in pairs}
         paired.update({(p.prompt_index, p.rejected): "rejected" for p in pairs})
         self._completions = [{
@@ -337,10 +411,18 @@ class LPOTrainer(Trainer):
             "family": rows[t.prompt_index].get("family"), "pair_role": paired.get((t.prompt_index, t.sample_index), ""),
         } for i, t in enumerate(traces)]
 
+    def _warn_on_collapse(self, metrics: dict, k: int) -> None:
+        collapsed = metrics["choice/entropy"] < 0.1 * math.log(k) if k > 1 else False
+        if collapsed and metrics["frac_prompts_tied"] >= 0.5 and not self._warned_collapse:
+            self._warned_collapse = True
+            logger.warning(
+                "The head's choice distribution has collapsed (entropy %.3f nats of a possible %.3f) and %.0f%% of "
+                "the prompts' responses tied at step %d: pairs are drying up. Keep exploration on, lower the "
+                "learning rate, or raise num_generations.", metrics["choice/entropy"], math.log(k),
+                100 * metrics["frac_prompts_tied"], self.state.global_step)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        for k, v in self._metrics.items():
-            finite = [x for x in v if not math.isnan(x)]
-            logs[k] = sum(finite) / len(finite) if finite else math.nan
+        logs.update(reduce_across_processes(self.accelerator, self._metrics))
         self._metrics.clear()
         if self._completions and self.is_world_process_zero():
             self._write_completions()
@@ -375,6 +457,7 @@ class LPOTrainer(Trainer):
             head = self.accelerator.unwrap_model(self.model)
             head.config.base_model = head.config.base_model or self.lm.config.name_or_path
             head.save_pretrained(output_dir, model_card=self._model_card(head), state_dict=state)
+            self.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, next to the head
             self._plot_choices(Path(output_dir))
 
     def create_model_card(self, *args, **kwargs) -> None:
@@ -383,11 +466,26 @@ class LPOTrainer(Trainer):
             head = self.accelerator.unwrap_model(self.model)
             (Path(self.args.output_dir) / "README.md").write_text(self._model_card(head))
 
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """``resume_from_checkpoint``: a checkpoint folder, or True / "true" / "latest" for the latest
+        ``checkpoint-*`` in ``output_dir`` (Trainer's convention)."""
+        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "latest"):
+            resume_from_checkpoint = True
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            found = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+            if found is None:
+                raise FileNotFoundError(f"resume_from_checkpoint=true but {self.args.output_dir} holds no "
+                                        "checkpoint-* folder; give a checkpoint path or train from scratch.")
+            resume_from_checkpoint = found
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        from safetensors.torch import load_file
+        from lpo_train.heads import load_head_weights
 
         head = self.accelerator.unwrap_model(model or self.model)
-        head.load_state_dict(load_file(str(Path(resume_from_checkpoint) / "model.safetensors")))
+        head.load_state_dict(load_head_weights(Path(resume_from_checkpoint) / "model.safetensors"))
 
     def _model_card(self, head) -> str:
         a = self.args

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from lpo_train.decoding.adaptive import EXPLORATIONS
 from lpo_train.heads import GRID_PRESETS, KNOBS, LEVELS, SELECTIONS
 from lpo_train.losses import LOSS_TYPES
 from lpo_train.pairs import PAIR_MODES
@@ -36,6 +37,8 @@ class LPOConfig(TrainingArguments):
     head_hidden_size: int | None = _help("Head MLP width; default min(2048, max(64, 2 x LM hidden size)).", None)
     head_num_layers: int = _help("Linear layers in the head MLP.", 3)
     head_name_or_path: str | None = _help("Start from a saved head instead of a fresh (uniform) one.", None)
+    head_input_norm: bool = _help("LayerNorm (no parameters) on the LM's hidden state before the head's MLP: real "
+                                  "LMs' last hidden states have large norms, which destabilise training raw.", True)
     # --- generation ------------------------------------------------------------------------
     num_generations: int = _help("Responses sampled per prompt (N); >= 2.", 8)
     max_completion_length: int = _help("Maximum new tokens per response.", 256)
@@ -44,6 +47,13 @@ class LPOConfig(TrainingArguments):
     top_p: float = _help("Top-p applied while sampling (1.0 = off).", 1.0)
     min_p: float = _help("Min-p applied while sampling (0.0 = off).", 0.0)
     generation_batch_size: int = _help("Rows (prompt x sample) per engine forward batch.", 256)
+    exploration: str = _help(
+        f"How the head's choices are drawn for training data, one of {EXPLORATIONS}. 'stratified' (default): a "
+        "sequence-level head's N samples of a prompt take distinct grid values drawn from the head without "
+        "replacement, a token-level head's choices come from (1 - exploration_epsilon) head + "
+        "exploration_epsilon uniform; 'uniform_mix': that mixture at both levels; 'none': the head as it is "
+        "(on-policy; a confident head then makes every pair tie). See README, 'Exploration'.", "stratified")
+    exploration_epsilon: float = _help("Weight of the uniform distribution in the exploration mixture.", 0.1)
     # --- rewards, pairs, loss ----------------------------------------------------------------
     reward_funcs: list[str] = _help(
         "Rewards: built-in names, 'package.module:function' paths or sequence-classification model paths/ids.",
@@ -54,13 +64,22 @@ class LPOConfig(TrainingArguments):
     loss_type: str = _help(f"One of {LOSS_TYPES}: Eq. 10, Eq. 11, Eq. 9, or NLL on the chosen choices.", "lpo")
     latent_form: str = _help("lpo_latent: marginalise per 'token' (Eq. 11) or over the whole 'sequence'.",
                              "token")
-    beta: float = _help("The DPO temperature beta of the LPO losses.", 0.1)
+    beta: float = _help("The DPO temperature beta of the LPO losses (> 0).", 0.1)
+    choice_reference: str = _help(
+        "The reference over choices in Eq. 9/10: 'omitted' (the paper's literal Eq. 10, no reference term) or "
+        "'uniform' (log P_ref = -decisions x log K; differs from 'omitted' for token-level heads when the chosen "
+        "and rejected responses have different lengths).", "omitted")
+    max_steps_without_pairs: int = _help(
+        "Stop with an error after this many consecutive optimizer steps in which no pair formed.", 5)
+    overwrite_output_dir: bool = _help("Replace another run's head and checkpoints in output_dir.", False)
     protocol: str = _help("online: sample with the current head every step (on-policy); offline: sample and "
                           "score once with the initial head into a pairs dataset, then train on it (the paper).",
                           "online")
     pairs_path: str | None = _help("offline protocol: the pairs parquet file, built on first use.", None)
     # --- TrainingArguments defaults that suit a small head ------------------------------------
     learning_rate: float = _help("AdamW learning rate of the head.", 1e-3)
+    warmup_steps: float = _help("Linear learning-rate warm-up: steps, or a share of the steps when < 1.", 0.1)
+    max_grad_norm: float = _help("Gradient clipping (global norm) of the head.", 1.0)
     logging_steps: float = _help("Log every this many optimizer steps.", 1)
     remove_unused_columns: bool = _help("Kept False: reward functions receive every dataset column.", False)
 
@@ -74,10 +93,18 @@ class LPOConfig(TrainingArguments):
             raise ValueError(f"num_generations must be >= 2 to form pairs, got {self.num_generations}.")
         checks = [("level", LEVELS), ("knob", KNOBS), ("selection", SELECTIONS), ("pair_mode", PAIR_MODES),
                   ("loss_type", LOSS_TYPES), ("latent_form", ("token", "sequence")),
-                  ("lm_dtype", ("float32", "bfloat16", "float16")), ("protocol", ("online", "offline"))]
+                  ("lm_dtype", ("float32", "bfloat16", "float16")), ("protocol", ("online", "offline")),
+                  ("exploration", EXPLORATIONS), ("choice_reference", ("omitted", "uniform"))]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}: beta 0 gives a zero gradient and a negative beta "
+                             "trains the reversed preference.")
+        if not 0 <= self.exploration_epsilon <= 1:
+            raise ValueError(f"exploration_epsilon must be in [0, 1], got {self.exploration_epsilon}.")
+        if self.max_steps_without_pairs < 1:
+            raise ValueError(f"max_steps_without_pairs must be >= 1, got {self.max_steps_without_pairs}.")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs.")

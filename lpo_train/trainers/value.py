@@ -78,9 +78,10 @@ class ExplicitValueConfig(TrainingArguments):
 
 
 def load_prompts(data: ValueDataArguments) -> list[dict]:
-    from lpo_train.trainers.lpo import load_prompt_dataset
+    from lpo_train.data import load_prompt_dataset
 
-    return list(load_prompt_dataset(data))
+    return list(load_prompt_dataset(data.dataset_name, data.dataset_split, data.sample_seed, data.toy_families,
+                                    data.toy_prompts_per_family, getattr(data, "prompt_column", "prompt")))
 
 
 def sample_responses(data: ValueDataArguments, rows: list[dict] | None = None) -> list[dict]:

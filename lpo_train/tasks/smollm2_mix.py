@@ -1,0 +1,291 @@
+"""``smollm2_mix``: a mixed prompt suite for SmolLM2-135M-Instruct with measured temperature headroom.
+
+Three families, all scored offline, each with a reward that neither extreme can game:
+
+- ``arith``: "What is a + b?" (single digits); 1 if the last number of the answer is the sum.
+  SmolLM2 is right most often greedily; sampling adds arithmetic slips.
+- ``capital``: "What is the capital of X?"; 1 if the capital is named as a whole word.
+  Greedy is nearly always right; sampling drifts.
+- ``list``: "List 8 different animals, one per line." (animals, fruits, vegetables, colours,
+  countries, sports, instruments); reward = distinct *valid* items / requested count. Greedy
+  lists loop ("4. Fish 5. Fish 6. Fish ..."), so they score low on distinctness; hot samples
+  invent words ("Pomerpec", "Foxhawk") or derail into noise, which the category lexicon rejects.
+  The lexicon is the fluency/coherence signal, distinctness the diversity signal.
+- ``pick``: "Name a random animal. Answer with one word." A request for a *random* choice, asked
+  N times: each sample earns 1 / (how many samples of the same prompt named the same item) when
+  it names a lexicon item within its first 12 words, else 0. Greedy gives the same
+  answer N times (1 / N each); hot samples ramble or invent words, which earns nothing. This
+  reward is a function of the prompt's group of samples (the trainer and ``evaluate`` score all N
+  samples of a prompt in one call; it groups by prompt).
+
+``dataset_name: smollm2_mix`` (train split) and ``smollm2_mix:eval`` (held out) give disjoint
+prompts (split by a hash of the prompt text), optionally ``smollm2_mix:eval:FAMILY+FAMILY``.
+The reward is the built-in ``smollm2_mix``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from lpo_train.tasks.toy import arith_final_score
+from lpo_train.text import answer_mentioned, completion_text
+
+NAME = "smollm2_mix"
+FAMILIES = ("arith", "capital", "list", "pick")
+
+_LEXICON_TEXT = {
+    "animals": """
+ant antelope ape armadillo bird python insect parakeet baboon badger bat bear beaver bee beetle bison boar buffalo bull butterfly camel
+canary cat caterpillar cheetah chicken chimpanzee chipmunk cobra cougar cow coyote crab crane crocodile crow
+deer dingo dog dolphin donkey dove dragonfly duck eagle eel elephant elk emu falcon ferret finch fish flamingo
+fly fox frog gazelle gecko gerbil giraffe goat goldfish goose gorilla grasshopper guinea pig hamster hare hawk
+hedgehog heron hippo hippopotamus horse hummingbird hyena iguana jaguar jellyfish kangaroo kiwi koala
+ladybug lamb lemur leopard lion lizard llama lobster lynx macaw magpie manatee meerkat mole mongoose monkey
+moose mosquito moth mouse mule octopus orangutan ostrich otter owl ox oyster panda panther parrot peacock
+pelican penguin pig pigeon platypus polar bear pony porcupine possum puma quail rabbit raccoon ram rat raven
+reindeer rhino rhinoceros robin salamander salmon scorpion seal shark sheep shrimp skunk sloth snail snake
+sparrow spider squid squirrel starfish stork swan tiger toad tortoise toucan trout tuna turkey turtle vulture
+walrus wasp weasel whale wolf wombat woodpecker worm yak zebra horse goldfinch cardinal bluebird blue jay
+chihuahua poodle beagle bulldog labrador puppy kitten calf hen rooster duckling gorilla alligator sea lion
+sea turtle killer whale orca hawk grizzly bear brown bear black bear red panda snow leopard bald eagle
+""",
+    "fruits": """
+apple apricot avocado banana blackberry blackcurrant blueberry cantaloupe cherry clementine coconut cranberry
+currant date dragon fruit durian elderberry fig gooseberry grape grapefruit guava honeydew jackfruit kiwi
+kiwifruit kumquat lemon lime lychee mandarin mango melon mulberry nectarine olive orange papaya passion fruit
+peach pear persimmon pineapple plum pomegranate pomelo quince raspberry rhubarb starfruit strawberry tangerine
+tomato watermelon cherry tomato acai boysenberry cloudberry huckleberry loganberry plantain prune raisin
+yuzu blood orange green apple red apple
+""",
+    "vegetables": """
+artichoke arugula asparagus bean beet beetroot bell pepper bok choy broccoli brussels sprout cabbage carrot
+cauliflower celery chard chickpea chili collard corn cucumber eggplant endive fennel garlic ginger green bean
+kale leek lentil lettuce mushroom okra onion parsnip pea pepper potato pumpkin radish rutabaga scallion
+shallot spinach squash sweet potato sweet corn tomato turnip yam zucchini courgette aubergine watercress
+red onion green pepper red pepper jalapeno cassava taro kohlrabi snap pea spring onion
+""",
+    "colors": """
+red orange yellow green blue indigo violet purple pink brown black white gray grey silver gold beige maroon
+navy teal turquoise cyan magenta lavender lilac crimson scarlet burgundy olive lime mint emerald jade
+coral salmon peach amber ivory cream tan khaki charcoal ruby sapphire aqua azure cobalt chartreuse fuchsia
+mauve plum ochre sienna umber copper bronze rose mustard sky blue navy blue dark blue light blue dark green
+light green forest green royal blue baby blue hot pink
+""",
+    "countries": """
+afghanistan albania algeria andorra angola argentina armenia australia austria azerbaijan bahamas bahrain
+bangladesh barbados belarus belgium belize benin bhutan bolivia bosnia botswana brazil brunei bulgaria
+burkina faso burundi cambodia cameroon canada chad chile china colombia comoros congo costa rica croatia cuba
+cyprus czech republic czechia denmark djibouti dominica dominican republic ecuador egypt el salvador england
+eritrea estonia eswatini ethiopia fiji finland france gabon gambia georgia germany ghana greece grenada
+guatemala guinea guyana haiti honduras hungary iceland india indonesia iran iraq ireland israel italy jamaica
+japan jordan kazakhstan kenya kiribati korea south korea north korea kosovo kuwait kyrgyzstan laos latvia
+lebanon lesotho liberia libya liechtenstein lithuania luxembourg madagascar malawi malaysia maldives mali
+malta mauritania mauritius mexico micronesia moldova monaco mongolia montenegro morocco mozambique myanmar
+namibia nauru nepal netherlands holland new zealand nicaragua niger nigeria norway oman pakistan palau panama
+papua new guinea paraguay peru philippines poland portugal qatar romania russia rwanda samoa san marino
+saudi arabia scotland senegal serbia seychelles sierra leone singapore slovakia slovenia somalia south africa
+spain sri lanka sudan suriname sweden switzerland syria taiwan tajikistan tanzania thailand togo tonga
+trinidad tunisia turkey turkmenistan tuvalu uganda ukraine united kingdom uk united states usa america
+united arab emirates uae uruguay uzbekistan vanuatu vatican venezuela vietnam wales yemen zambia zimbabwe
+""",
+    "sports": """
+archery badminton baseball basketball biathlon bowling boxing canoeing cricket croquet curling cycling darts
+diving fencing field hockey football golf gymnastics handball hiking hockey ice hockey judo karate kayaking
+lacrosse martial arts motocross netball polo racquetball rowing rugby running sailing skateboarding skating
+skiing snowboarding soccer softball squash surfing swimming table tennis taekwondo tennis track and field
+triathlon volleyball water polo weightlifting wrestling ping pong marathon horse riding climbing rock climbing
+beach volleyball figure skating equestrian
+""",
+    "instruments": """
+accordion bagpipes banjo bass bass guitar bassoon bongo cello clarinet cymbal cymbals double bass drum drums
+electric guitar euphonium fiddle flute french horn glockenspiel gong guitar harmonica harp harpsichord horn
+keyboard lute lyre mandolin marimba oboe organ piano piccolo recorder saxophone sitar snare drum synthesizer
+tambourine timpani triangle trombone trumpet tuba ukulele viola violin xylophone acoustic guitar
+""",
+}
+
+# one item per line of a category's text block is too coarse (multi-word items): every listed
+# name counts, both as written and as its two-word phrases
+LEXICONS: dict[str, frozenset[str]] = {}
+for _cat, _text in _LEXICON_TEXT.items():
+    _words = _text.split()
+    LEXICONS[_cat] = frozenset(_words) | frozenset(" ".join(_words[i:i + 2]) for i in range(len(_words) - 1)) \
+        | frozenset(" ".join(_words[i:i + 3]) for i in range(len(_words) - 2))
+
+_CATEGORY_WORDS = {"animals": "animals", "fruits": "fruits", "vegetables": "vegetables", "colors": "colours",
+                   "countries": "countries", "sports": "sports", "instruments": "musical instruments"}
+_LIST_TEMPLATES = ("List {k} different {c}, one per line.", "Name {k} {c}. Put each one on its own line.",
+                   "Give me a list of {k} {c}, one per line.", "Write down {k} different {c}, one per line.",
+                   "What are {k} {c}? List them, one per line.", "Please list {k} {c}, one per line.")
+_LIST_COUNTS = (5, 6, 8)
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
+    "China": "Beijing", "Russia": "Moscow", "Egypt": "Cairo", "Greece": "Athens", "Canada": "Ottawa",
+    "England": "London", "Portugal": "Lisbon", "Ireland": "Dublin", "Austria": "Vienna", "Norway": "Oslo",
+    "Poland": "Warsaw", "Sweden": "Stockholm", "Kenya": "Nairobi", "Peru": "Lima", "Thailand": "Bangkok",
+    "Finland": "Helsinki", "Denmark": "Copenhagen", "Hungary": "Budapest", "Argentina": "Buenos Aires",
+    "Mexico": "Mexico City", "India": "New Delhi", "South Korea": "Seoul", "Cuba": "Havana",
+    "Belgium": "Brussels", "the Netherlands": "Amsterdam", "Turkey": "Ankara", "Iran": "Tehran",
+    "Chile": "Santiago", "Colombia": "Bogota", "Vietnam": "Hanoi", "the Philippines": "Manila",
+    "Indonesia": "Jakarta", "Scotland": "Edinburgh", "Switzerland": "Bern", "Ukraine": "Kyiv",
+}
+_CAPITAL_TEMPLATES = ("What is the capital of {x}?", "Which city is the capital of {x}?",
+                      "Name the capital city of {x}.")
+_PICK_TEMPLATES = ("Name a random {s}. Answer with one word.", "Pick any {s} at random and tell me its name.",
+                   "Say the name of one {s}, any {s}.", "Choose a {s} at random. Reply with just its name.",
+                   "Tell me one {s}. Just the name, please.", "Think of a {s}. Which one? One word.",
+                   "Give me the name of a random {s}.", "I need a random {s}. Name one.")
+_SINGULAR_WORDS = {"animals": "animal", "fruits": "fruit", "vegetables": "vegetable", "colors": "colour",
+                   "countries": "country", "sports": "sport", "instruments": "musical instrument"}
+PICK_MAX_WORDS = 12
+_ARITH_TEMPLATES = ("What is {a} + {b}?", "Compute {a} + {b}.", "How much is {a} plus {b}?")
+
+_NUMBERING = re.compile(r"^\s*(?:[-*•]+|\(?\d+[.):]|[a-z][.)])\s*", re.IGNORECASE)
+
+
+def _singular(word: str) -> str:
+    for suffix, repl in (("ies", "y"), ("oes", "o"), ("ches", "ch"), ("shes", "sh"), ("ses", "s"), ("s", "")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            return word[: -len(suffix)] + repl
+    return word
+
+
+def list_items(text: str) -> list[str]:
+    """The items of a list answer: one per line (numbering and bullets stripped), or comma separated
+    when the answer is one line; lower-cased, trailing punctuation and parentheses dropped."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    parts = lines if len(lines) > 1 else re.split(r"[,;]", text)
+    items = []
+    for part in parts:
+        item = _NUMBERING.sub("", part).strip()
+        item = re.sub(r"\(.*?\)|\*+", "", item).strip().strip(".!:-").strip().lower()
+        if item:
+            items.append(item)
+    return items
+
+
+def valid_item(item: str, category: str) -> str | None:
+    """The lexicon entry ``item`` names (singular or as written), or None when it names none."""
+    lexicon = LEXICONS[category]
+    item = re.sub(r"^(?:a|an|the)\s+", "", item)
+    for candidate in (item, _singular(item), " ".join(_singular(w) for w in item.split())):
+        if candidate in lexicon:
+            return candidate
+    return None
+
+
+def list_score(text: str, category: str, count: int) -> float:
+    """Distinct valid items among the first ``count`` items, divided by ``count``. Repeats,
+    invented words and noise earn nothing; a shorter list earns less."""
+    valid = [valid_item(it, category) for it in list_items(text)[:count]]
+    return len({v for v in valid if v is not None}) / count
+
+
+def named_item(text: str, category: str, within: int = 12) -> str | None:
+    """The first lexicon item named among the first ``within`` words of ``text`` (longest phrase first), or None."""
+    words = re.findall(r"[a-z]+", text.lower())[:within]
+    for i in range(len(words)):
+        for n in (3, 2, 1):
+            if i + n <= len(words):
+                found = valid_item(" ".join(words[i:i + n]), category)
+                if found is not None:
+                    return found
+    return None
+
+
+def pick_scores(texts: list[str], categories: list[str], groups: list) -> list[float]:
+    """``pick`` rewards: a valid short answer earns 1 / (number of same-group answers naming the same item)."""
+    items = [named_item(t, c, PICK_MAX_WORDS) for t, c in zip(texts, categories)]
+    counts: dict = {}
+    for g, it in zip(groups, items):
+        if it is not None:
+            counts[(g, it)] = counts.get((g, it), 0) + 1
+    return [0.0 if it is None else 1.0 / counts[(g, it)] for g, it in zip(groups, items)]
+
+
+def smollm2_mix_reward(prompts, completions, family, answer, **kwargs) -> list[float]:
+    """arith: the last number is the sum; capital: the capital is named; list: ``list_score``
+    (``answer`` is "CATEGORY:COUNT"); pick: ``pick_scores`` over the samples of each prompt
+    (``answer`` is the category)."""
+    import json
+
+    out: list[float | None] = []
+    picks = []
+    prompts = prompts if prompts is not None else [None] * len(completions)
+    for i, (c, f, a) in enumerate(zip(completions, family, answer, strict=True)):
+        if f == "pick":
+            picks.append(i)
+            out.append(None)
+            continue
+        text = completion_text(c)
+        if f == "arith":
+            out.append(arith_final_score(text, a))
+        elif f == "capital":
+            out.append(answer_mentioned(text, a))
+        elif f == "list":
+            category, _, count = a.partition(":")
+            out.append(list_score(text, category, int(count)))
+        else:
+            raise ValueError(f"{NAME} has no reward for family {f!r}; its families are {FAMILIES}.")
+    if picks:
+        scores = pick_scores([completion_text(completions[i]) for i in picks], [answer[i] for i in picks],
+                             [json.dumps(prompts[i], sort_keys=True) for i in picks])
+        for i, score in zip(picks, scores):
+            out[i] = score
+    return out
+
+
+def _split_of(text: str) -> str:
+    return "eval" if int(hashlib.sha256(text.encode()).hexdigest(), 16) % 3 == 0 else "train"
+
+
+def all_rows() -> list[dict]:
+    """Every prompt of the suite, TRL conversational, with ``family``, ``answer`` and ``split``."""
+    rows = []
+    for a in range(10):
+        for b in range(10):
+            content = _ARITH_TEMPLATES[(a * 10 + b) % len(_ARITH_TEMPLATES)].format(a=a, b=b)
+            rows.append(("arith", content, str(a + b)))
+    for i, (country, capital) in enumerate(CAPITALS.items()):
+        for j, template in enumerate(_CAPITAL_TEMPLATES):
+            if (i + j) % 2 == 0:
+                rows.append(("capital", template.format(x=country), capital))
+    for category, words in _CATEGORY_WORDS.items():
+        for k in _LIST_COUNTS:
+            for template in _LIST_TEMPLATES:
+                rows.append(("list", template.format(k=k, c=words), f"{category}:{k}"))
+    for category, word in _SINGULAR_WORDS.items():
+        for template in _PICK_TEMPLATES:
+            rows.append(("pick", template.format(s=word), category))
+    return [{"prompt": [{"role": "user", "content": content}], "family": family, "answer": answer,
+             "split": _split_of(content)} for family, content, answer in rows]
+
+
+def make_rows(spec: str, seed: int = 0) -> list[dict]:
+    """Rows for ``smollm2_mix[:SPLIT][:FAMILY+FAMILY]`` (split train by default), in a fixed order
+    shuffled by ``seed`` and interleaved by family so that any prefix is balanced."""
+    import random
+
+    parts = spec.split(":")
+    if parts[0] != NAME or len(parts) > 3:
+        raise ValueError(f"Give '{NAME}', '{NAME}:eval' or '{NAME}:train:list+arith'; got {spec!r}.")
+    split = parts[1] if len(parts) > 1 and parts[1] else "train"
+    if split not in ("train", "eval"):
+        raise ValueError(f"The {NAME} split must be 'train' or 'eval', got {split!r} in {spec!r}.")
+    families = parts[2].split("+") if len(parts) > 2 else list(FAMILIES)
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"Unknown {NAME} families {unknown} in {spec!r}; choose from {FAMILIES}.")
+    rng = random.Random(f"{NAME}-{seed}")
+    by_family = {f: [r for r in all_rows() if r["split"] == split and r["family"] == f] for f in families}
+    for rows in by_family.values():
+        rng.shuffle(rows)
+    out = []
+    for i in range(max(map(len, by_family.values()))):
+        out += [rows[i] for rows in by_family.values() if i < len(rows)]
+    return out
+
+
+def is_suite(name: str | None) -> bool:
+    return bool(name) and (name == NAME or name.startswith(NAME + ":"))

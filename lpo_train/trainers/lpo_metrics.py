@@ -1,0 +1,82 @@
+"""What ``LPOTrainer`` logs, as pure functions, and the one cross-process reduction of its metrics.
+
+Metric meanings (README, "Metrics"):
+- TRL's DPO names, on the head's choices: ``rewards/chosen`` = beta * (log P(tau_c) - log P_ref(tau_c)),
+  ``rewards/rejected`` likewise, ``rewards/margins`` = their difference (the loss's logit),
+  ``rewards/accuracies`` = share of pairs with rewards/chosen > rewards/rejected, ``logps/chosen|rejected``
+  = log P(tau) summed over the response's decisions. With ``choice_reference='omitted'`` (the paper's
+  literal Eq. 10) log P_ref = 0.
+- TRL's online names, on the environment's rewards: ``reward``, ``reward_std``, ``rewards/<func>/mean``;
+  the paired responses' environment rewards are ``pairs/reward_chosen`` and ``pairs/reward_rejected``.
+- The head's choice distribution: ``choice/entropy`` (nats, mean over decisions), ``choice/kl_from_uniform``
+  (= log K - entropy), ``choice/frac_<v>`` (share of sampled decisions at grid value v), ``choice/mean_value``;
+  each also per task family as ``choice/<family>/...``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+
+def choice_entropy(head_log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each decision's choice distribution, [...]."""
+    return -(head_log_probs.exp() * head_log_probs).sum(-1)
+
+
+def choice_distribution_metrics(prefix: str, entropies: list[float], choices: list[int], values: list[float],
+                                grid) -> dict[str, float]:
+    k = len(grid)
+    h = sum(entropies) / len(entropies) if entropies else math.nan
+    out = {f"{prefix}/entropy": h, f"{prefix}/kl_from_uniform": math.log(k) - h if entropies else math.nan,
+           f"{prefix}/mean_value": sum(values) / len(values) if values else math.nan}
+    for j, g in enumerate(grid):
+        out[f"{prefix}/frac_{g:g}"] = choices.count(j) / len(choices) if choices else math.nan
+    return out
+
+
+def generation_metrics(rows, traces, rewards, per_func, stats, reward_names, grid, head_entropies) -> dict:
+    """Per generation step: environment rewards, pair statistics, and the choice distribution overall
+    and per family (``head_entropies``: per trace, the mean entropy of the head over its decisions)."""
+    finite = rewards[~rewards.isnan()]
+    metrics = {"reward": finite.mean().item() if len(finite) else math.nan,
+               "reward_std": finite.std().item() if len(finite) > 1 else 0.0,
+               "frac_prompts_tied": stats.frac_tied, "num_pairs": float(stats.pairs),
+               "prompts_without_valid_rewards": float(stats.invalid),
+               "completions/mean_length": (sum(len(t.token_ids) for t in traces) / len(traces)) if traces else 0.0}
+    for j, name in enumerate(reward_names):
+        col = per_func[:, j] if len(per_func) else torch.zeros(0)
+        metrics[f"rewards/{name}/mean"] = col.nanmean().item() if len(col) else math.nan
+    groups = defaultdict(list)
+    for t, h in zip(traces, head_entropies):
+        groups["choice"].append((t, h))
+        family = rows[t.prompt_index].get("family")
+        if family is not None:
+            groups[f"choice/{family}"].append((t, h))
+    for prefix, items in groups.items():
+        metrics.update(choice_distribution_metrics(
+            prefix, [h for _, h in items], [c for t, _ in items for c in (t.choices or [])],
+            [v for t, _ in items for v in t.values], grid))
+    return metrics
+
+
+def reduce_across_processes(accelerator, local: dict[str, list[float]]) -> dict[str, float]:
+    """Mean of every metric over all its finite values on all processes, in one fixed sequence of
+    collectives whatever each rank logged (a rank may have seen other families, or no pair)."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        keys = sorted({k for ks in gather_object([sorted(local)]) for k in ks})
+    else:
+        keys = sorted(local)
+    if not keys:
+        return {}
+    sums = torch.tensor([math.fsum(x for x in local.get(k, []) if not math.isnan(x)) for k in keys],
+                        dtype=torch.float64)
+    counts = torch.tensor([sum(1 for x in local.get(k, []) if not math.isnan(x)) for k in keys], dtype=torch.float64)
+    if accelerator.num_processes > 1:
+        both = accelerator.reduce(torch.stack([sums, counts]).to(accelerator.device), reduction="sum").cpu()
+        sums, counts = both[0], both[1]
+    return {k: (s / c).item() if c > 0 else math.nan for k, s, c in zip(keys, sums, counts)}
