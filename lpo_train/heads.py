@@ -24,6 +24,7 @@ GRID_PRESETS = {
 KNOBS = ("temperature", "top_p", "top_k", "min_p")
 LEVELS = ("token", "sequence")
 SELECTIONS = ("argmax", "sample", "mixture")
+INPUT_NORMS = ("standardize", "layernorm", "none")
 
 
 @dataclass
@@ -35,7 +36,9 @@ class AdaptiveDecoderConfig:
     head_hidden_size: int | None = None  # paper: 2048 for 8B models; default min(2048, max(64, 2 x hidden))
     num_layers: int = 3  # Linear layers; SiLU between them
     base_temperature: float = 1.0  # temperature used with the top_p/top_k/min_p knobs
-    input_norm: bool = True  # LayerNorm (no parameters) on the hidden state before the MLP: real LMs' states are large
+    # the head's input: "standardize" (LayerNorm, then each feature centred and scaled by statistics of
+    # the training prompts' states, set once before training and saved with the head), "layernorm", or "none"
+    input_norm: str = "standardize"
     base_model: str | None = None  # id or path of the LM the head was trained on
     extra: dict = field(default_factory=dict)  # free metadata (training config, metrics)
 
@@ -60,6 +63,10 @@ class AdaptiveDecoderConfig:
             raise ValueError(f"min_p grid values must be in [0, 1), got {list(self.grid)}.")
         if self.knob == "top_k" and any(v != int(v) for v in self.grid):
             raise ValueError(f"top_k grid values must be whole numbers (0 = off), got {list(self.grid)}.")
+        if self.input_norm is True or self.input_norm is False:  # older configs wrote a bool
+            self.input_norm = "layernorm" if self.input_norm else "none"
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {self.input_norm!r}.")
         if self.level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}.")
         if self.hidden_size < 1 or self.num_layers < 1:
@@ -95,16 +102,40 @@ class AdaptiveDecoderHead(nn.Module):
             if i < len(dims) - 2:
                 layers.append(nn.SiLU())
         self.mlp = nn.Sequential(*layers)
-        # a real LM's last hidden state has a large, token-dependent norm (SmolLM2: ~40-100); the
-        # raw state makes the first step's logits scale with it and online LPO overshoots
-        self.norm = nn.LayerNorm(config.hidden_size, elementwise_affine=False) if config.input_norm else nn.Identity()
+        # A real LM's last hidden state has a large norm (SmolLM2: ~55) and, at the last prompt token (the
+        # chat template's "assistant" token for every prompt), a large component shared by all prompts:
+        # raw, it makes the first steps overshoot; layer-normed only, the head sees near-identical inputs
+        # and learns one temperature for all prompts. Standardising each feature with the training
+        # prompts' statistics keeps what differs between prompts.
+        self.norm = (nn.LayerNorm(config.hidden_size, elementwise_affine=False) if config.input_norm != "none"
+                     else nn.Identity())
+        if config.input_norm == "standardize":
+            self.register_buffer("input_mean", torch.zeros(config.hidden_size))
+            self.register_buffer("input_std", torch.ones(config.hidden_size))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
         self.register_buffer("grid", torch.tensor(config.grid), persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the grid, [..., K], in the head's dtype."""
-        return self.mlp(self.norm(hidden.to(self.mlp[0].weight.dtype)))
+        x = self.norm(hidden.to(self.mlp[0].weight.dtype))
+        if self.config.input_norm == "standardize":
+            x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
+        return self.mlp(x)
+
+    @property
+    def input_statistics_set(self) -> bool:
+        return self.config.input_norm == "standardize" and not (
+            bool((self.input_mean == 0).all()) and bool((self.input_std == 1).all()))
+
+    @torch.no_grad()
+    def set_input_statistics(self, hidden: torch.Tensor) -> None:
+        """Set the standardisation from example hidden states [n, H] (``input_norm='standardize'``)."""
+        if self.config.input_norm != "standardize":
+            return
+        x = self.norm(hidden.to(self.input_mean.device, torch.float32))
+        self.input_mean.copy_(x.mean(0))
+        self.input_std.copy_(x.std(0).clamp(min=1e-3) if len(x) > 1 else torch.ones_like(self.input_mean))
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.forward(hidden).float(), dim=-1)
@@ -161,7 +192,7 @@ class AdaptiveDecoderHead(nn.Module):
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"No AdaptiveDecoder config.json in {path}.")
         raw = json.loads((path / "config.json").read_text())
-        raw.setdefault("input_norm", False)  # heads saved before the field existed read raw states
+        raw.setdefault("input_norm", "none")  # heads saved before the field existed read raw states
         if raw.pop("model_type", "adaptive_decoder") != "adaptive_decoder":
             raise ValueError(f"{path} does not hold an AdaptiveDecoder head.")
         try:

@@ -3,12 +3,16 @@
 Tie policy (the paper gives none): rewards that are None or NaN are dropped from their group;
 a group with fewer than two valid rewards, or whose valid rewards all tie, gives no pair and
 is counted (``PairStats.tied`` / ``PairStats.invalid``). Among equal best (or worst) rewards
-the lowest sample index wins, so pairs are deterministic.
+the lowest sample index wins, so pairs are deterministic; with ``tie_seed`` a seeded random
+order per group decides instead. LPO needs the latter: with stratified exploration, sample 0
+carries the head's own favourite, and "lowest index wins" would feed the head its own
+preference back as "chosen" whenever rewards tie (a loop that collapses it onto an arbitrary value).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +47,8 @@ def _valid(rewards) -> list[tuple[int, float]]:
 
 
 def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
-                secondary: list[list[float]] | None = None, top_k: int = 4) -> tuple[list[Pair], PairStats]:
+                secondary: list[list[float]] | None = None, top_k: int = 4,
+                tie_seed: int | None = None) -> tuple[list[Pair], PairStats]:
     """Pairs from per-prompt reward groups.
 
     - ``best_worst`` (default, the paper): highest vs lowest reward.
@@ -69,14 +74,18 @@ def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
         if mode == "all":
             pairs += [Pair(p, i, j, ri, rj) for i, ri in valid for j, rj in valid if ri > rj]
             continue
-        ranked = sorted(valid, key=lambda x: (-x[1], x[0]))  # best first, lower index first on ties
+        order = list(range(len(rewards)))
+        if tie_seed is not None:
+            random.Random(f"{tie_seed}-{p}").shuffle(order)
+        rank = {i: order.index(i) for i, _ in valid}  # tie-break position of each sample
+        ranked = sorted(valid, key=lambda x: (-x[1], rank[x[0]]))  # best first, ties by tie-break position
         if mode == "best_worst":
-            (ci, cr), (ri, rr) = ranked[0], min(valid, key=lambda x: (x[1], x[0]))
+            (ci, cr), (ri, rr) = ranked[0], min(valid, key=lambda x: (x[1], rank[x[0]]))
         else:
             k = min(top_k, len(ranked) // 2) or 1
             second = secondary[p]
-            ci, cr = max(ranked[:k], key=lambda x: (second[x[0]], -x[0]))
-            ri, rr = min(ranked[-k:], key=lambda x: (second[x[0]], x[0]))
+            ci, cr = max(ranked[:k], key=lambda x: (second[x[0]], -rank[x[0]]))
+            ri, rr = min(ranked[-k:], key=lambda x: (second[x[0]], rank[x[0]]))
         pairs.append(Pair(p, ci, ri, cr, rr))
     stats.pairs = len(pairs)
     return pairs, stats

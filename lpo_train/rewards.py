@@ -141,6 +141,16 @@ def resolve_rewards(specs, weights=None) -> tuple[list[Callable], list[float]]:
     return funcs, weights
 
 
+def _number(value, fn, index: int) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"Reward function {reward_name(fn)!r} returned {value!r} ({type(value).__name__}) for completion "
+                        f"{index}; a reward must return a number or None for each completion.") from None
+
+
 def compute_rewards(funcs, weights, prompts, completions, completion_ids=None, **columns
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(total [n], per_function [n, F])``; None becomes NaN, the total is the weighted sum over
@@ -154,7 +164,7 @@ def compute_rewards(funcs, weights, prompts, completions, completion_ids=None, *
                                f"{type(e).__name__}: {e}") from e
         if len(out) != len(completions):
             raise ValueError(f"Reward {reward_name(fn)!r} returned {len(out)} values for {len(completions)} completions.")
-        per_func[:, j] = torch.tensor([math.nan if v is None else float(v) for v in out])
+        per_func[:, j] = torch.tensor([_number(v, fn, i) for i, v in enumerate(out)])
     w = torch.tensor(weights)
     scored = ~per_func.isnan()
     total = torch.where(scored, per_func * w, torch.zeros_like(per_func)).sum(-1)

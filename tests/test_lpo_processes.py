@@ -100,3 +100,19 @@ def test_deepspeed_two_cpu_processes(toy_lm_folder, tmp_path, stage):
         assert torch.equal(ranks[0][k], ranks[1][k]), k
         assert torch.equal(saved[k], ranks[0][k]), k  # the checkpoint holds the trained head, not shards
     assert saved["mlp.4.weight"].abs().sum() > 0  # the zero-initialised last layer was trained
+
+
+@pytest.mark.slow
+def test_uneven_prompts_over_two_processes_do_not_hang(toy_lm_folder, tmp_path):
+    # 10 prompts, per-device batch 3, 2 ranks: ranks see different families and pair counts. Metrics used
+    # to be gathered per key as they were recorded, so ranks called the collective a different number
+    # of times and hung at step 0; now they are reduced once per log, over the union of keys.
+    out = tmp_path / "uneven"
+    args = _args(out, toy_families="arith story", toy_prompts_per_family="5", per_device_train_batch_size="3",
+                 max_steps="-1", num_train_epochs="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          HELPER, *args], env=_env(ACCELERATE_USE_CPU="1"), cwd=ROOT, timeout=240,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    ranks = list(_heads(out).values())
+    assert len(ranks) == 2 and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])

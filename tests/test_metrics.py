@@ -1,7 +1,7 @@
 import pytest
 
 from lpo_train.evaluation.metrics import (
-    bootstrap_ci, combine_quality_diversity, corpus_bleu, distinct_n, majority_at_n, ngram_repeat_rate,
+    bootstrap_ci, corpus_bleu, distinct_n, majority_at_n, ngram_repeat_rate,
     percent_non_greedy, rouge_l, self_bleu, win_rate,
 )
 
@@ -53,8 +53,3 @@ def test_self_bleu_rouge_and_bleu_against_their_libraries():
     with pytest.raises(ValueError, match="two texts"):
         self_bleu(["one"])
 
-
-def test_quality_diversity_slot_has_no_default():
-    assert combine_quality_diversity(0.8, 0.5, lambda q, d: q * d) == pytest.approx(0.4)
-    with pytest.raises(TypeError):
-        combine_quality_diversity(0.8, 0.5)  # the EDA formula is unconfirmed: no built-in

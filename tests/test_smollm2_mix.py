@@ -1,0 +1,54 @@
+"""The smollm2_mix suite: rewards on fixed texts (by hand), disjoint balanced splits, the CLI dataset name."""
+
+import pytest
+
+from lpo_train.data import load_prompt_dataset
+from lpo_train.rewards import resolve_reward
+from lpo_train.tasks.smollm2_mix import all_rows, list_items, list_score, make_rows, named_item, pick_scores
+
+
+def test_list_reward_counts_distinct_valid_items():
+    greedy_loop = "1. Dog\n2. Cat\n3. Bird\n4. Fish\n5. Fish\n6. Fish\n7. Fish\n8. Fish"  # SmolLM2 at T = 0
+    assert list_items(greedy_loop)[:4] == ["dog", "cat", "bird", "fish"]
+    assert list_score(greedy_loop, "animals", 8) == pytest.approx(4 / 8)
+    invented = "1. Carpet Python\n2. Foxhawk\n3. Parrot\n4. Pomerpec"  # SmolLM2 at T = 0.7
+    assert list_score(invented, "animals", 4) == pytest.approx(1 / 4)  # only 'parrot' is an animal
+    assert list_score("Chimpanzees, dolphins, dogs, elephants, foxes", "animals", 5) == 1.0  # plurals, commas
+    assert list_score("1. Red\n2. Blue\n3. Green", "colors", 5) == pytest.approx(3 / 5)  # a short list earns less
+    assert list_score("adaaahahahaaha for dappka", "animals", 8) == 0.0  # noise
+
+
+def test_pick_reward_pays_for_valid_answers_that_differ_between_samples():
+    texts = ["A cat.", "The cat is my pick.", "Lynx", "Foxhawk, obviously."]
+    scores = pick_scores(texts, ["animals"] * 4, ["p"] * 4)
+    assert scores == [0.5, 0.5, 1.0, 0.0]  # two cats share the credit; an invented word earns nothing
+    assert pick_scores(["cat"] * 4, ["animals"] * 4, ["p"] * 4) == [0.25] * 4  # greedy: the same answer N times
+    assert pick_scores(["cat", "cat"], ["animals"] * 2, ["p", "q"]) == [1.0, 1.0]  # other prompts do not count
+    # the item must be named early: a rambling answer that mentions it late earns nothing
+    late = "Well, there are so many lovely options to think about here and I cannot decide, maybe a dog"
+    assert named_item(late, "animals") is None and named_item("Sure! The zebra.", "animals") == "zebra"
+
+
+def test_builtin_reward_dispatches_by_family():
+    reward = resolve_reward("smollm2_mix")
+    prompts = [[{"role": "user", "content": "What is 3 + 4?"}], [{"role": "user", "content": "Capital?"}],
+               [{"role": "user", "content": "Name a random fruit."}], [{"role": "user", "content": "Name a random fruit."}]]
+    out = reward(prompts, ["3 + 4 = 7.", "It is Paris.", "Mango", "Mango!"], family=["arith", "capital", "pick", "pick"],
+                 answer=["7", "Paris", "fruits", "fruits"])
+    assert out == [1.0, 1.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="no reward for family 'story'"):
+        reward(None, ["x"], family=["story"], answer=[""])
+
+
+def test_splits_are_disjoint_balanced_and_usable_by_name():
+    train, held = make_rows("smollm2_mix"), make_rows("smollm2_mix:eval")
+    text = lambda rows: {r["prompt"][0]["content"] for r in rows}  # noqa: E731
+    assert not text(train) & text(held)
+    for rows in (train, held):
+        counts = {f: sum(r["family"] == f for r in rows) for f in ("arith", "capital", "pick")}
+        assert len(set(counts.values())) == 1 and min(counts.values()) >= 19
+    assert len(all_rows()) == len({r["prompt"][0]["content"] for r in all_rows()})  # no duplicate prompt
+    only = load_prompt_dataset("smollm2_mix:eval:arith+pick")
+    assert set(only["family"]) == {"arith", "pick"}
+    with pytest.raises(ValueError, match="Unknown smollm2_mix families"):
+        make_rows("smollm2_mix:eval:poems")
