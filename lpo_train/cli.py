@@ -36,9 +36,9 @@ def _toy_sweep(args) -> dict:
     summary = save_sweep(tables, list(args.seeds), args.output_dir, meta)
     print(format_table(aggregate(tables)))
     if summary["mix_margin_mean"] is not None:
-        print(f"\narith+story mix: best single fixed T loses {summary['mix_margin_mean']:.3f} "
-              f"± {summary['mix_margin_std']:.3f} mean reward to the best T per family "
-              f"(over {len(args.seeds)} seed(s)).")
+        spread = f" ± {summary['mix_margin_std']:.3f}" if summary["mix_margin_std"] is not None else ""
+        print(f"\narith+story mix: best single fixed T loses {summary['mix_margin_mean']:.3f}{spread} "
+              f"mean reward to the best T per family (over {len(args.seeds)} seed(s)).")
     print(f"wrote {Path(args.output_dir) / 'sweep.json'} and sweep.png")
     return summary
 

@@ -261,12 +261,11 @@ arXiv 2411.09661). It is not a language model: attach it to `{base}` (hidden siz
 ## Use
 
 ```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from lpo_train import AdaptiveDecoderHead
 from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
+from lpo_train.models.loading import load_causal_lm
 
-model = AutoModelForCausalLM.from_pretrained("{base}")
-tokenizer = AutoTokenizer.from_pretrained("{base}")
+model, tokenizer = load_causal_lm("{base}")  # a Hub id, or an lpo-train spec such as toy:small
 head = AdaptiveDecoderHead.from_pretrained("<this repo or folder>")
 traces = generate(model, tokenizer, ["Write a short story about a fox."],
                   AdaptiveDecoderRule(head, model=model), SamplingParams(max_new_tokens=128))

@@ -112,11 +112,15 @@ def resolve_reward(spec) -> Callable:
         return BUILTIN_REWARDS[spec]
     if ":" in spec and not Path(spec).exists():
         module_name, _, attr = spec.partition(":")
+        import sys
+
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))  # 'my_rewards:score' finds my_rewards.py in the current folder
         try:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"Cannot import reward {spec!r}: {e}. Use 'package.module:function' with the "
-                             "module importable (on PYTHONPATH).") from e
+                             "module importable: a file in the current folder or on PYTHONPATH.") from e
         if not callable(fn):
             raise ValueError(f"Reward {spec!r} is not callable.")
         return fn

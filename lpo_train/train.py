@@ -7,9 +7,9 @@ from lpo_train.trainers import LPOConfig, LPOTrainer
 
 def parse_config(argv: list[str] | None = None) -> LPOConfig:
     """``--config recipe.yaml`` sets defaults; ``--key value`` flags override them (TRL's parser)."""
-    from trl import TrlParser
+    from lpo_train.cli_args import parse_config as parse
 
-    (config,) = TrlParser(dataclass_types=[LPOConfig]).parse_args_and_config(argv)
+    (config,) = parse([LPOConfig], argv, "lpo-train train", "Train an AdaptiveDecoder head with LPO.")
     return config
 
 

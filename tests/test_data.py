@@ -41,3 +41,30 @@ def test_unknown_strategy_keys_list_the_valid_ones():
     with pytest.raises(ValueError, match="Unknown key 'thetta' .* valid keys: T0, theta, N"):
         parse_strategy("edt:T0=1,thetta=1")
     assert parse_strategy("edt:T0=1,theta=2")[1]["theta"] == 2.0
+
+
+def test_generate_checks_its_output_path_before_decoding(tmp_path):
+    from lpo_train.guidance.run import GenerateConfig, run
+
+    config = GenerateConfig(method="base", model_name_or_path="no-such-model-anywhere", output_file=str(tmp_path))
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        run(config)  # raised before the (missing) model would be loaded
+
+
+def test_a_missing_local_model_path_is_named(tmp_path):
+    from lpo_train.models.loading import load_causal_lm
+
+    with pytest.raises(FileNotFoundError, match="is not a local folder"):
+        load_causal_lm(str(tmp_path / "models" / "mine"))
+
+
+def test_a_reward_file_in_the_current_folder_resolves(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    (tmp_path / "my_rewards.py").write_text("def score(prompts, completions, **kw):\n    return [len(c) for c in completions]\n")
+    code = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "  # as a console script sees it
+            "from lpo_train.rewards import resolve_reward; print(resolve_reward('my_rewards:score')(None, ['ab']))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("[2]")

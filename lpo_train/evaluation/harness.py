@@ -18,12 +18,11 @@ import torch
 from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams, generate
 from lpo_train.evaluation import metrics, plots
 from lpo_train.evaluation.tracking import TRACKERS, log_evaluation
+from lpo_train.cli_args import help_field as _help
 
 ANSWER_EXTRACTORS = ("first_number", "last_number", "text")
 
 
-def _help(text, default=None, **kw):
-    return field(default=default, metadata={"help": text}, **kw)
 
 
 @dataclass
@@ -443,9 +442,10 @@ def evaluate(config: EvalConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from trl import TrlParser
+    from lpo_train.cli_args import parse_config
 
-    (config,) = TrlParser(dataclass_types=[EvalConfig]).parse_args_and_config(argv)
+    (config,) = parse_config([EvalConfig], argv, "lpo-train evaluate",
+                             "Decoding strategies against the fixed-temperature grid on a prompt suite.")
     summary = evaluate(config)
     print((Path(config.output_dir) / "report.md").read_text())
     return summary

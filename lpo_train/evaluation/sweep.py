@@ -47,13 +47,13 @@ def mix_gap(table: dict[str, dict[float, float]], families=("arith", "story")) -
 
 
 def aggregate(tables: list[dict[str, dict[float, float]]]) -> dict[str, dict[float, tuple[float, float]]]:
-    """Mean and standard deviation across seeds, per family and temperature."""
+    """Mean and standard deviation across seeds (None for one seed), per family and temperature."""
     out = {}
     for fam in tables[0]:
         out[fam] = {}
         for t in tables[0][fam]:
             vals = [tb[fam][t] for tb in tables]
-            out[fam][t] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+            out[fam][t] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None)
     return out
 
 
@@ -63,8 +63,8 @@ def format_table(agg: dict[str, dict[float, tuple[float, float]]]) -> str:
              "|---|" + "---|" * len(temps)]
     for fam, row in agg.items():
         best = max(temps, key=lambda t: row[t][0])
-        cells = [(f"**{row[t][0]:.3f}**" if t == best else f"{row[t][0]:.3f}") + f" ± {row[t][1]:.3f}"
-                 for t in temps]
+        cells = [(f"**{row[t][0]:.3f}**" if t == best else f"{row[t][0]:.3f}")
+                 + (f" ± {row[t][1]:.3f}" if row[t][1] is not None else "") for t in temps]
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -78,7 +78,8 @@ def plot_sweep(agg, path: str | Path, title: str = "Mean reward vs fixed tempera
     fig, ax = plt.subplots(figsize=(6, 4))
     for fam, row in agg.items():
         temps = sorted(row)
-        ax.errorbar(temps, [row[t][0] for t in temps], yerr=[row[t][1] for t in temps],
+        spread = [row[t][1] for t in temps]
+        ax.errorbar(temps, [row[t][0] for t in temps], yerr=None if None in spread else spread,
                     marker="o", capsize=3, label=fam)
     ax.set(xlabel="temperature", ylabel="mean reward", title=title)
     ax.legend()
@@ -104,7 +105,7 @@ def save_sweep(tables: list[dict], seeds: list[int], output_dir: str | Path, met
         "std": {f: {str(t): s for t, (_, s) in row.items()} for f, row in agg.items()},
         "mix_gap_per_seed": gaps,
         "mix_margin_mean": statistics.fmean(margins) if margins else None,
-        "mix_margin_std": statistics.stdev(margins) if len(margins) > 1 else 0.0,
+        "mix_margin_std": statistics.stdev(margins) if len(margins) > 1 else None,
     }
     (output_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
     plot_sweep(agg, output_dir / "sweep.png")

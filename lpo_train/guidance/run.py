@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from lpo_train.cli_args import help_field as _help
 
 METHODS = {  # method -> (token guidance, chunk guidance, beam search?)
     "base": ("none", "none", False),
@@ -35,8 +36,6 @@ TOKEN_GUIDANCE = ("none", "implicit", "explicit", "args")
 CHUNK_GUIDANCE = ("none", "implicit", "explicit", "reward")
 
 
-def _help(text, default=None, **kw):
-    return field(default=default, metadata={"help": text}, **kw)
 
 
 @dataclass
@@ -155,6 +154,21 @@ def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] |
     return rule, scorer
 
 
+def check_output_file(path: str) -> None:
+    """Fail before decoding when the output cannot be written (a folder, an unwritable place)."""
+    import os
+
+    out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"output_file {path} is a folder; give a file name such as {out / 'generate.jsonl'}.")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise PermissionError(f"output_file {path} cannot be written ({parent} is not a writable folder); choose "
+                              "another --output_file.")
+
+
 def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | None = None) -> dict:
     """Generate for every prompt; returns ``{"records": [...], "stats": {...}}`` (and writes the JSONL)."""
     from lpo_train.decoding import SamplingParams
@@ -164,6 +178,7 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
     from lpo_train.rewards import resolve_rewards, score_traces
 
     models = models if models is not None else {}
+    check_output_file(config.output_file)  # before anything is decoded
     rows = rows if rows is not None else load_rows(config)
     if not rows:
         raise ValueError("The prompt dataset is empty.")
@@ -202,9 +217,9 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from trl import TrlParser
+    from lpo_train.cli_args import parse_config
 
-    (config,) = TrlParser(dataclass_types=[GenerateConfig]).parse_args_and_config(argv)
+    (config,) = parse_config([GenerateConfig], argv, "lpo-train generate", "Guided decoding to JSONL.")
     result = run(config)
     s = result["stats"]
     print(f"{config.method}: {len(result['records'])} responses -> {config.output_file} "

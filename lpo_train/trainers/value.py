@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments
+from lpo_train.cli_args import help_field as _help
 
 PAIR_MODES = ("bradley_terry", "best_worst")
 VALUE_LOSSES = ("bce", "mse")
 
 
-def _help(text: str, default, **kw):
-    return field(default=default, metadata={"help": text}, **kw)
 
 
 @dataclass
@@ -364,7 +363,9 @@ def _write_metrics(output_dir, metrics: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """``lpo-train train-value --kind implicit|explicit|reward --config recipe.yaml [--key value ...]``."""
-    from trl import DPOConfig, RewardConfig, TrlParser
+    from trl import DPOConfig, RewardConfig
+
+    from lpo_train.cli_args import parse_config
 
     argv = [x for a in (argv or []) for x in (a.split("=", 1) if a.startswith("--kind=") else [a])]
     kind = None
@@ -374,11 +375,17 @@ def main(argv: list[str] | None = None) -> dict:
         del argv[i:i + 2]
     kinds = {"implicit": (DPOConfig, train_implicit_value), "explicit": (ExplicitValueConfig, train_explicit_value),
              "reward": (RewardConfig, train_reward_model)}
+    if kind is None and any(a in ("-h", "--help") for a in argv):
+        kind = "explicit"  # help without a kind: show the shared data options and one kind's
+        print("lpo-train train-value --kind implicit|explicit|reward [--config recipe.yaml] [--key value ...]\n"
+              "  (options below: the data arguments and --kind explicit's; --kind implicit takes TRL's DPOConfig, "
+              "--kind reward TRL's RewardConfig)\n")
     if kind not in kinds:
         raise SystemExit("lpo-train train-value needs --kind implicit (DPO of a small tuned model), --kind explicit "
                          "(a token value model) or --kind reward (a sequence reward model, TRL's RewardTrainer).")
     config_cls, train = kinds[kind]
-    data, args = TrlParser(dataclass_types=[ValueDataArguments, config_cls]).parse_args_and_config(argv)
+    data, args = parse_config([ValueDataArguments, config_cls], argv, f"lpo-train train-value --kind {kind}",
+                              "Train a guidance model for value-guided decoding.")
     metrics = train(data, args)
     print(json.dumps(metrics, indent=2))
     return metrics
