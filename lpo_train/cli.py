@@ -29,9 +29,9 @@ def _toy_sweep(args) -> dict:
         rows = make_prompts(args.families, args.n_per_family, seed=1000 + seed)
         tables.append(sweep_temperatures(model, tokenizer, rows, toy_reward,
                                          temperatures=args.temperatures,
-                                         num_samples=args.num_samples, seed=seed))
+                                         num_generations=args.num_generations, seed=seed))
     meta = {"command": " ".join(["lpo-train"] + sys.argv[1:]), "size": args.size,
-            "n_per_family": args.n_per_family, "num_samples": args.num_samples,
+            "n_per_family": args.n_per_family, "num_generations": args.num_generations,
             "seconds": round(time.time() - start, 1)}
     summary = save_sweep(tables, list(args.seeds), args.output_dir, meta)
     print(format_table(aggregate(tables)))
@@ -61,7 +61,7 @@ def _demo(args) -> None:
     train_main(["--config", str(recipe), "--output_dir", str(out), "--report_to", "none", "--overwrite_output_dir", "true"])
     print("[4/4] evaluation on held-out prompts: the trained head (argmax) vs every fixed temperature")
     config = EvalConfig(model_name_or_path="toy:small", toy_families=["arith", "story"], toy_prompts_per_family=48,
-                        num_samples=args.num_samples, temperatures=args.temperatures, strategies=[f"head:{out}"],
+                        num_generations=args.num_generations, temperatures=args.temperatures, strategies=[f"head:{out}"],
                         output_dir=str(Path(args.output_dir) / "eval"))
     summary = evaluate(config)
     print((Path(config.output_dir) / "report.md").read_text())
@@ -78,7 +78,7 @@ def _add_sweep_args(p) -> None:
     p.add_argument("--size", default="small", choices=["small", "base"])
     p.add_argument("--families", nargs="+", default=["arith", "story", "constrained", "sentiment"])
     p.add_argument("--n-per-family", type=int, default=32)
-    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--num-generations", type=int, default=4, help="samples per prompt (N)")
     p.add_argument("--temperatures", type=float, nargs="+",
                    default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2])
 

@@ -21,9 +21,11 @@ def parse_config(dataclass_types: list, argv: list[str] | None, prog: str, descr
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", metavar="RECIPE.yaml",
                         help="A YAML recipe: its keys become the defaults; --key value flags override them.")
-    own = ["help", "config"]  # in declaration order
+    own = ["help", "config"]  # lpo-train's own fields, in declaration order, before inherited (TRL/transformers) ones
     for cls in dataclass_types:
-        own += [name for name in vars(cls).get("__annotations__", {}) if name not in own]
+        for base in reversed(cls.__mro__):
+            if base.__module__.startswith("lpo_train"):
+                own += [name for name in vars(base).get("__annotations__", {}) if name not in own]
     def ordered(actions):
         first = sorted((a for a in actions if a.dest in own), key=lambda a: own.index(a.dest))
         return first + [a for a in actions if a not in first]

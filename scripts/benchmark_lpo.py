@@ -2,8 +2,9 @@
 
 Not a test. Both run in one process on the same prompts, head and sampling settings,
 interleaved round-robin after a warm-up; the median is reported. An LPO step = sampling with
-traces + rewards + pairing + head forward/backward + optimizer step; the frozen LM never runs
-again, so the target is <= 1.15x the sampling time.
+traces (with the default exploration, in both) + rewards + pairing + the choice metrics (head
+entropies, per-family gradient norms) + head forward/backward + optimizer step; the frozen LM
+never runs again, so the target is <= 1.15x the sampling time.
 
     python scripts/benchmark_lpo.py --model toy:small --prompts 16 --num-generations 8 --new-tokens 64
     python scripts/benchmark_lpo.py --model smollm2 --prompts 4 --num-generations 4 --new-tokens 32
@@ -37,23 +38,30 @@ def main() -> None:
                        toy_families=["arith", "story"], toy_prompts_per_family=args.prompts,
                        reward_funcs=["toy"], level=args.level, num_generations=args.num_generations,
                        max_completion_length=args.new_tokens, per_device_train_batch_size=args.prompts,
-                       loss_type=args.loss_type, use_cpu=True, report_to="none", save_strategy="no")
+                       loss_type=args.loss_type, use_cpu=True, report_to="none", save_strategy="no",
+                       overwrite_output_dir=True)
     trainer = LPOTrainer(args=config)
     trainer.create_optimizer_and_scheduler(num_training_steps=100)
     head, rows = trainer.model, make_prompts(["arith", "story"], args.prompts // 2, seed=1)
 
     def sample_only():
-        generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], AdaptiveDecoderRule(head, "sample"),
+        rule = AdaptiveDecoderRule(head, "sample", exploration=config.exploration, epsilon=config.exploration_epsilon)
+        generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,
                  SamplingParams(max_new_tokens=args.new_tokens, num_samples=args.num_generations,
                                 batch_size=config.generation_batch_size))
 
+    last_bytes = []
+
     def lpo_step():
-        features, _ = trainer._make_pairs(rows)
+        features, _, counts = trainer._make_pairs(rows)
+        trainer._check_progress(counts)
         inputs = trainer._collate(features, max(len(features), 1))
         loss = trainer.compute_loss(head, inputs)
         loss.backward()
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()
+        last_bytes.extend(trainer._metrics.get("features/bytes_per_pair", []))
+        trainer.log({})  # logging every step (the metrics' reduction, the completions file) is part of the cost
 
     calls = {"sample_only": sample_only, "lpo_step": lpo_step}
     for call in calls.values():
@@ -66,7 +74,7 @@ def main() -> None:
             times[k].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     spread = {k: (max(v) - min(v)) / med[k] for k, v in times.items()}
-    bytes_per_pair = trainer._metrics.get("features/bytes_per_pair", [float("nan")])[-1]
+    bytes_per_pair = last_bytes[-1] if last_bytes else float("nan")
     print(f"model={args.model} level={args.level} prompts={args.prompts} N={args.num_generations} "
           f"new_tokens={args.new_tokens} loss={args.loss_type} repeats={args.repeats} (median, interleaved)")
     print("| what | seconds | spread |\n|---|---|---|")

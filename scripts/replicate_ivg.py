@@ -35,7 +35,7 @@ def _train(kind: str, out: Path, seed: int, extra: list[str]) -> dict:
 
     if not (out / "value_metrics.json").exists():
         train_value(["--kind", kind, "--config", str(ROOT / "recipes" / "toy" / f"value_{kind}.yaml"),
-                     "--output_dir", str(out), "--sample_seed", str(seed), "--seed", str(seed), *extra])
+                     "--output_dir", str(out), "--dataset_seed", str(seed), "--seed", str(seed), *extra])
     return json.loads((out / "value_metrics.json").read_text())
 
 
@@ -54,9 +54,9 @@ def run_seed(seed: int, args, models: dict) -> dict:
             config = GenerateConfig(model_name_or_path="toy:base", tuned_model=str(out / "tuned"),
                                     untuned_model="toy:small", value_model=str(out / "value"),
                                     gold_reward_funcs=["sentiment"], toy_families=["sentiment"],
-                                    toy_prompts_per_family=args.prompts, toy_seed=args.prompt_seed, seed=seed,
+                                    toy_prompts_per_family=args.prompts, dataset_seed=args.prompt_seed, seed=seed,
                                     beam_width=args.wkl[0], num_candidates=args.wkl[1], chunk_length=args.wkl[2],
-                                    temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                    temperature=args.temperature, max_completion_length=args.max_new_tokens,
                                     beta_token=args.beta_token, output_file=str(file), **overrides)
             if name == "best_of_n":
                 config.num_candidates = args.wkl[0] * args.wkl[1]

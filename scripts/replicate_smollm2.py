@@ -60,8 +60,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--protocols", nargs="+", default=["online", "offline"], choices=["online", "offline"])
-    p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--num-generations", type=int, default=4)
+    p.add_argument("--max-completion-length", type=int, default=32)
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="extra lpo-train train flags for every head (after everything else)")
     p.add_argument("--output-dir", default=str(ROOT / "outputs" / "replicate" / "smollm2_mix"))
@@ -78,7 +78,8 @@ def main(argv=None) -> dict:
         start = time.time()
         config = EvalConfig(model_name_or_path="smollm2", dataset_name="smollm2_mix:eval", reward_funcs=["smollm2_mix"],
                             temperatures=TEMPS, strategies=[f"head:{h}" for h in heads.values()],
-                            num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=128,
+                            num_generations=args.num_generations, max_completion_length=args.max_completion_length,
+                            generation_batch_size=128,
                             answer_extractor="last_number", seed=seed, n_boot=1000,
                             output_dir=str(out / f"eval_seed{seed}"))
         summary = evaluate(config)
@@ -118,8 +119,8 @@ def main(argv=None) -> dict:
                                            for f in families},
             "mean_temperature_by_family_per_seed": {f: [h["mean_value_by_family"][f] for h in hs] for f in families},
             "fixed_mean_reward_by_family": {f: {f"{t:.1f}": v for t, v in row.items()} for f, row in fixed.items()},
-            "settings": {"recipe": str(RECIPE.relative_to(ROOT)), "num_samples": args.num_samples,
-                         "max_new_tokens": args.max_new_tokens, "train_args": args.train_args},
+            "settings": {"recipe": str(RECIPE.relative_to(ROOT)), "num_generations": args.num_generations,
+                         "max_completion_length": args.max_completion_length, "train_args": args.train_args},
             "timings_seconds": timings,
         }
         name = "smollm2_mixed_seq.json" if protocol == "online" else f"smollm2_mixed_seq_{protocol}.json"

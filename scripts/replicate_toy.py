@@ -78,7 +78,7 @@ def run_seed(name: str, seed: int, out: Path) -> tuple[dict, dict[str, str]]:
         if name in SAMPLED_TOO:
             heads[f"{label}, sampled T"] = f"head:{head_dir}:sample"
     args = ["--config", str(RECIPES / eval_recipe), "--model_name_or_path", f"toy:small:{seed}",
-            "--seed", str(seed), "--toy_seed", str(4242 + seed), "--output_dir", str(seed_dir / "eval")]
+            "--seed", str(seed), "--dataset_seed", str(4242 + seed), "--output_dir", str(seed_dir / "eval")]
     if heads:
         args += ["--strategies", *heads.values()]
     for overrides in eval_overrides:

@@ -34,7 +34,7 @@ def test_kld_runs_on_a_suite_with_evidence(tiny_lm_path, tmp_path):
             {"prompt": "Facts: Bob is 7. How old is Bob?", "evidence": "Facts: Bob is 7."}]
     suite.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = EvalConfig(model_name_or_path=str(tiny_lm_path), dataset_name=str(suite), dataset_split="train",
-                        reward_funcs=["negative_repetition"], temperatures=[0.0], num_samples=2, max_new_tokens=6,
+                        reward_funcs=["negative_repetition"], temperatures=[0.0], num_generations=2, max_completion_length=6,
                         strategies=["kld:T0=0.7,sigma=0", "kld:T0=0.9,sigma=1"], n_boot=10,
                         output_dir=str(tmp_path / "e"))
     summary = evaluate(config)
@@ -93,7 +93,7 @@ def test_position_plot_report_columns_and_tensorboard(toy_lm_folder, tmp_path):
     lm = AutoModelForCausalLM.from_pretrained(toy_lm_folder)
     AdaptiveDecoderHead.for_model(lm, level="token", grid=[0.0, 1.0]).save_pretrained(tmp_path / "head")
     config = EvalConfig(model_name_or_path=str(toy_lm_folder), toy_families=["arith", "constrained"],
-                        toy_prompts_per_family=2, num_samples=2, max_new_tokens=24, temperatures=[0.0, 1.0],
+                        toy_prompts_per_family=2, num_generations=2, max_completion_length=24, temperatures=[0.0, 1.0],
                         strategies=[f"head:{tmp_path / 'head'}:sample"], n_boot=10, report_to=["tensorboard"],
                         run_name="t", output_dir=str(tmp_path / "e"))
     summary = evaluate(config)

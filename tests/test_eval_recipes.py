@@ -22,5 +22,5 @@ def test_eval_recipe_has_its_command_and_parses(recipe, tmp_path):
     assert any(f"--config {recipe.parent.parent.name}/{recipe.parent.name}/{recipe.name}" in line for line in header)
     (config,) = TrlParser(dataclass_types=[EvalConfig]).parse_args_and_config(
         ["--config", str(recipe), "--output_dir", str(tmp_path)])
-    assert config.temperatures and config.reward_funcs and config.num_samples >= 2
+    assert config.temperatures and config.reward_funcs and config.num_generations >= 2
     assert all(parse_strategy(s)[0] in ("head", "edt", "dynatemp", "min_p", "kld") for s in config.strategies)

@@ -8,8 +8,8 @@ from lpo_train.evaluation.harness import EvalConfig, evaluate, parse_strategy
 
 
 def _config(tmp_path, toy_lm_folder, **kw):
-    base = dict(model_name_or_path=str(toy_lm_folder), toy_prompts_per_family=4, num_samples=2,
-                max_new_tokens=40, temperatures=[0.0, 1.0], n_boot=50, output_dir=str(tmp_path / "eval"))
+    base = dict(model_name_or_path=str(toy_lm_folder), toy_prompts_per_family=4, num_generations=2,
+                max_completion_length=40, temperatures=[0.0, 1.0], n_boot=50, output_dir=str(tmp_path / "eval"))
     base.update(kw)
     return EvalConfig(**base)
 
@@ -74,5 +74,5 @@ def test_cli_evaluate(toy_lm_folder, tmp_path, capsys):
     from lpo_train.cli import main
 
     main(["evaluate", "--model_name_or_path", str(toy_lm_folder), "--toy_prompts_per_family", "2",
-          "--num_samples", "2", "--temperatures", "0", "1", "--n_boot", "20", "--output_dir", str(tmp_path / "e")])
+          "--num_generations", "2", "--temperatures", "0", "1", "--n_boot", "20", "--output_dir", str(tmp_path / "e")])
     assert "win vs T=0" in capsys.readouterr().out and (tmp_path / "e" / "results.json").exists()

@@ -32,7 +32,7 @@ def guidance_folders(tiny_lm, tmp_path_factory):
 def _args(root, base, method, out, *extra):
     return ["generate", "--method", method, "--model_name_or_path", str(base), "--tuned_model", str(root / "tuned"),
             "--untuned_model", str(root / "untuned"), "--value_model", str(root / "value"),
-            "--dataset_name", str(root / "prompts.jsonl"), "--max_new_tokens", "8", "--beam_width", "2",
+            "--dataset_name", str(root / "prompts.jsonl"), "--max_completion_length", "8", "--beam_width", "2",
             "--num_candidates", "2", "--chunk_length", "3", "--output_file", str(out),
             "--gold_reward_funcs", "tests.helpers.my_rewards:length_reward",
             "--reward_funcs", "tests.helpers.my_rewards:length_reward", *extra]
@@ -90,8 +90,8 @@ def test_train_value_cli_explicit(tiny_lm_path, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"story {i}"}) + "\n" for i in range(12)))
     cli(["train-value", "--kind", "explicit", "--model_name_or_path", str(tiny_lm_path), "--dataset_name",
-         str(prompts), "--reward_funcs", "tests.helpers.my_rewards:length_reward", "--num_samples", "3",
-         "--max_new_tokens", "6", "--eval_fraction", "0.25", "--value_loss", "mse", "--num_train_epochs", "1",
+         str(prompts), "--reward_funcs", "tests.helpers.my_rewards:length_reward", "--num_generations", "3",
+         "--max_completion_length", "6", "--eval_fraction", "0.25", "--value_loss", "mse", "--num_train_epochs", "1",
          "--use_cpu", "true", "--report_to", "none", "--output_dir", str(tmp_path / "v")])
     metrics = json.loads((tmp_path / "v" / "value_metrics.json").read_text())
     assert metrics["eval_responses"] == 9 and metrics["train_responses"] == 27  # 3 of 12 prompts held out
@@ -107,13 +107,13 @@ def test_train_value_cli_reward_model_then_args(tiny_lm_path, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"story {i}"}) + "\n" for i in range(12)))
     cli(["train-value", "--kind", "reward", "--model_name_or_path", str(tiny_lm_path), "--dataset_name",
-         str(prompts), "--reward_funcs", "tests.helpers.my_rewards:length_reward", "--num_samples", "3",
-         "--max_new_tokens", "6", "--eval_fraction", "0.25", "--pair_mode", "best_worst", "--num_train_epochs", "1",
+         str(prompts), "--reward_funcs", "tests.helpers.my_rewards:length_reward", "--num_generations", "3",
+         "--max_completion_length", "6", "--eval_fraction", "0.25", "--pair_mode", "best_worst", "--num_train_epochs", "1",
          "--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--output_dir", str(tmp_path / "rm")])
     metrics = json.loads((tmp_path / "rm" / "value_metrics.json").read_text())
     assert metrics["kind"] == "reward" and metrics["train_pairs"] > 0 and 0 <= metrics["eval_pairwise_accuracy"] <= 1
     out = tmp_path / "args.jsonl"
     cli(["generate", "--method", "args", "--model_name_or_path", str(tiny_lm_path), "--reward_funcs",
-         str(tmp_path / "rm"), "--args_k", "3", "--dataset_name", str(prompts), "--max_new_tokens", "4",
+         str(tmp_path / "rm"), "--args_k", "3", "--dataset_name", str(prompts), "--max_completion_length", "4",
          "--output_file", str(out)])
     assert len(out.read_text().splitlines()) == 12

@@ -30,7 +30,7 @@ def test_evaluate_on_a_reasoning_gym_suite(tiny_lm_path, tmp_path):
     from lpo_train.evaluation.harness import EvalConfig, evaluate
 
     config = EvalConfig(model_name_or_path=str(tiny_lm_path), dataset_name="reasoning_gym:chain_sum:4",
-                        reward_funcs=["reasoning_gym"], temperatures=[0.0, 1.0], num_samples=2, max_new_tokens=4,
+                        reward_funcs=["reasoning_gym"], temperatures=[0.0, 1.0], num_generations=2, max_completion_length=4,
                         output_dir=str(tmp_path))
     summary = evaluate(config)
     assert set(summary) == {"T=0", "T=1"}

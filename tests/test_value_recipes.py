@@ -36,4 +36,4 @@ def test_recipe_has_its_command_and_parses(recipe, tmp_path):
     overrides = ["--output_dir", str(tmp_path), "--bf16", "false", "--use_cpu", "true", "--report_to", "none"]
     data, args = TrlParser(dataclass_types=[ValueDataArguments, cls]).parse_args_and_config(
         ["--config", str(recipe), *overrides])
-    assert data.model_name_or_path and data.reward_funcs and data.num_samples >= 2
+    assert data.model_name_or_path and data.reward_funcs and data.num_generations >= 2

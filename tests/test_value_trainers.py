@@ -74,8 +74,8 @@ def test_implicit_value_dpo_end_to_end(tiny_lm_path, tmp_path):
     from trl import DPOConfig
 
     data = ValueDataArguments(model_name_or_path=str(tiny_lm_path), dataset_name=str(tmp_path / "p.jsonl"),
-                              reward_funcs=["tests.helpers.my_rewards:length_reward"], num_samples=4,
-                              max_new_tokens=8, pair_mode="best_worst", eval_fraction=0.0)
+                              reward_funcs=["tests.helpers.my_rewards:length_reward"], num_generations=4,
+                              max_completion_length=8, pair_mode="best_worst", eval_fraction=0.0)
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"story number {i}"}) + "\n" for i in range(24)))
     args = DPOConfig(output_dir=str(tmp_path / "tuned"), learning_rate=5e-3, num_train_epochs=3,
                      per_device_train_batch_size=8, use_cpu=True, bf16=False, report_to="none",

@@ -62,8 +62,8 @@ class Trace:
     values: list[float]  # the knob value applied at each step (temperature: 0 = greedy)
     entropies: list[float]  # entropy (nats) of softmax(raw logits) at each step
     choices: list[int] | None = None  # grid index per step (one entry for sequence rules)
-    hidden: torch.Tensor | None = None  # [steps or 1, H] in the model's dtype
-    choice_logps: torch.Tensor | None = None  # [steps, K] float32
+    hidden: torch.Tensor | None = None  # [steps or 1, H] in the model's dtype, on the model's device
+    choice_logps: torch.Tensor | None = None  # [steps, K] float32, on the model's device
     score: float | None = None  # the search's final score (chunk-level guidance), when one ran
 
 
@@ -202,6 +202,7 @@ class RowSearch:
 
     group_size: int = 1
     chunk_len: int | None = None
+    final_scores: torch.Tensor | None = None  # [B] set by the final boundary: each row's score, best first
 
     def begin(self, prompt_index: list[int], prompt_ids: list[list[int]], max_new_tokens: int) -> None:
         """A new batch: ``prompt_index`` / ``prompt_ids`` per row."""
@@ -416,5 +417,4 @@ def _trace(tokenizer, row, prompt_ids, tokens, finish, values, entropies, choice
                  token_ids=token_ids, text=text, finish_reason=finish,
                  values=values.tolist(), entropies=entropies.tolist(),
                  choices=picked or None,
-                 hidden=None if hidden is None else hidden.cpu(),
-                 choice_logps=None if choice_logps is None else choice_logps.cpu())
+                 hidden=hidden, choice_logps=choice_logps)  # left on the device: callers copy what they keep

@@ -18,7 +18,9 @@ import torch
 from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams, generate
 from lpo_train.evaluation import metrics, plots
 from lpo_train.evaluation.tracking import TRACKERS, log_evaluation
+from lpo_train.pairs import group_slices
 from lpo_train.cli_args import help_field as _help
+from lpo_train.config import PromptDataArguments, SamplingArguments, default_of
 
 ANSWER_EXTRACTORS = ("first_number", "last_number", "text")
 
@@ -26,13 +28,14 @@ ANSWER_EXTRACTORS = ("first_number", "last_number", "text")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(PromptDataArguments, SamplingArguments):
     model_name_or_path: str = _help("The LM: a path, a Hub id, 'toy:small' or 'smollm2'.", "toy:small")
-    dataset_name: str = _help("Prompt suite: 'toy', a .json/.jsonl/.parquet file or a Hub dataset id.", "toy")
-    dataset_split: str = _help("Split of a Hub dataset.", "test")
-    toy_families: list[str] = _help("Toy families when dataset_name is 'toy'.", None)
-    toy_prompts_per_family: int = _help("Toy prompts per family.", 32)
-    toy_seed: int = _help("Seed of the toy / reasoning-gym prompts (keep it apart from the training prompts' seed).", 4242)
+    dataset_name: str = default_of(PromptDataArguments, "dataset_name", "toy")
+    dataset_split: str = default_of(PromptDataArguments, "dataset_split", "test")
+    toy_prompts_per_family: int = default_of(PromptDataArguments, "toy_prompts_per_family", 32)
+    dataset_seed: int = default_of(PromptDataArguments, "dataset_seed", 4242)  # held out from training's seeds
+    num_generations: int = default_of(SamplingArguments, "num_generations", 4)
+    max_completion_length: int = default_of(SamplingArguments, "max_completion_length", 64)
     reward_funcs: list[str] = _help("Rewards, as in training: names, 'module:function' or model paths.", None)
     reward_weights: list[float] | None = _help("One weight per reward function.", None)
     temperatures: list[float] = _help("The fixed-temperature grid every method is compared with.", None)
@@ -40,9 +43,6 @@ class EvalConfig:
         "Extra strategies: 'edt:T0=1,theta=1', 'dynatemp:temp=0.8,range=0.3', 'min_p:0.1' (at T=1), "
         "'kld:T0=1,sigma=1' (needs an evidence column), "
         "'head:PATH' or 'head:PATH:sample' (a trained AdaptiveDecoder head).", None)
-    num_samples: int = _help("Samples per prompt (N).", 4)
-    max_new_tokens: int = _help("Maximum new tokens per sample.", 64)
-    batch_size: int = _help("Rows (prompt x sample) per forward batch.", 256)
     seed: int = _help("Sampling seed (per-row seeds derive from it).", 0)
     n_boot: int = _help("Bootstrap resamples for the win-rate confidence intervals.", 1000)
     output_dir: str = _help("Where results.json, report.md, plots and per-strategy files go.", "outputs/eval")
@@ -68,8 +68,9 @@ class EvalConfig:
             raise ValueError(f"Unknown tracker(s) {sorted(unknown)} in report_to; choose from {TRACKERS} or 'none'.")
         if self.answer_extractor not in ANSWER_EXTRACTORS:
             raise ValueError(f"answer_extractor must be one of {ANSWER_EXTRACTORS}, got {self.answer_extractor!r}.")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}.")
+        if self.num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
+        self.check_decoding()
         for spec in self.strategies:
             parse_strategy(spec)  # fail early, before any model loads
 
@@ -167,16 +168,15 @@ def _safe_name(name: str) -> str:
 def run_strategy(model, tokenizer, rows, rule, overrides, funcs, weights, config: EvalConfig) -> dict:
     from lpo_train.rewards import score_traces
 
-    n = config.num_samples
+    n = config.num_generations
     traces = generate(model, tokenizer, [r["prompt"] for r in rows], rule,
-                      SamplingParams(max_new_tokens=config.max_new_tokens, num_samples=n, seed=config.seed,
-                                     batch_size=config.batch_size, **overrides))
+                      SamplingParams(max_new_tokens=config.max_completion_length, num_samples=n, seed=config.seed,
+                                     batch_size=config.generation_batch_size, **{**config.truncation(), **overrides}))
     total, _ = score_traces(funcs, weights, rows, traces)
     starts = [sentence_starts(tokenizer, t.token_ids) for t in traces]
-    return {"rewards": [total[i * n:(i + 1) * n].tolist() for i in range(len(rows))],
-            "texts": [[traces[i * n + s].text for s in range(n)] for i in range(len(rows))],
-            "values": [[traces[i * n + s].values for s in range(n)] for i in range(len(rows))],
-            "sentence_start": [starts[i * n:(i + 1) * n] for i in range(len(rows))]}
+    groups = group_slices(traces, n)  # prompt-major: one group of N per prompt
+    return {"rewards": group_slices(total.tolist(), n), "texts": [[t.text for t in g] for g in groups],
+            "values": [[t.values for t in g] for g in groups], "sentence_start": group_slices(starts, n)}
 
 
 def sentence_starts(tokenizer, token_ids: list[int]) -> list[bool]:
@@ -277,7 +277,7 @@ def summarise(raw: dict[str, dict], rows: list[dict], config: EvalConfig) -> dic
                                                                            config.max_sentence_position),
             "repeat_3gram": metrics.ngram_repeat_rate([t for ts in texts for t in ts], 3),
             "distinct_2": metrics.distinct_n([t for ts in texts for t in ts], 2),
-            "self_bleu": metrics.mean([metrics.self_bleu(ts) for ts in texts]) if config.num_samples > 1 else None,
+            "self_bleu": metrics.mean([metrics.self_bleu(ts) for ts in texts]) if config.num_generations > 1 else None,
             **_task_metrics(data, rows, config),
         }
     return out
@@ -286,7 +286,7 @@ def summarise(raw: dict[str, dict], rows: list[dict], config: EvalConfig) -> dic
 def write_report(summary: dict, config: EvalConfig, path: Path) -> None:
     temps = [f"{t:g}" for t in config.temperatures]
     lines = [f"# Evaluation: {config.model_name_or_path} on {config.dataset_name}", "",
-             f"N = {config.num_samples} samples per prompt, seed {config.seed}; win rates per prompt (mean of its "
+             f"N = {config.num_generations} samples per prompt, seed {config.seed}; win rates per prompt (mean of its "
              "N rewards), 0.5 each on ties, 95 % bootstrap intervals in results.json.", "",
              "| strategy | mean reward | " + " | ".join(f"win vs T={t}" for t in temps)
              + " | avg win | % non-greedy | 3-gram rep. % | distinct-2 | Self-BLEU |",
@@ -297,7 +297,7 @@ def write_report(summary: dict, config: EvalConfig, path: Path) -> None:
         lines.append(f"| {name} | {s['mean_reward']:.3f} | {wins} | {s['average_win_rate']:.1f} | "
                      f"{s['percent_non_greedy']:.0f} | {s['repeat_3gram']:.1f} | {s['distinct_2']:.3f} | "
                      f"{fmt(s['self_bleu'])} |")
-    optional = [(k, label) for k, label in [("accuracy", "accuracy %"), ("maj_at_n", f"maj@{config.num_samples} %"),
+    optional = [(k, label) for k, label in [("accuracy", "accuracy %"), ("maj_at_n", f"maj@{config.num_generations} %"),
                                             ("rouge_l", "ROUGE-L"), ("bleu", "SacreBLEU")]
                 if any(k in s for s in summary.values())]
     if optional:
@@ -321,10 +321,7 @@ def write_report(summary: dict, config: EvalConfig, path: Path) -> None:
 
 
 def load_rows(config: EvalConfig) -> list[dict]:
-    from lpo_train.data import load_prompt_dataset
-
-    return list(load_prompt_dataset(config.dataset_name, config.dataset_split, config.toy_seed, config.toy_families,
-                                    config.toy_prompts_per_family, getattr(config, "prompt_column", "prompt")))
+    return list(config.load_prompts())
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -367,7 +364,8 @@ def run_fingerprint(config: EvalConfig, model, rows: list[dict], funcs) -> dict:
             return None
 
     return {"model": weights_fingerprint(model), "suite": rows_fingerprint(rows),
-            "num_samples": config.num_samples, "seed": config.seed, "max_new_tokens": config.max_new_tokens,
+            "num_generations": config.num_generations, "seed": config.seed,
+            "max_completion_length": config.max_completion_length, "truncation": config.truncation(),
             "rewards": [(reward_name(f), source(f)) for f in funcs], "reward_weights": config.reward_weights}
 
 

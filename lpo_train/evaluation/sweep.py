@@ -17,13 +17,15 @@ DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2)
 
 
 def sweep_temperatures(model, tokenizer, rows: list[dict], reward_fn, temperatures=DEFAULT_TEMPERATURES,
-                       num_samples: int = 4, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256
+                       num_generations: int = 4, max_completion_length: int = 64, seed: int = 0,
+                       generation_batch_size: int = 256
                        ) -> dict[str, dict[float, float]]:
     """``{family: {T: mean reward}}`` over ``rows`` (each with ``prompt`` and ``family``);
     ``reward_fn`` has TRL's signature and receives every dataset column."""
     from lpo_train.evaluation.harness import EvalConfig, run_strategy
 
-    config = EvalConfig(num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    config = EvalConfig(num_generations=num_generations, max_completion_length=max_completion_length, seed=seed,
+                        generation_batch_size=generation_batch_size)
     table: dict[str, dict[float, float]] = defaultdict(dict)
     for t in temperatures:
         raw = run_strategy(model, tokenizer, rows, FixedTemperature(t), {}, [reward_fn], [1.0], config)

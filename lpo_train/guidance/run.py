@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from lpo_train.cli_args import help_field as _help
+from lpo_train.config import DecodingArguments, PromptDataArguments, default_of
 
 METHODS = {  # method -> (token guidance, chunk guidance, beam search?)
     "base": ("none", "none", False),
@@ -39,7 +40,7 @@ CHUNK_GUIDANCE = ("none", "implicit", "explicit", "reward")
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(PromptDataArguments, DecodingArguments):
     method: str = _help(f"Preset: one of {sorted(METHODS)} (see the table in lpo_train/guidance/run.py).", "ivg")
     token_guidance: str | None = _help(f"Override the token-level guidance: one of {TOKEN_GUIDANCE}.", None)
     chunk_guidance: str | None = _help(f"Override the chunk-level guidance: one of {CHUNK_GUIDANCE}.", None)
@@ -60,20 +61,16 @@ class GenerateConfig:
     args_weight: float = _help("ARGS: score = log p_base + args_weight * reward.", 1.0)
     args_greedy: bool = _help("ARGS: take the best candidate (False: sample at `temperature`).", True)
     temperature: float = _help("Sampling temperature, applied after the guidance is combined.", 0.7)
-    top_k: int = _help("Top-k after temperature (0 = off).", 0)
-    top_p: float = _help("Top-p after temperature.", 1.0)
-    max_new_tokens: int = _help("Maximum new tokens per response.", 48)
+    max_completion_length: int = default_of(DecodingArguments, "max_completion_length", 48)
     stop_strings: list[str] | None = _help("Stop when a response contains one of these strings.", None)
     incremental_scoring: bool = _help("Chunk scorers keep and reorder a KV cache (False: re-encode every chunk).",
                                       True)
-    dataset_name: str = _help("Prompts: 'toy', a .json/.jsonl/.parquet file or a Hub dataset id.", "toy")
-    dataset_split: str = _help("Split of a Hub prompt dataset.", "test")
+    dataset_name: str = default_of(PromptDataArguments, "dataset_name", "toy")
+    dataset_split: str = default_of(PromptDataArguments, "dataset_split", "test")
     prompt_column: str = _help("The column holding the prompts (e.g. 'instruction' for AlpacaEval).", "prompt")
-    toy_families: list[str] | None = _help("Toy families when dataset_name is 'toy' (default: sentiment).", None)
-    toy_prompts_per_family: int = _help("Toy prompts per family.", 32)
-    toy_seed: int = _help("Seed of the toy prompts (keep it apart from training prompts).", 4242)
+    toy_prompts_per_family: int = default_of(PromptDataArguments, "toy_prompts_per_family", 32)
+    dataset_seed: int = default_of(PromptDataArguments, "dataset_seed", 4242)
     seed: int = _help("Sampling seed (per-prompt seeds derive from it and the prompt index).", 0)
-    batch_size: int = _help("Rows (prompts x W x K) per forward batch.", 256)
     output_file: str = _help("JSONL output; written atomically when the run completes.", "outputs/generate.jsonl")
 
     def __post_init__(self):
@@ -101,15 +98,13 @@ class GenerateConfig:
             missing = [k for k in needs[level] if not getattr(self, k)]
             if missing:
                 raise ValueError(f"{level} guidance needs {', '.join(missing)}.")
+        self.check_decoding()
         if self.beam_width < 1 or self.num_candidates < 1 or self.chunk_length < 0:
             raise ValueError("Need beam_width >= 1, num_candidates >= 1 and chunk_length >= 0 (0 = at the end).")
 
 
 def load_rows(config: GenerateConfig) -> list[dict]:
-    from lpo_train.data import load_prompt_dataset
-
-    rows = list(load_prompt_dataset(config.dataset_name, config.dataset_split, config.toy_seed, config.toy_families,
-                                    config.toy_prompts_per_family, getattr(config, "prompt_column", "prompt")))
+    rows = list(config.load_prompts(prompt_column=config.prompt_column))
     if rows and config.prompt_column not in rows[0]:
         raise ValueError(f"The prompt dataset has no column {config.prompt_column!r} (it has {sorted(rows[0])}); "
                          "set prompt_column.")
@@ -186,8 +181,8 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
         models[config.model_name_or_path] = load_causal_lm(config.model_name_or_path)
     model, tokenizer = models[config.model_name_or_path]
     rule, scorer = build(config, models, rows)
-    params = SamplingParams(max_new_tokens=config.max_new_tokens, top_k=config.top_k, top_p=config.top_p,
-                            stop_strings=tuple(config.stop_strings or ()), batch_size=config.batch_size,
+    params = SamplingParams(max_new_tokens=config.max_completion_length, **config.truncation(),
+                            stop_strings=tuple(config.stop_strings or ()), batch_size=config.generation_batch_size,
                             prompt_seeds=[seed_for(config.seed, i) for i in range(len(rows))])
     stats, start = {}, time.time()
     ranked = guided_generate(model, tokenizer, [r["prompt"] for r in rows], rule=rule, scorer=scorer,

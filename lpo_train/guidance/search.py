@@ -18,6 +18,7 @@ import torch
 from lpo_train.decoding.engine import RowSearch, SamplingParams, Trace, generate
 from lpo_train.decoding.rules import FixedTemperature, Rule
 from lpo_train.guidance.scorers import ChunkScorer
+from lpo_train.pairs import group_slices
 
 
 class ChunkBeamSearch(RowSearch):
@@ -72,4 +73,4 @@ def guided_generate(model, tokenizer, prompts, rule: Rule | None = None, scorer:
     traces = generate(model, tokenizer, prompts, rule if rule is not None else FixedTemperature(1.0),
                       params, search=search, stats=stats)
     g = search.group_size
-    return [traces[i * g:(i + 1) * g] for i in range(len(prompts))]
+    return group_slices(traces, g)

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from transformers import Trainer, set_seed
 
-from lpo_train.data import load_prompt_dataset
 from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
 from lpo_train.decoding.engine import encode_prompts
 from lpo_train.decoding.randomness import seed_for
@@ -94,8 +93,7 @@ class LPOTrainer(Trainer):
         self.reward_funcs, self.reward_weights = resolve_rewards(
             reward_funcs if reward_funcs is not None else args.reward_funcs, args.reward_weights)
         if train_dataset is None:
-            train_dataset = load_prompt_dataset(args.dataset_name, args.dataset_split, args.seed, args.toy_families,
-                                                args.toy_prompts_per_family)
+            train_dataset = args.load_prompts(seed=args.seed)
         if len(train_dataset) == 0:
             raise ValueError("The prompt dataset is empty.")
         if "prompt" not in train_dataset.column_names:
@@ -299,7 +297,7 @@ class LPOTrainer(Trainer):
         was_training = head.training
         head.eval()
         rule = AdaptiveDecoderRule(head, args.selection, exploration=args.exploration, epsilon=args.exploration_epsilon)
-        # the engine keeps only what the pairs need on the device; traces copy hidden states to the CPU
+        # traces keep their hidden states on the device: only the paired rows' are ever copied off it
         traces = generate(self.lm, self.tokenizer, [r["prompt"] for r in rows], rule,
                           SamplingParams(max_new_tokens=args.max_completion_length, num_samples=args.num_generations,
                                          top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, prompt_seeds=seeds,

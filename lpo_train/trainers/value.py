@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 from lpo_train.cli_args import help_field as _help
+from lpo_train.config import PromptDataArguments, SamplingArguments, default_of
 
 PAIR_MODES = ("bradley_terry", "best_worst")
 VALUE_LOSSES = ("bce", "mse")
@@ -32,35 +33,34 @@ VALUE_LOSSES = ("bce", "mse")
 
 
 @dataclass
-class ValueDataArguments:
-    """Where the training responses come from (shared by both kinds)."""
+class ValueDataArguments(PromptDataArguments, SamplingArguments):
+    """Where the training responses come from (shared by both kinds). ``dataset_seed`` also seeds the
+    sampling and the labels."""
 
     model_name_or_path: str | None = _help(
         "The model to train: the untuned small LM (implicit) or the value model's backbone (explicit): a path, "
         "a Hub id, 'toy:small' / 'toy:base' or 'smollm2'.", None)
     sampler_model: str | None = _help("The LM that samples the responses (default: model_name_or_path).", None)
-    dataset_name: str | None = _help("Prompts: 'toy', a .json/.jsonl/.parquet file or a Hub dataset id.", "toy")
-    dataset_split: str = _help("Split of a Hub prompt dataset.", "train")
-    toy_families: list[str] = _help("Toy families when dataset_name is 'toy'.", None)
-    toy_prompts_per_family: int = _help("Toy prompts per family.", 256)
+    dataset_name: str | None = default_of(PromptDataArguments, "dataset_name", "toy")
+    toy_prompts_per_family: int = default_of(PromptDataArguments, "toy_prompts_per_family", 256)
+    dataset_seed: int = default_of(PromptDataArguments, "dataset_seed", 0)
     reward_funcs: list[str] = _help("Gold rewards: built-in names, 'module:function' or model paths.", None)
     reward_weights: list[float] | None = _help("One weight per reward function.", None)
-    num_samples: int = _help("Responses sampled per prompt (>= 2).", 4)
-    max_new_tokens: int = _help("Maximum new tokens per sampled response.", 48)
+    num_generations: int = default_of(SamplingArguments, "num_generations", 4)
+    max_completion_length: int = default_of(SamplingArguments, "max_completion_length", 48)
     sampling_temperature: float = _help("Temperature of the sampler.", 1.0)
-    sample_batch_size: int = _help("Rows per forward batch while sampling.", 256)
     pair_mode: str = _help(f"Implicit pairs: one of {PAIR_MODES}.", "bradley_terry")
     bt_scale: float = _help("Bradley-Terry labels: P(a preferred) = sigmoid(bt_scale * (r_a - r_b)).", 1.0)
     eval_fraction: float = _help("Share of prompts held out for evaluation (pairwise accuracy).", 0.1)
-    sample_seed: int = _help("Seed of the prompts, the sampling and the labels.", 0)
 
     def __post_init__(self):
         self.toy_families = self.toy_families or ["sentiment"]
         self.reward_funcs = self.reward_funcs or (["toy"] if self.dataset_name == "toy" else [])
         if self.pair_mode not in PAIR_MODES:
             raise ValueError(f"pair_mode must be one of {PAIR_MODES}, got {self.pair_mode!r}.")
-        if self.num_samples < 2:
-            raise ValueError(f"num_samples must be >= 2 to build pairs, got {self.num_samples}.")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 to build pairs, got {self.num_generations}.")
+        self.check_decoding()
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
 
@@ -77,10 +77,7 @@ class ExplicitValueConfig(TrainingArguments):
 
 
 def load_prompts(data: ValueDataArguments) -> list[dict]:
-    from lpo_train.data import load_prompt_dataset
-
-    return list(load_prompt_dataset(data.dataset_name, data.dataset_split, data.sample_seed, data.toy_families,
-                                    data.toy_prompts_per_family, getattr(data, "prompt_column", "prompt")))
+    return list(data.load_prompts())
 
 
 def sample_responses(data: ValueDataArguments, rows: list[dict] | None = None) -> list[dict]:
@@ -96,8 +93,8 @@ def sample_responses(data: ValueDataArguments, rows: list[dict] | None = None) -
     funcs, weights = resolve_rewards(data.reward_funcs, data.reward_weights)
     model, tokenizer = load_causal_lm(data.sampler_model or data.model_name_or_path)
     traces = generate(model, tokenizer, [r["prompt"] for r in rows], FixedTemperature(data.sampling_temperature),
-                      SamplingParams(max_new_tokens=data.max_new_tokens, num_samples=data.num_samples,
-                                     seed=data.sample_seed, batch_size=data.sample_batch_size))
+                      SamplingParams(max_new_tokens=data.max_completion_length, num_samples=data.num_generations,
+                                     seed=data.dataset_seed, batch_size=data.generation_batch_size, **data.truncation()))
     rewards, _ = score_traces(funcs, weights, rows, traces)
     return [{"prompt_index": t.prompt_index, "prompt": rows[t.prompt_index]["prompt"], "completion": t.text,
              "prompt_ids": t.prompt_ids, "completion_ids": t.token_ids, "reward": float(r)}
@@ -267,7 +264,7 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig) ->
                              f"{data.model_name_or_path!r} use different tokenizers; the value model trains on the "
                              "sampler's token ids, so pick a sampler of the same tokenizer family.")
     records = sample_responses(data)
-    train, held = split_by_prompt(records, data.eval_fraction, data.sample_seed)
+    train, held = split_by_prompt(records, data.eval_fraction, data.dataset_seed)
     model = make_value_model(resolve_model_path(data.model_name_or_path))
     trainer = ExplicitValueTrainer(model, args, train, held or None, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -282,10 +279,10 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig) ->
 
 def _training_pairs(data: ValueDataArguments) -> tuple[list[dict], list[dict]]:
     """Preference pairs from sampled, scored responses of the training prompts; and the held-out records."""
-    train, held = split_by_prompt(sample_responses(data), data.eval_fraction, data.sample_seed)
-    pairs = build_preference_pairs(train, data.pair_mode, data.bt_scale, data.sample_seed)
+    train, held = split_by_prompt(sample_responses(data), data.eval_fraction, data.dataset_seed)
+    pairs = build_preference_pairs(train, data.pair_mode, data.bt_scale, data.dataset_seed)
     if not pairs:
-        raise ValueError("No preference pairs: every prompt's responses tied. Sample more (num_samples) or "
+        raise ValueError("No preference pairs: every prompt's responses tied. Sample more (num_generations) or "
                          "use a reward that separates responses.")
     return pairs, held
 
@@ -304,7 +301,7 @@ def train_implicit_value(data: ValueDataArguments, args) -> dict:
     from lpo_train.models.loading import load_causal_lm, resolve_model_path
 
     pairs, held = _training_pairs(data)
-    eval_pairs = build_preference_pairs(held, "best_worst", seed=data.sample_seed) if held else []
+    eval_pairs = build_preference_pairs(held, "best_worst", seed=data.dataset_seed) if held else []
     _, tokenizer = load_causal_lm(data.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(data.model_name_or_path), dtype=torch.float32)
     train_ds = _trl_dataset(pairs)

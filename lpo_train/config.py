@@ -1,0 +1,68 @@
+"""Config fields shared by every command, each defined once (TRL's parser composes dataclasses):
+the prompt dataset and its seed, and the sampling arguments, under TRL's names where TRL has one.
+``LPOConfig``, ``EvalConfig``, the value trainers' ``ValueDataArguments`` and ``GenerateConfig``
+inherit them; a command that needs another default says so with ``default_of``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from lpo_train.cli_args import help_field as _help
+
+
+def default_of(cls, name: str, default=None, default_factory=None):
+    """Field ``name`` of ``cls`` with another default and the same help string (defined once)."""
+    meta = cls.__dataclass_fields__[name].metadata
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class PromptDataArguments:
+    dataset_name: str | None = _help(
+        "Prompt dataset: a local .json/.jsonl/.parquet file, a Hub dataset id, 'toy' (the toy world), "
+        "'smollm2_mix[:train|eval]' (the SmolLM2 suite) or 'reasoning_gym:TASK[+TASK][:SIZE]'.", None)
+    dataset_split: str = _help("Split of a Hub prompt dataset.", "train")
+    dataset_seed: int | None = _help(
+        "Seed of generated prompt suites (toy, reasoning-gym, the smollm2_mix order); keep held-out runs apart "
+        "from training (default: the run's seed).", None)
+    toy_families: list[str] | None = _help("Toy-world families when dataset_name is 'toy'.", None)
+    toy_prompts_per_family: int = _help("Toy-world prompts per family when dataset_name is 'toy'.", 64)
+
+    def load_prompts(self, seed: int = 0, prompt_column: str = "prompt"):
+        """The prompt ``datasets.Dataset`` (``seed``: used when ``dataset_seed`` is unset)."""
+        from lpo_train.data import load_prompt_dataset
+
+        return load_prompt_dataset(self.dataset_name, self.dataset_split,
+                                   seed if self.dataset_seed is None else self.dataset_seed,
+                                   self.toy_families, self.toy_prompts_per_family, prompt_column)
+
+
+@dataclass
+class DecodingArguments:
+    max_completion_length: int = _help("Maximum new tokens per response.", 256)
+    generation_batch_size: int = _help("Rows (prompt x sample) per engine forward batch.", 256)
+    top_k: int = _help("Top-k after temperature (0 = off; HF generate's default is 50).", 0)
+    top_p: float = _help("Top-p after top-k (1.0 = off).", 1.0)
+    min_p: float = _help("Min-p after top-p (0.0 = off).", 0.0)
+
+    def check_decoding(self) -> None:
+        from lpo_train.decoding.sampling import Truncation
+
+        Truncation(self.top_k, self.top_p, self.min_p)  # raises a clear error
+        if self.max_completion_length < 1 or self.generation_batch_size < 1:
+            raise ValueError("max_completion_length and generation_batch_size must be >= 1, got "
+                             f"{self.max_completion_length} and {self.generation_batch_size}.")
+
+    def truncation(self) -> dict:
+        return {"top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p}
+
+
+@dataclass
+class SamplingArguments(DecodingArguments):
+    num_generations: int = _help("Responses sampled per prompt (N).", 8)
+
+
+SHARED_FIELDS = tuple(f.name for cls in (PromptDataArguments, SamplingArguments) for f in dataclasses.fields(cls))
