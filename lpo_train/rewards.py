@@ -16,10 +16,8 @@ from pathlib import Path
 
 import torch
 
-from lpo_train.tasks import toy
-from lpo_train.tasks.reasoning import reasoning_gym_reward
-from lpo_train.tasks.smollm2_mix import smollm2_mix_reward
-from lpo_train.text import answer_mentioned, completion_text, long_non_repetitive, repetition_rate  # noqa: F401
+from lpo_train.registry import builtin_rewards, register_reward
+from lpo_train.text import completion_text, repetition_rate
 
 
 def negative_repetition_reward(prompts, completions, **kwargs) -> list[float]:
@@ -27,35 +25,11 @@ def negative_repetition_reward(prompts, completions, **kwargs) -> list[float]:
     return [-repetition_rate(completion_text(c)) for c in completions]
 
 
-def real_mix_reward(prompts, completions, family, answer, **kwargs) -> list[float]:
-    """For the SmolLM2 run of the evaluation issue: ``arith`` = the last number is the sum,
-    ``capital`` = the capital is named, ``story`` = ``long_non_repetitive``."""
-    out = []
-    for c, f, a in zip(completions, family, answer, strict=True):
-        text = completion_text(c)
-        if f == "arith":
-            out.append(toy.arith_final_score(text, a))
-        elif f == "capital":
-            out.append(answer_mentioned(text, a))
-        elif f == "story":
-            out.append(long_non_repetitive(text))
-        else:
-            raise ValueError(f"real_mix has no reward for family {f!r} (arith, capital, story).")
-    return out
+register_reward("negative_repetition", negative_repetition_reward)
 
 
-BUILTIN_REWARDS: dict[str, Callable] = {
-    "toy": toy.toy_reward,
-    "arith": toy.arith_reward,
-    "arith_final": toy.arith_final_reward,
-    "story": toy.story_reward,
-    "constrained": toy.constrained_reward,
-    "sentiment": toy.sentiment_reward,
-    "negative_repetition": negative_repetition_reward,
-    "real_mix": real_mix_reward,
-    "smollm2_mix": smollm2_mix_reward,
-    "reasoning_gym": reasoning_gym_reward,
-}
+def builtin_reward_names() -> list[str]:
+    return sorted(builtin_rewards())
 
 
 class RewardModel:
@@ -108,8 +82,8 @@ def resolve_reward(spec) -> Callable:
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"A reward must be a callable, a name, 'module:function' or a model; got {type(spec)}.")
     spec = str(spec)
-    if spec in BUILTIN_REWARDS:
-        return BUILTIN_REWARDS[spec]
+    if spec in builtin_rewards():
+        return builtin_rewards()[spec]
     if ":" in spec and not Path(spec).exists():
         module_name, _, attr = spec.partition(":")
         import sys
@@ -126,7 +100,7 @@ def resolve_reward(spec) -> Callable:
         return fn
     if Path(spec).is_dir() or "/" in spec:
         return RewardModel(spec)
-    raise ValueError(f"Unknown reward {spec!r}. Built-in rewards: {sorted(BUILTIN_REWARDS)}; or give "
+    raise ValueError(f"Unknown reward {spec!r}. Built-in rewards: {builtin_reward_names()}; or give "
                      "'package.module:function', a callable, or a sequence-classification model path/id.")
 
 

@@ -1,6 +1,7 @@
 """Replication (f): the (a) protocol on the real SmolLM2-135M-Instruct, on the ``smollm2_mix`` suite (CPU).
 
     python scripts/replicate_smollm2.py --seeds 0 1 2        # -> docs/results/smollm2_mixed_seq.json (+ _offline)
+    python scripts/replicate_smollm2.py --seeds 0 1 2 --tag n6_all --train-args --num_generations 6 --pair_mode all
 
 Per seed s:
 1. LPO with the shipped recipe (recipes/smollm2-135m/lpo_seq.yaml: sequence level, Eq. 10, stratified
@@ -41,17 +42,17 @@ def headroom(fixed_by_family: dict[str, dict[float, float]]) -> dict:
             "per_family_best_mean_reward": oracle, "fixed_mean_reward": {f"{t:.1f}": overall[t] for t in TEMPS}}
 
 
-def train_head(protocol: str, seed: int, out: Path, extra: list[str]) -> tuple[Path, float]:
+def train_head(protocol: str, seed: int, out: Path, extra: list[str], tag: str = "") -> tuple[Path, float]:
     from lpo_train.train import main as train_main
 
-    head_dir = out / f"head_{protocol}_seed{seed}"
+    head_dir = out / f"head_{protocol}{'_' + tag if tag else ''}_seed{seed}"
     if (head_dir / "model.safetensors").exists():
         return head_dir, float("nan")
     start = time.time()
     args = ["--config", str(RECIPE), "--seed", str(seed), "--output_dir", str(head_dir), "--save_strategy", "no",
             "--overwrite_output_dir", "true", *extra]
     if protocol == "offline":
-        args += ["--protocol", "offline", "--pairs_path", str(out / f"pairs_seed{seed}.parquet")]
+        args += ["--protocol", "offline", "--pairs_path", str(out / f"pairs{'_' + tag if tag else ''}_seed{seed}.parquet")]
     train_main(args)
     return head_dir, time.time() - start
 
@@ -64,6 +65,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-completion-length", type=int, default=32)
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="extra lpo-train train flags for every head (after everything else)")
+    p.add_argument("--tag", default="", help="names a variant's heads and JSON files (e.g. 'n6_all')")
     p.add_argument("--output-dir", default=str(ROOT / "outputs" / "replicate" / "smollm2_mix"))
     p.add_argument("--json-dir", default=str(ROOT / "docs" / "results"))
     args = p.parse_args(argv)
@@ -74,7 +76,8 @@ def main(argv=None) -> dict:
     for seed in args.seeds:
         heads = {}
         for protocol in args.protocols:
-            heads[protocol], timings[f"train_{protocol}_seed{seed}"] = train_head(protocol, seed, out, args.train_args)
+            heads[protocol], timings[f"train_{protocol}_seed{seed}"] = train_head(protocol, seed, out, args.train_args,
+                                                                                  args.tag)
         start = time.time()
         config = EvalConfig(model_name_or_path="smollm2", dataset_name="smollm2_mix:eval", reward_funcs=["smollm2_mix"],
                             temperatures=TEMPS, strategies=[f"head:{h}" for h in heads.values()],
@@ -123,7 +126,8 @@ def main(argv=None) -> dict:
                          "max_completion_length": args.max_completion_length, "train_args": args.train_args},
             "timings_seconds": timings,
         }
-        name = "smollm2_mixed_seq.json" if protocol == "online" else f"smollm2_mixed_seq_{protocol}.json"
+        suffix = ("" if protocol == "online" else f"_{protocol}") + (f"_{args.tag}" if args.tag else "")
+        name = f"smollm2_mixed_seq{suffix}.json"
         Path(args.json_dir, name).write_text(json.dumps(result, indent=2) + "\n")
         results[protocol] = result
         print(json.dumps({k: result[k] for k in ("protocol", "headroom", "win_rate_vs_fixed",

@@ -2,7 +2,8 @@
 
 import pytest
 
-from lpo_train.rewards import answer_mentioned, long_non_repetitive, resolve_reward
+from lpo_train.rewards import resolve_reward
+from lpo_train.text import answer_mentioned, long_non_repetitive
 
 
 def test_answer_mentioned_whole_words_only():

@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from lpo_train.models import build_reward_model
+from lpo_train.registry import builtin_rewards
 from lpo_train.rewards import (
-    BUILTIN_REWARDS, RewardModel, compute_rewards, repetition_rate, resolve_reward, resolve_rewards,
+    RewardModel, compute_rewards, repetition_rate, resolve_reward, resolve_rewards,
 )
 
 
 def test_builtin_names_and_dotted_paths():
-    assert resolve_reward("arith") is BUILTIN_REWARDS["arith"]
+    assert resolve_reward("arith") is builtin_rewards()["arith"]
     fn = resolve_reward("tests.helpers.my_rewards:length_reward")
     assert fn(None, ["ab", "abcd"]) == [2.0, 4.0]
     own = lambda prompts, completions, **kw: [0.0] * len(completions)  # noqa: E731
@@ -34,7 +35,7 @@ def test_weights_must_match():
 def test_repetition_rate_hand_computed():
     assert repetition_rate("a b c a b c") == pytest.approx(1 - 3 / 4)
     assert repetition_rate("one two") == 0.0 and repetition_rate("") == 0.0
-    assert BUILTIN_REWARDS["negative_repetition"](None, ["a b c a b c"]) == [pytest.approx(-0.25)]
+    assert builtin_rewards()["negative_repetition"](None, ["a b c a b c"]) == [pytest.approx(-0.25)]
 
 
 def test_compute_rewards_weights_none_and_columns():

@@ -14,11 +14,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_model_path(spec: str) -> str:
     """'toy:small' / 'toy:base' -> the cached toy LM (pretrained on first use); 'smollm2' -> the
     converted SmolLM2-135M-Instruct; anything else is returned as is (path or Hub id)."""
-    if spec.startswith("toy:"):
-        from lpo_train.tasks.toy_lm import toy_lm_path
+    from lpo_train.registry import model_spec_resolver
 
-        size, _, seed = spec[4:].partition(":")
-        return str(toy_lm_path(size or "small", int(seed or 0)))
+    resolver = model_spec_resolver(spec) if ":" in spec and "/" not in spec else None
+    if resolver is not None:  # a task's model spec, e.g. 'toy:small'
+        return resolver(spec)
     if spec == "smollm2" or (spec == SMOLLM2_ID and _offline()):
         from lpo_train.models.smollm2 import smollm2_path
 

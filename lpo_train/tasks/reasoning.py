@@ -59,3 +59,12 @@ def reasoning_gym_reward(prompts, completions, family, rg_entry, **kwargs) -> li
             fns[task] = rg.get_score_answer_fn(task)
         out.append(float(fns[task](answer=completion_text(c).strip(), entry=json.loads(entry))))
     return out
+
+
+def _register() -> None:
+    from lpo_train.registry import register_reward
+
+    register_reward("reasoning_gym", reasoning_gym_reward)
+
+
+_register()

@@ -30,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import re
 
+from lpo_train.registry import register_reward
 from lpo_train.tasks.toy import arith_final_score
-from lpo_train.text import answer_mentioned, completion_text
+from lpo_train.text import answer_mentioned, completion_text, long_non_repetitive
 
 NAME = "smollm2_mix"
 FAMILIES = ("arith", "capital", "list", "pick")
@@ -292,3 +293,24 @@ def make_rows(spec: str, seed: int = 0) -> list[dict]:
 
 def is_suite(name: str | None) -> bool:
     return bool(name) and (name == NAME or name.startswith(NAME + ":"))
+
+
+def real_mix_reward(prompts, completions, family, answer, **kwargs) -> list[float]:
+    """The earlier SmolLM2 suite (docs/results.md §8, first attempt): ``arith`` = the last number is the
+    sum, ``capital`` = the capital is named, ``story`` = ``long_non_repetitive``."""
+    out = []
+    for c, f, a in zip(completions, family, answer, strict=True):
+        text = completion_text(c)
+        if f == "arith":
+            out.append(arith_final_score(text, a))
+        elif f == "capital":
+            out.append(answer_mentioned(text, a))
+        elif f == "story":
+            out.append(long_non_repetitive(text))
+        else:
+            raise ValueError(f"real_mix has no reward for family {f!r} (arith, capital, story).")
+    return out
+
+
+register_reward(NAME, smollm2_mix_reward)
+register_reward("real_mix", real_mix_reward)

@@ -274,3 +274,14 @@ TOY_SIZES = {
     "small": ToySize(hidden_size=64, num_layers=2, num_heads=4, steps=1500, batch_size=32),
     "base": ToySize(hidden_size=128, num_layers=4, num_heads=4, steps=3000, batch_size=32),
 }
+
+
+def _register() -> None:
+    from lpo_train.registry import register_reward
+
+    for name, fn in (("toy", toy_reward), ("arith", arith_reward), ("arith_final", arith_final_reward),
+                     ("story", story_reward), ("constrained", constrained_reward), ("sentiment", sentiment_reward)):
+        register_reward(name, fn)
+
+
+_register()

@@ -112,3 +112,15 @@ def load_toy_lm(size: str = "small", seed: int = 0):
 
     path = toy_lm_path(size, seed)
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _resolve_spec(spec: str) -> str:
+    """'toy:small' / 'toy:base[:SEED]' -> the cached toy LM folder (pretrained on first use)."""
+    size, _, seed = spec[4:].partition(":")
+    return str(toy_lm_path(size or "small", int(seed or 0)))
+
+
+def register_model_specs() -> None:
+    from lpo_train.registry import register_model_spec
+
+    register_model_spec("toy", _resolve_spec)
