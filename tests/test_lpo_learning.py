@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lpo_train import AdaptiveDecoderConfig, AdaptiveDecoderHead
-from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, StepInput, generate
+from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
 from lpo_train.decoding.adaptive import exploration_probs, stratified_choices
 from lpo_train.losses import lpo_loss, uniform_reference_logps
 from lpo_train.trainers import LPOConfig, LPOTrainer
@@ -167,3 +167,13 @@ def test_corrupt_head_weights_name_the_file(tmp_path):
         AdaptiveDecoderHead.from_pretrained(tmp_path / "h")
     with pytest.raises(FileNotFoundError, match="the folder does not exist"):
         AdaptiveDecoderHead.from_pretrained(str(tmp_path / "missing" / "head"))
+
+
+def test_collapse_warning_fires_only_when_the_head_is_peaked_and_groups_tie():
+    from lpo_train.trainers.lpo_metrics import collapse_warning
+
+    k = 6
+    assert collapse_warning({"choice/entropy": 0.05, "frac_prompts_tied": 0.8}, k, 7).startswith(
+        "The head's choice distribution has collapsed (entropy 0.050 nats of a possible 1.792) and 80% ")
+    assert collapse_warning({"choice/entropy": 0.05, "frac_prompts_tied": 0.2}, k, 7) is None  # pairs still form
+    assert collapse_warning({"choice/entropy": 1.5, "frac_prompts_tied": 0.9}, k, 7) is None  # not peaked

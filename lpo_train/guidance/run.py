@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from lpo_train.cli_args import help_field as _help
 from lpo_train.config import DecodingArguments, PromptDataArguments, default_of

@@ -9,9 +9,7 @@ scores them, pairs best vs worst and keeps the traced head inputs of the paired 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +20,7 @@ from transformers import Trainer, set_seed
 from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
 from lpo_train.decoding.engine import encode_prompts
 from lpo_train.decoding.randomness import seed_for
-from lpo_train.heads import AdaptiveDecoderHead, default_model_card
+from lpo_train.heads import AdaptiveDecoderHead
 from lpo_train.losses import (
     choice_logps, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss, uniform_reference_logps,
 )
@@ -30,8 +28,12 @@ from lpo_train.models.loading import load_causal_lm
 from lpo_train.pairs import PairFeatures, SideFeatures, build_pairs, group_row, group_slices
 from lpo_train.rewards import reward_name, resolve_rewards, score_traces
 from lpo_train.trainers.lpo_config import LPOConfig
+from lpo_train.trainers.lpo_io import (
+    check_output_dir, model_card, pad, pair_record, plot_choices, stored_features, write_completions,
+)
 from lpo_train.trainers.lpo_metrics import (
-    choice_distribution_metrics, choice_entropy, generation_metrics, reduce_across_processes,
+    choice_entropy, collapse_warning, family_grad_norms, generation_metrics, pair_choice_metrics,
+    reduce_across_processes,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,41 +43,8 @@ class LPOTrainingFailed(RuntimeError):
     """Training learned nothing (no pairs, no valid reward): raised instead of presenting a head."""
 
 
-def _stored_features(row: dict, dtype: torch.dtype) -> PairFeatures:
-    """A stored pair (see ``LPOTrainer.build_pairs_dataset``) back as ``PairFeatures``."""
-    sides = []
-    for side in ("chosen", "rejected"):
-        logps = row.get(f"{side}_token_logps")
-        sides.append(SideFeatures(torch.tensor(row[f"{side}_hidden"], dtype=dtype), torch.tensor(row[f"{side}_choices"]),
-                                  None if logps is None else torch.tensor(logps, dtype=torch.float32)))
-    return PairFeatures(*sides, row["chosen_reward"], row["rejected_reward"], row.get("family"))
-
-
-def check_output_dir(args: LPOConfig) -> None:
-    """Training into a folder that holds another run's head or checkpoints needs
-    ``overwrite_output_dir`` (or a resume): a rerun never mixes its results with a stale run's."""
-    out = Path(args.output_dir)
-    if not out.is_dir() or args.resume_from_checkpoint:
-        return
-    previous = sorted(p.name for p in out.iterdir() if p.name == "model.safetensors" or p.name.startswith("checkpoint-"))
-    if not previous:
-        return
-    if not args.overwrite_output_dir:
-        raise FileExistsError(f"{out} already holds another run ({', '.join(previous[:3])}). Set "
-                              "--overwrite_output_dir true to replace it, --resume_from_checkpoint true to continue "
-                              "it, or choose another --output_dir.")
-    import shutil
-
-    for name in ("completions", "choice_histogram.png", "trainer_state.json", "model.safetensors", *previous):
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def _pad(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
-    return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=value)
+def model_grid(trainer) -> tuple[float, ...]:
+    return trainer.accelerator.unwrap_model(trainer.model).config.grid
 
 
 class LPOTrainer(Trainer):
@@ -178,7 +147,7 @@ class LPOTrainer(Trainer):
         if not batches:
             return batches, None
         if self.args.protocol == "offline":  # batches of stored pairs
-            features = [[_stored_features(row, self.lm.dtype) for row in batch] for batch in batches]
+            features = [[stored_features(row, self.lm.dtype) for row in batch] for batch in batches]
             total = max(sum(map(len, features)), 1)
             return [self._collate(f, total) for f in features], None
         rows = [row for batch in batches for row in batch]
@@ -254,24 +223,10 @@ class LPOTrainer(Trainer):
         if features:  # what the traced features of one pair cost (budget this at paper scale)
             self._record({"features/bytes_per_pair": sum(f.chosen.nbytes() + f.rejected.nbytes() for f in features)
                           / len(features)})
-        stored = [self._pair_record(rows[p.prompt_index], p, f, traces) for p, f in zip(pairs, features)] \
-            if keep_records else []
+        stored = [pair_record(rows[p.prompt_index], p, f, traces, n, self._prompt_seed(rows[p.prompt_index]))
+                  for p, f in zip(pairs, features)] if keep_records else []
         counts = torch.tensor([len(pairs), int((~rewards.isnan()).sum()), len(rewards)], dtype=torch.float64)
         return features, stored, counts
-
-    def _pair_record(self, row, pair, features: PairFeatures, traces) -> dict:
-        n = self.args.num_generations
-        record = {"prompt": json.dumps(row["prompt"]), "family": row.get("family"),
-                  "seed": self._prompt_seed(row), "num_generations": n,
-                  "chosen_index": pair.chosen, "rejected_index": pair.rejected,
-                  "chosen_reward": pair.chosen_reward, "rejected_reward": pair.rejected_reward}
-        for side, feats, sample in (("chosen", features.chosen, pair.chosen),
-                                    ("rejected", features.rejected, pair.rejected)):
-            record[f"{side}_text"] = traces[group_row(pair.prompt_index, sample, n)].text
-            record[f"{side}_hidden"] = feats.hidden.float().tolist()
-            record[f"{side}_choices"] = feats.choices.tolist()
-            record[f"{side}_token_logps"] = None if feats.token_logps is None else feats.token_logps.tolist()
-        return record
 
     @contextmanager
     def _head_for_generation(self):
@@ -318,12 +273,12 @@ class LPOTrainer(Trainer):
             return out
         for side in ("chosen", "rejected"):
             sides = [getattr(f, side) for f in features]
-            out[f"{side}_hidden"] = _pad([x.hidden for x in sides]).to(device)
-            out[f"{side}_choices"] = _pad([x.choices for x in sides], -1).to(device)
-            out[f"{side}_mask"] = _pad([torch.ones(len(x.hidden)) for x in sides]).to(device)
+            out[f"{side}_hidden"] = pad([x.hidden for x in sides]).to(device)
+            out[f"{side}_choices"] = pad([x.choices for x in sides], -1).to(device)
+            out[f"{side}_mask"] = pad([torch.ones(len(x.hidden)) for x in sides]).to(device)
             if sides[0].token_logps is not None:
-                out[f"{side}_token_logps"] = _pad([x.token_logps for x in sides], 0.0).to(device)
-                out[f"{side}_token_mask"] = _pad([torch.ones(len(x.token_logps)) for x in sides]).to(device)
+                out[f"{side}_token_logps"] = pad([x.token_logps for x in sides], 0.0).to(device)
+                out[f"{side}_token_mask"] = pad([torch.ones(len(x.token_logps)) for x in sides]).to(device)
             out[f"{side}_reward"] = torch.tensor([getattr(f, f"{side}_reward") for f in features], device=device)
         return out
 
@@ -372,35 +327,10 @@ class LPOTrainer(Trainer):
                           "pairs/reward_chosen": inputs["chosen_reward"].mean(),
                           "pairs/reward_rejected": inputs["rejected_reward"].mean()})
             if args.protocol == "offline":  # the choice metrics of the stored pairs, and of the head on them
-                self._record_pair_choices(inputs, lp_c_all, lp_r_all)
+                self._record(pair_choice_metrics(inputs, lp_c_all, lp_r_all, model_grid(self)))
         if model.training and not self.is_deepspeed_enabled:
-            self._record_family_grad_norms(model, per_pair, inputs)
+            self._record(family_grad_norms(model, per_pair, inputs["family"], inputs["num_pairs_in_step"]))
         return (loss, None) if return_outputs else loss
-
-    def _record_pair_choices(self, inputs, lp_c_all, lp_r_all) -> None:
-        grid = self.accelerator.unwrap_model(self.model).config.grid
-        entropies, choices, values = [], [], []
-        for side, lp in (("chosen", lp_c_all), ("rejected", lp_r_all)):
-            mask = inputs[f"{side}_mask"].bool()
-            entropies += choice_entropy(lp)[mask].tolist()
-            picked = inputs[f"{side}_choices"][mask].tolist()
-            choices += picked
-            values += [grid[c] for c in picked]
-        self._record(choice_distribution_metrics("choice", entropies, choices, values, grid))
-
-    def _record_family_grad_norms(self, model, per_pair, inputs) -> None:
-        """``grad_norm/<family>``: the norm of the gradient of each family's share of the loss
-        (one extra backward through the small head per family; the LM is not involved)."""
-        families = inputs["family"]
-        if len(set(families)) < 2 or None in families:
-            return
-        params = [p for p in model.parameters() if p.requires_grad]
-        for fam in sorted(set(families)):
-            idx = torch.tensor([i for i, f in enumerate(families) if f == fam], device=per_pair.device)
-            grads = torch.autograd.grad(per_pair[idx].sum() / inputs["num_pairs_in_step"], params,
-                                        retain_graph=True, allow_unused=True)
-            norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
-            self._record({f"grad_norm/{fam}": norm})
 
     # --- metrics, logging ----------------------------------------------------------------------
 
@@ -431,40 +361,17 @@ class LPOTrainer(Trainer):
         } for i, t in enumerate(traces)]
 
     def _warn_on_collapse(self, metrics: dict, k: int) -> None:
-        collapsed = metrics["choice/entropy"] < 0.1 * math.log(k) if k > 1 else False
-        if collapsed and metrics["frac_prompts_tied"] >= 0.5 and not self._warned_collapse:
+        message = collapse_warning(metrics, k, self.state.global_step)
+        if message and not self._warned_collapse:
             self._warned_collapse = True
-            logger.warning(
-                "The head's choice distribution has collapsed (entropy %.3f nats of a possible %.3f) and %.0f%% of "
-                "the prompts' responses tied at step %d: pairs are drying up. Keep exploration on, lower the "
-                "learning rate, or raise num_generations.", metrics["choice/entropy"], math.log(k),
-                100 * metrics["frac_prompts_tied"], self.state.global_step)
+            logger.warning(message)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs.update(reduce_across_processes(self.accelerator, self._metrics))
         self._metrics.clear()
         if self._completions and self.is_world_process_zero():
-            self._write_completions()
+            write_completions(self._completions, self.args.output_dir, self.state.global_step, self.args.report_to)
         super().log(logs, start_time)
-
-    def _write_completions(self) -> None:
-        import pandas as pd
-
-        folder = Path(self.args.output_dir) / "completions"
-        folder.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame(self._completions)
-        frame.to_parquet(folder / f"completions_{self.state.global_step:05d}.parquet")
-        trackers = self.args.report_to or []
-        table = frame.astype({"choices": str})
-        if "wandb" in trackers:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.log({"completions": wandb.Table(dataframe=table)}, step=self.state.global_step)
-        if "trackio" in trackers:
-            import trackio
-
-            trackio.log({"completions": trackio.Table(dataframe=table)}, step=self.state.global_step)
 
     # --- saving -----------------------------------------------------------------------------
 
@@ -477,7 +384,7 @@ class LPOTrainer(Trainer):
             head.config.base_model = head.config.base_model or self.lm.config.name_or_path
             head.save_pretrained(output_dir, model_card=self._model_card(head), state_dict=state)
             self.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, next to the head
-            self._plot_choices(Path(output_dir))
+            plot_choices(self._completions, head.config.grid, self.args.knob, Path(output_dir))
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Called by ``push_to_hub``: keep lpo-train's head card rather than Trainer's LM card."""
@@ -507,36 +414,5 @@ class LPOTrainer(Trainer):
         head.load_state_dict(load_head_weights(Path(resume_from_checkpoint) / "model.safetensors"))
 
     def _model_card(self, head) -> str:
-        a = self.args
-        last = {k: v for entry in self.state.log_history for k, v in entry.items()
-                if k in ("loss", "reward", "rewards/accuracies", "choice/mean_value")}
-        rows = [("loss", a.loss_type), ("beta", a.beta), ("data", a.dataset_name or "custom dataset"),
-                ("rewards", ", ".join(reward_name(f) for f in self.reward_funcs)),
-                ("num_generations", a.num_generations), ("steps", self.state.global_step)]
-        rows += [(f"final {k}", f"{v:.4g}") for k, v in last.items()]
-        extra = "".join(f"| {k} | {v} |\n" for k, v in rows)
-        return default_model_card(head.config, extra)
-
-    def _plot_choices(self, folder: Path) -> None:
-        if not self._completions:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        by_family = defaultdict(list)
-        for row in self._completions:
-            by_family[row["family"] or "all"].extend(row["choices"])
-        grid = list(self.accelerator.unwrap_model(self.model).config.grid)
-        fig, axes = plt.subplots(1, len(by_family), figsize=(3.2 * len(by_family), 2.8), squeeze=False)
-        for ax, (fam, vals) in zip(axes[0], sorted(by_family.items())):
-            counts = [vals.count(g) / max(len(vals), 1) for g in grid]
-            ax.bar([f"{g:g}" for g in grid], counts)
-            ax.set(title=fam, xlabel=self.args.knob, ylim=(0, 1))
-        axes[0][0].set_ylabel("share of choices")
-        fig.tight_layout()
-        from lpo_train.evaluation.plots import save
-
-        save(fig, folder / "choice_histogram.png", 100)
-        plt.close(fig)
+        return model_card(head.config, self.args, self.state.log_history, [reward_name(f) for f in self.reward_funcs],
+                          self.state.global_step)

@@ -88,3 +88,38 @@ def reduce_across_processes(accelerator, local: dict[str, list[float]]) -> dict[
         both = accelerator.reduce(torch.stack([sums, counts]).to(accelerator.device), reduction="sum").cpu()
         sums, counts = both[0], both[1]
     return {k: (s / c).item() if c > 0 else math.nan for k, s, c in zip(keys, sums, counts)}
+
+
+def pair_choice_metrics(inputs: dict, lp_chosen: torch.Tensor, lp_rejected: torch.Tensor, grid) -> dict[str, float]:
+    """The choice metrics of stored pairs (their recorded choices) and of the head on them (entropy)."""
+    entropies, choices = [], []
+    for side, lp in (("chosen", lp_chosen), ("rejected", lp_rejected)):
+        mask = inputs[f"{side}_mask"].bool()
+        entropies += choice_entropy(lp)[mask].tolist()
+        choices += inputs[f"{side}_choices"][mask].tolist()
+    return choice_distribution_metrics("choice", entropies, choices, [grid[c] for c in choices], grid)
+
+
+def family_grad_norms(model, per_pair: torch.Tensor, families: list, num_pairs_in_step: int) -> dict[str, float]:
+    """``grad_norm/<family>``: the norm of the gradient of each family's share of the loss (one extra
+    backward through the small head per family; the LM is not involved)."""
+    if len(set(families)) < 2 or None in families:
+        return {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = {}
+    for fam in sorted(set(families)):
+        idx = torch.tensor([i for i, f in enumerate(families) if f == fam], device=per_pair.device)
+        grads = torch.autograd.grad(per_pair[idx].sum() / num_pairs_in_step, params, retain_graph=True,
+                                    allow_unused=True)
+        out[f"grad_norm/{fam}"] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)).item()
+    return out
+
+
+def collapse_warning(metrics: dict, k: int, step: int) -> str | None:
+    """A message when the head's choice distribution has collapsed while most prompts' responses tie."""
+    if k < 2 or not metrics["choice/entropy"] < 0.1 * math.log(k) or metrics["frac_prompts_tied"] < 0.5:
+        return None
+    return (f"The head's choice distribution has collapsed (entropy {metrics['choice/entropy']:.3f} nats of a "
+            f"possible {math.log(k):.3f}) and {100 * metrics['frac_prompts_tied']:.0f}% of the prompts' responses tied "
+            f"at step {step}: pairs are drying up. Keep exploration on, lower the learning rate, or raise "
+            "num_generations.")

@@ -1,0 +1,116 @@
+"""What LPO training reads and writes, as functions: stored offline pairs, the output folder's
+hygiene, the completions tables, the head's card and its choice histogram."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from lpo_train.heads import default_model_card
+from lpo_train.pairs import PairFeatures, SideFeatures, group_row
+
+
+def stored_features(row: dict, dtype: torch.dtype) -> PairFeatures:
+    """A stored pair (``pair_record``) back as ``PairFeatures``."""
+    sides = []
+    for side in ("chosen", "rejected"):
+        logps = row.get(f"{side}_token_logps")
+        sides.append(SideFeatures(torch.tensor(row[f"{side}_hidden"], dtype=dtype), torch.tensor(row[f"{side}_choices"]),
+                                  None if logps is None else torch.tensor(logps, dtype=torch.float32)))
+    return PairFeatures(*sides, row["chosen_reward"], row["rejected_reward"], row.get("family"))
+
+
+def pair_record(row: dict, pair, features: PairFeatures, traces, num_generations: int, seed: int) -> dict:
+    """A storable record of one pair: the prompt, its seed, both texts, choices, rewards and features."""
+    n = num_generations
+    record = {"prompt": json.dumps(row["prompt"]), "family": row.get("family"), "seed": seed, "num_generations": n,
+              "chosen_index": pair.chosen, "rejected_index": pair.rejected,
+              "chosen_reward": pair.chosen_reward, "rejected_reward": pair.rejected_reward}
+    for side, feats, sample in (("chosen", features.chosen, pair.chosen), ("rejected", features.rejected, pair.rejected)):
+        record[f"{side}_text"] = traces[group_row(pair.prompt_index, sample, n)].text
+        record[f"{side}_hidden"] = feats.hidden.float().tolist()
+        record[f"{side}_choices"] = feats.choices.tolist()
+        record[f"{side}_token_logps"] = None if feats.token_logps is None else feats.token_logps.tolist()
+    return record
+
+
+def check_output_dir(args) -> None:
+    """Training into a folder that holds another run's head or checkpoints needs
+    ``overwrite_output_dir`` (or a resume): a rerun never mixes its results with a stale run's."""
+    out = Path(args.output_dir)
+    if not out.is_dir() or args.resume_from_checkpoint:
+        return
+    previous = sorted(p.name for p in out.iterdir() if p.name == "model.safetensors" or p.name.startswith("checkpoint-"))
+    if not previous:
+        return
+    if not args.overwrite_output_dir:
+        raise FileExistsError(f"{out} already holds another run ({', '.join(previous[:3])}). Set "
+                              "--overwrite_output_dir true to replace it, --resume_from_checkpoint true to continue "
+                              "it, or choose another --output_dir.")
+    import shutil
+
+    for name in ("completions", "choice_histogram.png", "trainer_state.json", "model.safetensors", *previous):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def pad(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=value)
+
+
+def write_completions(completions: list[dict], output_dir: str, step: int, report_to) -> None:
+    """``output_dir/completions/completions_<step>.parquet``, and a table for W&B / trackio."""
+    import pandas as pd
+
+    folder = Path(output_dir) / "completions"
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(completions)
+    frame.to_parquet(folder / f"completions_{step:05d}.parquet")
+    trackers = report_to or []
+    table = frame.astype({"choices": str})
+    if "wandb" in trackers:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.log({"completions": wandb.Table(dataframe=table)}, step=step)
+    if "trackio" in trackers:
+        import trackio
+
+        trackio.log({"completions": trackio.Table(dataframe=table)}, step=step)
+
+
+def model_card(head_config, args, log_history: list[dict], reward_names: list[str], steps: int) -> str:
+    last = {k: v for entry in log_history for k, v in entry.items()
+            if k in ("loss", "reward", "rewards/accuracies", "choice/head_mean_value")}
+    rows = [("loss", args.loss_type), ("beta", args.beta), ("data", args.dataset_name or "custom dataset"),
+            ("rewards", ", ".join(reward_names)), ("num_generations", args.num_generations),
+            ("exploration", args.exploration), ("steps", steps)]
+    rows += [(f"final {k}", f"{v:.4g}") for k, v in last.items()]
+    return default_model_card(head_config, "".join(f"| {k} | {v} |\n" for k, v in rows))
+
+
+def plot_choices(completions: list[dict], grid, knob: str, folder: Path) -> None:
+    """``choice_histogram.png``: the share of the last step's sampled choices per grid value and family."""
+    if not completions:
+        return
+    from lpo_train.evaluation.plots import _pyplot, save
+
+    plt = _pyplot()
+    by_family = defaultdict(list)
+    for row in completions:
+        by_family[row["family"] or "all"].extend(row["choices"])
+    grid = list(grid)
+    fig, axes = plt.subplots(1, len(by_family), figsize=(3.2 * len(by_family), 2.8), squeeze=False)
+    for ax, (fam, vals) in zip(axes[0], sorted(by_family.items())):
+        ax.bar([f"{g:g}" for g in grid], [vals.count(g) / max(len(vals), 1) for g in grid])
+        ax.set(title=fam, xlabel=knob, ylim=(0, 1))
+    axes[0][0].set_ylabel("share of sampled choices")
+    fig.tight_layout()
+    save(fig, folder / "choice_histogram.png", 100)
+    plt.close(fig)
