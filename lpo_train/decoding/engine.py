@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from lpo_train.decoding.randomness import seed_for
+from lpo_train.decoding.rows import RowRecord
 from lpo_train.decoding.rules import FixedTemperature, Rule, StepInput, entropy
 from lpo_train.decoding.sampling import Truncation, sample_from, warp
 
@@ -211,6 +212,10 @@ class RowSearch:
                  final: bool) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def reorder(self, src: torch.Tensor, alive: torch.Tensor) -> None:
+        """Rows were reordered after a (non-final) boundary: new row r continues ``src[r]``; ``alive``
+        rows keep decoding. The engine calls it with the streams' reorder (scorer caches follow)."""
+
 
 def _copy_seeds(seeds: torch.Tensor, src: torch.Tensor, step: int) -> torch.Tensor:
     """Row seeds after a reorder: first copy of a source keeps its seed, others get derived ones."""
@@ -285,34 +290,50 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
             search.begin([i for i, _ in chunk], [encoded[i] for i, _ in chunk], n)
         seeds = torch.tensor(row_seeds[start:start + batch_size], device=streams[0].device)
         groups = torch.tensor(group_seeds[start:start + batch_size], device=streams[0].device)
-        traces += _decode_batch(streams, tokenizer, [encoded[i] for i, _ in chunk], chunk, rule,
-                                params, (seeds, groups), eos_ids, pad_id, search, stats)
+        traces += _decode_batch(streams, tokenizer, _Chunk(chunk, [encoded[i] for i, _ in chunk], seeds, groups),
+                                rule, params, eos_ids, pad_id, search, stats)
     return traces
 
 
-def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos_ids, pad_id, search, stats):
-    seeds, group_seeds = seeds
-    sample_index = torch.tensor([row[1] for row in rows], device=seeds.device)
+@dataclass
+class _Chunk:
+    """One forward batch of rows and everything its decoding loop reads."""
+
+    rows: list[tuple[int, int]]  # (prompt index, sample index) per row
+    prompt_ids: list[list[int]]
+    seeds: torch.Tensor  # [B] per-row seeds
+    group_seeds: torch.Tensor  # [B] per-prompt seeds (shared by a prompt's samples)
+
+
+def _reorder(rec: RowRecord, search, src: torch.Tensor, final: bool) -> None:
+    """Rows after a beam-search boundary: the record and, when decoding goes on, the search's own
+    scorer caches (the streams and the rule's state follow with ``_keep``)."""
+    rec.reorder(src)
+    if not final:
+        search.reorder(src, rec.alive)
+
+
+def _keep(streams, state: dict, keep: torch.Tensor) -> dict:
+    """Keep only the stream rows ``keep`` (in that order): every model's cache, main and auxiliary, and the
+    rule's state. With ``_reorder`` the one place rows move, whether finished rows leave or beams copy."""
+    for stream in streams:
+        stream.select(keep)
+    return {k: v[keep] for k, v in state.items()}
+
+
+def _decode_batch(streams, tokenizer, chunk: _Chunk, rule, params, eos_ids, pad_id, search, stats):
+    rows, seeds = chunk.rows, chunk.seeds
     main = streams[0]
-    device, batch, steps = main.device, len(prompt_ids), params.max_new_tokens
-    tokens = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)
-    values = torch.zeros((batch, steps), device=device)
-    entropies = torch.zeros((batch, steps), device=device)
-    choices = torch.full((batch, steps), -1, dtype=torch.long, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    finish = ["length"] * batch
-    hidden_steps = 1 if rule.level == "sequence" else steps
-    hiddens = (torch.zeros((batch, hidden_steps, main.hidden.shape[-1]), dtype=main.hidden.dtype, device=device)
-               if params.trace_hidden else None)
-    choice_logps = None
+    device, batch, steps = main.device, len(rows), params.max_new_tokens
+    rec = RowRecord(batch, steps, pad_id, device, main.hidden if params.trace_hidden else None,
+                    1 if rule.level == "sequence" else steps)
     truncation = params.truncation
     eos = torch.tensor(sorted(eos_ids), device=device)
     max_stop = max((len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in params.stop_strings),
                    default=0)
-
-    active = torch.arange(batch, device=device)
+    sample_index = torch.tensor([row[1] for row in rows], device=device)
     prompt_index = torch.tensor([row[0] for row in rows], device=device)
-    alive = torch.ones(batch, dtype=torch.bool, device=device)
+    active = torch.arange(batch, device=device)
     all_seeds = seeds.clone()
     scores = None
     state = rule.init_state(batch, device)
@@ -322,99 +343,52 @@ def _decode_batch(streams, tokenizer, prompt_ids, rows, rule, params, seeds, eos
         inp = StepInput(logits=logits, hidden=main.hidden, state=state, step=step, row_seeds=seeds,
                         aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy, truncation=truncation)
         if step == 0:  # before any row finishes or is reordered: rows are still the chunk's rows
-            inp.group_seeds, inp.sample_index = group_seeds, sample_index
+            inp.group_seeds, inp.sample_index = chunk.group_seeds, sample_index
         if rule.needs_history:
-            inp.generated, inp.prompt_index = tokens[active, :step], prompt_index[active]
+            inp.generated, inp.prompt_index = rec.tokens[active, :step], prompt_index[active]
         out = rule.step(inp)
         step_logits = out.logits if out.logits is not None else logits
         probs = out.probs if out.probs is not None else warp(step_logits, out.temperature, truncation)
         token = sample_from(probs, inp.uniforms(purpose=0))
 
-        rows_now = slice(None) if len(active) == batch else active  # plain slices until a row finishes
-        tokens[rows_now, step] = token
-        values[rows_now, step] = (out.value if out.value is not None else out.temperature).float()
-        entropies[rows_now, step] = step_entropy
-        lengths[rows_now] += 1
-        if out.choice is not None and (rule.level == "token" or step == 0):
-            choices[rows_now, step] = out.choice
-        if hiddens is not None and step < hidden_steps:
-            hiddens[rows_now, step] = main.hidden
-        if params.trace_choice_logps:
-            lp = rule.choice_logps(step_logits, token, truncation)
-            if lp is not None:
-                if choice_logps is None:
-                    choice_logps = torch.zeros((batch, steps, lp.shape[-1]), device=device)
-                choice_logps[rows_now, step] = lp.float()
+        lp = rule.choice_logps(step_logits, token, truncation) if params.trace_choice_logps else None
+        rec.record(slice(None) if len(active) == batch else active,  # plain slices until a row finishes
+                   step, token, out.value if out.value is not None else out.temperature, step_entropy,
+                   out.choice if rule.level == "token" or step == 0 else None, main.hidden, lp)
 
         done = torch.isin(token, eos) & (not params.ignore_eos)
-        for j in done.nonzero().flatten().tolist():
-            finish[active[j]] = "eos"
+        rec.finished(active[done].tolist(), "eos")
         if params.stop_strings:
-            for j, r in enumerate(active.tolist()):
-                if not done[j]:
-                    tail = tokenizer.decode(tokens[r, max(0, step - max_stop):step + 1])
-                    if any(s in tail for s in params.stop_strings):
-                        done[j], finish[r] = True, "stop"
-        alive[active[done]] = False
-        last = step == steps - 1 or not alive.any()
+            stopped = [j for j, r in enumerate(active.tolist()) if not done[j] and any(
+                s in tokenizer.decode(rec.tokens[r, max(0, step - max_stop):step + 1]) for s in params.stop_strings)]
+            done[stopped] = True
+            rec.finished(active[stopped].tolist(), "stop")
+        last = step == steps - 1 or not rec.alive.any()
         if search is not None and (last or (search.chunk_len and (step + 1) % search.chunk_len == 0)):
             position = torch.full((batch,), -1, dtype=torch.long, device=device)
             position[active] = torch.arange(len(active), device=device)  # row -> index in the streams
             final = last
             while True:  # final: src ranks the rows (a permutation); otherwise survivors are copied
-                src = search.boundary(tokens, lengths, alive, final=final).to(device)
-                tokens, values, entropies, choices, lengths, hiddens, choice_logps, alive = (
-                    None if x is None else x[src]
-                    for x in (tokens, values, entropies, choices, lengths, hiddens, choice_logps, alive))
-                finish = [finish[j] for j in src.tolist()]
-                if final or alive.any():
+                src = search.boundary(rec.tokens, rec.lengths, rec.alive, final=final).to(device)
+                _reorder(rec, search, src, final)
+                if final or rec.alive.any():
                     break
                 final = True  # every survivor had already finished: rank them once more and stop
             if final:
                 scores = search.final_scores
                 break
             all_seeds = _copy_seeds(all_seeds, src, step)
-            active = alive.nonzero().flatten()
-            keep = position[src[active]]
-            token, seeds = tokens[active, step], all_seeds[active]
-            for s in streams:
-                s.select(keep)
-            state = {k: v[keep] for k, v in state.items()}
+            active = rec.alive.nonzero().flatten()
+            token, seeds = rec.tokens[active, step], all_seeds[active]
+            state = _keep(streams, state, position[src[active]])
         else:
             if last:
                 break
             if done.any():
                 keep = (~done).nonzero().flatten()
                 active, token, seeds = active[keep], token[keep], seeds[keep]
-                for s in streams:
-                    s.select(keep)
-                state = {k: v[keep] for k, v in state.items()}
+                state = _keep(streams, state, keep)
         stats["forward_tokens"] += len(active)
         for s in streams:
             s.advance(token)
-
-    traces = [_trace(tokenizer, rows[r], prompt_ids[r], tokens[r, :lengths[r]], finish[r],
-                     values[r, :lengths[r]], entropies[r, :lengths[r]], choices[r, :lengths[r]],
-                     None if hiddens is None else hiddens[r, :min(hidden_steps, lengths[r])],
-                     None if choice_logps is None else choice_logps[r, :lengths[r]],
-                     params.stop_strings)
-              for r in range(batch)]
-    if scores is not None:
-        for t, sc in zip(traces, scores.tolist()):
-            t.score = sc
-    return traces
-
-
-def _trace(tokenizer, row, prompt_ids, tokens, finish, values, entropies, choices, hidden,
-           choice_logps, stop_strings) -> Trace:
-    token_ids = tokens.tolist()
-    text = tokenizer.decode(token_ids, skip_special_tokens=True)
-    if finish == "stop":
-        cut = min((text.find(s) + len(s) for s in stop_strings if s in text), default=len(text))
-        text = text[:cut]
-    picked = [c for c in choices.tolist() if c >= 0]
-    return Trace(prompt_index=row[0], sample_index=row[1], prompt_ids=list(prompt_ids),
-                 token_ids=token_ids, text=text, finish_reason=finish,
-                 values=values.tolist(), entropies=entropies.tolist(),
-                 choices=picked or None,
-                 hidden=hidden, choice_logps=choice_logps)  # left on the device: callers copy what they keep
+    return rec.traces(tokenizer, rows, chunk.prompt_ids, params.stop_strings, scores)

@@ -50,10 +50,11 @@ class ChunkBeamSearch(RowSearch):
             src = (order + offsets).flatten()
             self.final_scores = scores[src] if self.scorer is not None else None
             return src
-        src = (order[:, :self.width].repeat(1, self.candidates) + offsets).flatten()
+        return (order[:, :self.width].repeat(1, self.candidates) + offsets).flatten()
+
+    def reorder(self, src, alive):
         if self.scorer is not None:
-            self.scorer.select(src, alive.cpu()[src])
-        return src
+            self.scorer.select(src.cpu(), alive.cpu())
 
 
 def guided_generate(model, tokenizer, prompts, rule: Rule | None = None, scorer: ChunkScorer | None = None,
