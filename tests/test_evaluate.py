@@ -76,3 +76,16 @@ def test_cli_evaluate(toy_lm_folder, tmp_path, capsys):
     main(["evaluate", "--model_name_or_path", str(toy_lm_folder), "--toy_prompts_per_family", "2",
           "--num_generations", "2", "--temperatures", "0", "1", "--n_boot", "20", "--output_dir", str(tmp_path / "e")])
     assert "win vs T=0" in capsys.readouterr().out and (tmp_path / "e" / "results.json").exists()
+
+
+def test_rerun_with_other_settings_recomputes_and_same_settings_resume(toy_lm_folder, tmp_path, capsys):
+    out = tmp_path / "eval"
+    first = evaluate(_config(tmp_path, toy_lm_folder, temperatures=[1.0], num_generations=2))
+    assert "resumed" not in capsys.readouterr().out
+    same = evaluate(_config(tmp_path, toy_lm_folder, temperatures=[1.0], num_generations=2))
+    assert "resumed: reused 1 finished strategies" in capsys.readouterr().out
+    assert same["T=1"]["mean_reward"] == first["T=1"]["mean_reward"]
+    other = evaluate(_config(tmp_path, toy_lm_folder, temperatures=[1.0], num_generations=3))
+    assert "computed with other settings" in capsys.readouterr().out  # never the stale N = 2 numbers
+    raw = json.loads((out / "strategies" / "T=1.json").read_text())
+    assert all(len(r) == 3 for r in raw["rewards"]) and other["T=1"]["mean_reward"] is not None

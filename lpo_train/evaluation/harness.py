@@ -357,9 +357,9 @@ def run_fingerprint(config: EvalConfig, model, rows: list[dict], funcs) -> dict:
 
     import inspect
 
-    def source(fn):  # a user's edited reward file changes its fingerprint
+    def source(fn):  # an edited reward module (the function, or a lexicon beside it) changes the fingerprint
         try:
-            return rows_fingerprint([inspect.getsource(fn)])
+            return file_fingerprint(Path(inspect.getsourcefile(fn)))
         except (OSError, TypeError):
             return None
 
