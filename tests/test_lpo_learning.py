@@ -10,17 +10,12 @@ from lpo_train import AdaptiveDecoderConfig, AdaptiveDecoderHead
 from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
 from lpo_train.decoding.adaptive import exploration_probs, stratified_choices
 from lpo_train.losses import lpo_loss, uniform_reference_logps
-from lpo_train.trainers import LPOConfig, LPOTrainer
+from lpo_train.trainers import LPOTrainer
+from tests.helpers.configs import toy_lpo_config
 from lpo_train.trainers.lpo import LPOTrainingFailed
 
 
-def _config(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), dataset_name="toy", toy_families=["arith", "story"],
-                toy_prompts_per_family=4, num_generations=4, max_completion_length=32,
-                per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, beta=1.0,
-                save_strategy="no", report_to="none", use_cpu=True, seed=0, logging_steps=1)
-    base.update(kw)
-    return LPOConfig(**base)
+_config = toy_lpo_config
 
 
 def _peaked_head(hidden_size, level="sequence", favour=0, k=6):
