@@ -362,3 +362,25 @@ def test_search_stops_when_every_survivor_has_finished(models):
             assert r[0].score == 100.0 - len(r[0].token_ids) and r[0].token_ids[-1] == eos
             assert all(len(t.token_ids) <= 10 for t in r)  # nothing decoded past the boundary that kept them
     assert any(r[0].finish_reason == "eos" for r in ranked)
+
+
+def test_eft_with_cbs_implicit_shares_the_token_level_streams(models):
+    # implicit guidance at both levels: the chunk scores read the log-probs the rule's streams already
+    # computed, and equal a scorer that runs the tuned and untuned models itself
+    base, tok, tuned, untuned, _ = models
+    results = []
+    for shared in (False, True):
+        rule = ImplicitGuidance(tuned, untuned, beta=0.5, temperature=1.0)
+        scorer = (ImplicitScorer.from_guidance(rule, beta=1.0) if shared
+                  else ImplicitScorer(tuned, untuned, beta=1.0))
+        stats = {}
+        ranked = guided_generate(base, tok, PROMPTS, rule=rule, scorer=scorer, width=2, candidates=3,
+                                 chunk_length=4, params=_params(12), stats=stats)
+        results.append(ranked)
+    for separate, shared in zip(*results):
+        assert [t.token_ids for t in separate] == [t.token_ids for t in shared]
+        assert torch.allclose(torch.tensor([t.score for t in separate]), torch.tensor([t.score for t in shared]),
+                              atol=1e-4)
+    # and the shared scores are the hand computation on the final responses
+    best = results[1][0][0]
+    assert best.score == pytest.approx(_hand_implicit(tuned, untuned, best), abs=1e-4)

@@ -341,7 +341,8 @@ def _decode_batch(streams, tokenizer, chunk: _Chunk, rule, params, eos_ids, pad_
         logits = main.logits
         step_entropy = entropy(logits)
         inp = StepInput(logits=logits, hidden=main.hidden, state=state, step=step, row_seeds=seeds,
-                        aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy, truncation=truncation)
+                        aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy, truncation=truncation,
+                        rows=active)
         if step == 0:  # before any row finishes or is reordered: rows are still the chunk's rows
             inp.group_seeds, inp.sample_index = chunk.group_seeds, sample_index
         if rule.needs_history:
@@ -350,6 +351,7 @@ def _decode_batch(streams, tokenizer, chunk: _Chunk, rule, params, eos_ids, pad_
         step_logits = out.logits if out.logits is not None else logits
         probs = out.probs if out.probs is not None else warp(step_logits, out.temperature, truncation)
         token = sample_from(probs, inp.uniforms(purpose=0))
+        rule.observe(inp, token)
 
         lp = rule.choice_logps(step_logits, token, truncation) if params.trace_choice_logps else None
         rec.record(slice(None) if len(active) == batch else active,  # plain slices until a row finishes

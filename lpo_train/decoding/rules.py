@@ -30,6 +30,7 @@ class StepInput:
     generated: torch.Tensor | None = None  # [B, step] tokens so far (only for rules with needs_history)
     prompt_index: torch.Tensor | None = None  # [B] each row's prompt (only for rules with needs_history)
     truncation: Truncation = NO_TRUNCATION  # the call's fixed top-k / top-p / min-p (for rules returning probs)
+    rows: torch.Tensor | None = None  # [B] each stream row's index in the batch's record (rows leave as they finish)
     group_seeds: torch.Tensor | None = None  # [B] at step 0: one seed per prompt, shared by its samples
     sample_index: torch.Tensor | None = None  # [B] at step 0: the row's sample index within its prompt
 
@@ -80,6 +81,9 @@ class Rule:
 
     def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
         return {}
+
+    def observe(self, inp: StepInput, token: torch.Tensor) -> None:
+        """Called after each step with the sampled tokens (rules that keep per-row sums of their own)."""
 
     def aux_streams(self) -> list[AuxStream]:
         return []

@@ -138,7 +138,9 @@ def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] |
         rule = ARGS(config.reward_funcs, config.args_weight, config.args_k,
                     0.0 if config.args_greedy else config.temperature, rows=rows)
     inc = config.incremental_scoring
-    if config.chunk_guidance == "implicit":
+    if config.chunk_guidance == "implicit" and config.token_guidance == "implicit":
+        scorer = ImplicitScorer.from_guidance(rule, config.beta_chunk)  # the token level's streams, not a second run
+    elif config.chunk_guidance == "implicit":
         (tuned, tok), (untuned, _) = get(config.tuned_model), get(config.untuned_model)
         scorer = ImplicitScorer(tuned, untuned, config.beta_chunk, tokenizer=tok, incremental=inc)
     elif config.chunk_guidance == "explicit":

@@ -206,11 +206,36 @@ class ImplicitScorer(_ModelScorer):
         self.tracks = [_Track(m, tokenizer, prompts, chat_template, incremental) for m in models]
         self.beta, self.average_log_prob, self.reference_free = float(beta), average_log_prob, reference_free
 
+    @staticmethod
+    def from_guidance(rule, beta: float = 1.0, average_log_prob: bool = False) -> SharedImplicitScorer:
+        """The scorer of ``rule``'s tuned / untuned models and prompts, sharing its streams."""
+        return SharedImplicitScorer(rule, beta, average_log_prob)
+
     def combine(self):
         value = self.tracks[0].logp_sum - (0 if self.reference_free else self.tracks[1].logp_sum)
         if self.average_log_prob:
             value = value / self.tracks[0].count.clamp(min=1)
         return self.beta * value
+
+
+class SharedImplicitScorer(ChunkScorer):
+    """The chunk-level implicit value of an ``ImplicitGuidance`` rule's own models and prompts, read from
+    the log-probs the rule's streams computed while decoding (``ImplicitGuidance.observe``): EFT +
+    CBS-implicit runs the tuned and untuned models once, not twice. Equal to ``ImplicitScorer`` on the
+    same models and prompts (tested)."""
+
+    def __init__(self, rule, beta: float = 1.0, average_log_prob: bool = False):
+        self.rule, self.beta, self.average_log_prob = rule, float(beta), average_log_prob
+
+    def score(self, tokens, lengths):
+        sums = self.rule.response_logps
+        value = sums[:, 0] - sums[:, 1]
+        if self.average_log_prob:
+            value = value / lengths.to(value.device).clamp(min=1)
+        return self.beta * value
+
+    def select(self, src, alive):
+        self.rule.response_logps = self.rule.response_logps[src.to(self.rule.response_logps.device)]
 
 
 class ExplicitScorer(_ModelScorer):

@@ -33,13 +33,27 @@ class ImplicitGuidance(Rule):
         self.tokenizer, self.prompts, self.chat_template = tokenizer, prompts, chat_template
         self.name = f"implicit(beta={self.beta:g})"
 
+        self.response_logps: torch.Tensor | None = None  # [B, 2]: sum log pi_tuned, log pi_untuned of each row's tokens
+
     def aux_streams(self):
         return [AuxStream(self.prompts, m, self.tokenizer, self.chat_template) for m in (self.tuned, self.untuned)]
+
+    def init_state(self, batch_size, device):
+        self.response_logps = torch.zeros((batch_size, 2), device=device)
+        return {}
 
     def step(self, inp: StepInput) -> StepOutput:
         tuned, untuned = inp.aux_logits
         logits = inp.logits + self.beta * (tuned - untuned)
         return StepOutput(temperature=inp.logits.new_full((len(logits),), self.temperature), logits=logits)
+
+    def observe(self, inp: StepInput, token: torch.Tensor) -> None:
+        """Keep each row's response log-probs under both models, read off the streams that already ran:
+        a chunk-level ``ImplicitScorer.from_guidance`` scores with them instead of running the models again."""
+        lp = torch.stack([torch.log_softmax(z.float(), -1).gather(-1, token[:, None].to(z.device)).squeeze(-1)
+                          for z in inp.aux_logits], -1)
+        rows = inp.rows if inp.rows is not None else slice(None)
+        self.response_logps[rows] += lp.to(self.response_logps.device)
 
 
 class ExplicitGuidance(Rule):
