@@ -53,6 +53,7 @@ sparrow spider squid squirrel starfish stork swan tiger toad tortoise toucan tro
 walrus wasp weasel whale wolf wombat woodpecker worm yak zebra horse goldfinch cardinal bluebird blue jay
 chihuahua poodle beagle bulldog labrador puppy kitten calf hen rooster duckling gorilla alligator sea lion
 sea turtle killer whale orca hawk grizzly bear brown bear black bear red panda snow leopard bald eagle
+komodo dragon komodo shiba inu husky terrier retriever aardwolf aardvark
 """,
     "fruits": """
 apple apricot avocado banana blackberry blackcurrant blueberry cantaloupe cherry clementine coconut cranberry
@@ -94,7 +95,7 @@ trinidad tunisia turkey turkmenistan tuvalu uganda ukraine united kingdom uk uni
 united arab emirates uae uruguay uzbekistan vanuatu vatican venezuela vietnam wales yemen zambia zimbabwe
 """,
     "sports": """
-archery badminton baseball basketball biathlon bowling boxing canoeing cricket croquet curling cycling darts
+athletics archery badminton baseball basketball biathlon bowling boxing canoeing cricket croquet curling cycling darts
 diving fencing field hockey football golf gymnastics handball hiking hockey ice hockey judo karate kayaking
 lacrosse martial arts motocross netball polo racquetball rowing rugby running sailing skateboarding skating
 skiing snowboarding soccer softball squash surfing swimming table tennis taekwondo tennis track and field
@@ -208,6 +209,22 @@ def pick_scores(texts: list[str], categories: list[str], groups: list) -> list[f
     return [0.0 if it is None else 1.0 / counts[(g, it)] for g, it in zip(groups, items)]
 
 
+def _list_reward(text: str, answer: str) -> float:
+    category, _, count = answer.partition(":")
+    return list_score(text, category, int(count))
+
+
+_SMOLLM2_MIX = {"arith": arith_final_score, "capital": answer_mentioned, "list": _list_reward}
+_REAL_MIX = {"arith": arith_final_score, "capital": answer_mentioned, "story": lambda text, _: long_non_repetitive(text)}
+
+
+def _per_sample(suite: str, scorers: dict, family: str, text: str, answer: str) -> float:
+    if family not in scorers:
+        raise ValueError(f"{suite} has no reward for family {family!r}; its families are "
+                         f"{FAMILIES if suite == NAME else tuple(scorers)}.")
+    return scorers[family](text, answer)
+
+
 def smollm2_mix_reward(prompts, completions, family, answer, **kwargs) -> list[float]:
     """arith: the last number is the sum; capital: the capital is named; list: ``list_score``
     (``answer`` is "CATEGORY:COUNT"); pick: ``pick_scores`` over the samples of each prompt
@@ -220,18 +237,7 @@ def smollm2_mix_reward(prompts, completions, family, answer, **kwargs) -> list[f
     for i, (c, f, a) in enumerate(zip(completions, family, answer, strict=True)):
         if f == "pick":
             picks.append(i)
-            out.append(None)
-            continue
-        text = completion_text(c)
-        if f == "arith":
-            out.append(arith_final_score(text, a))
-        elif f == "capital":
-            out.append(answer_mentioned(text, a))
-        elif f == "list":
-            category, _, count = a.partition(":")
-            out.append(list_score(text, category, int(count)))
-        else:
-            raise ValueError(f"{NAME} has no reward for family {f!r}; its families are {FAMILIES}.")
+        out.append(None if f == "pick" else _per_sample(NAME, _SMOLLM2_MIX, f, completion_text(c), a))
     if picks:
         scores = pick_scores([completion_text(completions[i]) for i in picks], [answer[i] for i in picks],
                              [json.dumps(prompts[i], sort_keys=True) for i in picks])
@@ -298,18 +304,8 @@ def is_suite(name: str | None) -> bool:
 def real_mix_reward(prompts, completions, family, answer, **kwargs) -> list[float]:
     """The earlier SmolLM2 suite (docs/results.md §8, first attempt): ``arith`` = the last number is the
     sum, ``capital`` = the capital is named, ``story`` = ``long_non_repetitive``."""
-    out = []
-    for c, f, a in zip(completions, family, answer, strict=True):
-        text = completion_text(c)
-        if f == "arith":
-            out.append(arith_final_score(text, a))
-        elif f == "capital":
-            out.append(answer_mentioned(text, a))
-        elif f == "story":
-            out.append(long_non_repetitive(text))
-        else:
-            raise ValueError(f"real_mix has no reward for family {f!r} (arith, capital, story).")
-    return out
+    return [_per_sample("real_mix", _REAL_MIX, f, completion_text(c), a)
+            for c, f, a in zip(completions, family, answer, strict=True)]
 
 
 register_reward(NAME, smollm2_mix_reward)
