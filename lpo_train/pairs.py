@@ -3,8 +3,8 @@
 Tie policy (the paper gives none): rewards that are None or NaN are dropped from their group;
 a group with fewer than two valid rewards, or whose valid rewards all tie, gives no pair and
 is counted (``PairStats.tied`` / ``PairStats.invalid``). Among equal best (or worst) rewards
-the lowest sample index wins, so pairs are deterministic; with ``tie_seed`` a seeded random
-order per group decides instead. LPO needs the latter: with stratified exploration, sample 0
+the lowest sample index wins, so pairs are deterministic; with ``tie_seeds`` (one per group) a
+seeded random order per group decides instead. LPO needs the latter: with stratified exploration, sample 0
 carries the head's own favourite, and "lowest index wins" would feed the head its own
 preference back as "chosen" whenever rewards tie (a loop that collapses it onto an arbitrary value).
 """
@@ -48,7 +48,7 @@ def _valid(rewards) -> list[tuple[int, float]]:
 
 def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
                 secondary: list[list[float]] | None = None, top_k: int = 4,
-                tie_seed: int | None = None) -> tuple[list[Pair], PairStats]:
+                tie_seeds: list[int] | None = None) -> tuple[list[Pair], PairStats]:
     """Pairs from per-prompt reward groups.
 
     - ``best_worst`` (default, the paper): highest vs lowest reward.
@@ -59,6 +59,8 @@ def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
     """
     if mode not in PAIR_MODES:
         raise ValueError(f"pair mode must be one of {PAIR_MODES}, got {mode!r}.")
+    if tie_seeds is not None and len(tie_seeds) != len(groups):
+        raise ValueError(f"tie_seeds has {len(tie_seeds)} seeds for {len(groups)} groups.")
     if mode == "constrained" and (secondary is None or len(secondary) != len(groups)):
         raise ValueError("pair mode 'constrained' needs one secondary score list per group.")
     stats, pairs = PairStats(groups=len(groups)), []
@@ -75,8 +77,8 @@ def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
             pairs += [Pair(p, i, j, ri, rj) for i, ri in valid for j, rj in valid if ri > rj]
             continue
         order = list(range(len(rewards)))
-        if tie_seed is not None:
-            random.Random(f"{tie_seed}-{p}").shuffle(order)
+        if tie_seeds is not None:  # a seed of the group's own (its prompt), not of its place in the batch
+            random.Random(tie_seeds[p]).shuffle(order)
         rank = {i: order.index(i) for i, _ in valid}  # tie-break position of each sample
         ranked = sorted(valid, key=lambda x: (-x[1], rank[x[0]]))  # best first, ties by tie-break position
         if mode == "best_worst":

@@ -46,9 +46,11 @@ def test_bad_mode_and_missing_secondary():
 def test_seeded_tie_break_does_not_favour_low_sample_indices():
     # two tied best (indices 0 and 1) and two tied worst (2 and 3): with tie_seed either may be chosen
     groups = [[1.0, 1.0, 0.0, 0.0]] * 400
-    pairs, _ = build_pairs(groups, tie_seed=7)
+    pairs, _ = build_pairs(groups, tie_seeds=list(range(400)))
     chosen0 = sum(p.chosen == 0 for p in pairs) / len(pairs)
     rejected2 = sum(p.rejected == 2 for p in pairs) / len(pairs)
     assert 0.4 < chosen0 < 0.6 and 0.4 < rejected2 < 0.6
-    assert build_pairs(groups, tie_seed=7)[0] == pairs  # deterministic given the seed
+    assert build_pairs(groups, tie_seeds=list(range(400)))[0] == pairs  # deterministic given the seeds
+    alone, in_batch = build_pairs(groups[:1], tie_seeds=[5])[0][0], build_pairs(groups[:3], tie_seeds=[9, 5, 7])[0][1]
+    assert (alone.chosen, alone.rejected) == (in_batch.chosen, in_batch.rejected)  # the group's seed, not its place
     assert all(p.chosen == 0 and p.rejected == 2 for p in build_pairs(groups)[0])  # default: lowest index

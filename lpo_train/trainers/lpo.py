@@ -212,9 +212,10 @@ class LPOTrainer(Trainer):
                 raise ValueError("pair_mode 'constrained' needs two reward functions: the ranking reward and the "
                                  "secondary criterion (e.g. the constraint).")
             secondary = group_slices(per_func[:, 1].tolist(), n)
-        # ties are broken by a seeded random order, never by sample index (which carries the head's favourite)
+        # ties are broken by a seeded random order per prompt, never by sample index (which carries the head's
+        # favourite) nor by the prompt's place in the batch (which differs with the number of processes)
         pairs, stats = build_pairs(group_slices(rewards.tolist(), n), args.pair_mode, secondary=secondary,
-                                   top_k=args.pair_top_k, tie_seed=seed_for(args.seed, self.state.global_step, "ties"))
+                                   top_k=args.pair_top_k, tie_seeds=[seed_for(self._prompt_seed(r), "ties") for r in rows])
         self._log_generation(rows, traces, rewards, per_func, pairs, stats)
         features = [PairFeatures(self._side(traces[group_row(p.prompt_index, p.chosen, n)]),
                                  self._side(traces[group_row(p.prompt_index, p.rejected, n)]),
