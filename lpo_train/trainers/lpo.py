@@ -384,7 +384,8 @@ class LPOTrainer(Trainer):
             head = self.accelerator.unwrap_model(self.model)
             head.config.base_model = head.config.base_model or self.lm.config.name_or_path
             head.save_pretrained(output_dir, model_card=self._model_card(head), state_dict=state)
-            self.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, next to the head
+            if not _internal_call:  # a checkpoint's trainer_state.json is Trainer's, written last (its "complete" mark)
+                self.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, by the head
             plot_choices(self._completions, head.config.grid, self.args.knob, Path(output_dir))
 
     def create_model_card(self, *args, **kwargs) -> None:
