@@ -7,7 +7,7 @@ entropies, per-family gradient norms) + head forward/backward + optimizer step; 
 never runs again, so the target is <= 1.15x the sampling time.
 
     python scripts/benchmark_lpo.py --model toy:small --prompts 16 --num-generations 8 --new-tokens 64
-    python scripts/benchmark_lpo.py --model smollm2 --prompts 4 --num-generations 4 --new-tokens 32
+    python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 6 --new-tokens 32 --level sequence
 """
 
 from __future__ import annotations
@@ -31,24 +31,26 @@ def main() -> None:
     import torch
 
     from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
-    from lpo_train.tasks.toy import make_prompts
     from lpo_train.trainers import LPOConfig, LPOTrainer
 
-    config = LPOConfig(output_dir="/tmp/lpo_benchmark", model_name_or_path=args.model, dataset_name="toy",
-                       toy_families=["arith", "story"], toy_prompts_per_family=args.prompts,
-                       reward_funcs=["toy"], level=args.level, num_generations=args.num_generations,
+    real = args.model == "smollm2"  # the SmolLM2 suite and its reward; the toy world's otherwise
+    config = LPOConfig(output_dir="/tmp/lpo_benchmark", model_name_or_path=args.model,
+                       dataset_name="smollm2_mix" if real else "toy", toy_families=["arith", "story"],
+                       toy_prompts_per_family=args.prompts, reward_funcs=["smollm2_mix" if real else "toy"],
+                       level=args.level, num_generations=args.num_generations,
                        max_completion_length=args.new_tokens, per_device_train_batch_size=args.prompts,
                        loss_type=args.loss_type, use_cpu=True, report_to="none", save_strategy="no",
-                       overwrite_output_dir=True)
+                       overwrite_output_dir=True, max_steps_without_pairs=10**6)
     trainer = LPOTrainer(args=config)
     trainer.create_optimizer_and_scheduler(num_training_steps=100)
-    head, rows = trainer.model, make_prompts(["arith", "story"], args.prompts // 2, seed=1)
+    head, rows = trainer.model, [trainer.train_dataset[i] for i in range(args.prompts)]
 
     def sample_only():
         rule = AdaptiveDecoderRule(head, "sample", exploration=config.exploration, epsilon=config.exploration_epsilon)
-        generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,
+        generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,  # the same responses as the step
                  SamplingParams(max_new_tokens=args.new_tokens, num_samples=args.num_generations,
-                                batch_size=config.generation_batch_size))
+                                batch_size=config.generation_batch_size,
+                                prompt_seeds=[trainer._prompt_seed(r) for r in rows]))
 
     last_bytes = []
 

@@ -344,11 +344,13 @@ class LPOTrainer(Trainer):
         head = self.accelerator.unwrap_model(self.model)
         grid = head.config.grid
         entropies, expected = [], []
-        with torch.no_grad():  # the head's own distribution (not the exploration's) on what it saw
-            for t in traces:
-                lp = head.log_probs(t.hidden.to(self.accelerator.device))
-                entropies.append(choice_entropy(lp).mean().item())
-                expected.append((lp.exp() @ head.grid.to(lp.device)).mean().item())
+        if traces:
+            with torch.no_grad():  # the head's own distribution (not the exploration's) on what it saw: one forward
+                lp = head.log_probs(torch.cat([t.hidden for t in traces]).to(self.accelerator.device))
+                per_decision = torch.stack([choice_entropy(lp), lp.exp() @ head.grid.to(lp.device)], -1)
+                counts = [len(t.hidden) for t in traces]
+                means = torch.stack([x.mean(0) for x in per_decision.split(counts)]).tolist()
+            entropies, expected = [m[0] for m in means], [m[1] for m in means]
         metrics = generation_metrics(rows, traces, rewards, per_func, stats,
                                      [reward_name(f) for f in self.reward_funcs], grid, entropies, expected)
         self._record(metrics)
