@@ -172,3 +172,22 @@ def test_collapse_warning_fires_only_when_the_head_is_peaked_and_groups_tie():
         "The head's choice distribution has collapsed (entropy 0.050 nats of a possible 1.792) and 80% ")
     assert collapse_warning({"choice/entropy": 0.05, "frac_prompts_tied": 0.2}, k, 7) is None  # pairs still form
     assert collapse_warning({"choice/entropy": 1.5, "frac_prompts_tied": 0.9}, k, 7) is None  # not peaked
+
+
+def test_public_entry_points_and_help_list_config_first():
+    import subprocess
+    import sys
+
+    from lpo_train import AdaptiveDecoderHead as Head, LPOConfig as Config, LPOTrainer as Trainer  # noqa: F401
+    from lpo_train.models.loading import portable_name
+
+    assert portable_name("smollm2") == "HuggingFaceTB/SmolLM2-135M-Instruct" and portable_name("toy:small") == "toy:small"
+    for command in ("train", "evaluate", "generate", "train-value"):
+        out = subprocess.run([sys.executable, "-m", "lpo_train.cli", command, "--help"], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        options = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  --")]
+        assert options[0] == "--config", (command, options[:3])
+    train_help = subprocess.run([sys.executable, "-m", "lpo_train.cli", "train", "--help"], capture_output=True,
+                                text=True, timeout=120).stdout
+    assert train_help.index("--exploration ") < train_help.index("--per_device_train_batch_size ")  # LPO's first

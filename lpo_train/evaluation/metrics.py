@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from lpo_train.text import repetition_rate
+from lpo_train.text import ngrams, repetition_rate
 
 
 def mean(values: Sequence[float]) -> float:
@@ -62,7 +62,7 @@ def percent_non_greedy(values: Sequence[Sequence[float]]) -> float:
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     """Distinct word n-grams over all n-grams of ``texts`` together (0 when there is none)."""
-    grams = [tuple(w[i:i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    grams = [g for t in texts for g in ngrams(t.split(), n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 

@@ -24,14 +24,14 @@ from pathlib import Path
 from lpo_train.cli_args import help_field as _help
 from lpo_train.config import DecodingArguments, PromptDataArguments, default_of
 
-METHODS = {  # method -> (token guidance, chunk guidance, beam search?)
-    "base": ("none", "none", False),
-    "bon": ("none", "auto", False),
-    "eft": ("implicit", "none", False),
-    "tokenrm": ("explicit", "none", False),
-    "cbs": ("none", "implicit", True),
-    "ivg": ("implicit", "explicit", True),
-    "args": ("args", "none", False),
+METHODS = {  # method -> (token guidance, chunk guidance); beam search follows from the chunk guidance
+    "base": ("none", "none"),
+    "bon": ("none", "auto"),
+    "eft": ("implicit", "none"),
+    "tokenrm": ("explicit", "none"),
+    "cbs": ("none", "implicit"),
+    "ivg": ("implicit", "explicit"),
+    "args": ("args", "none"),
 }
 TOKEN_GUIDANCE = ("none", "implicit", "explicit", "args")
 CHUNK_GUIDANCE = ("none", "implicit", "explicit", "reward")
@@ -77,7 +77,7 @@ class GenerateConfig(PromptDataArguments, DecodingArguments):
         self.toy_families = self.toy_families or ["sentiment"]
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}.")
-        token, chunk, search = METHODS[self.method]
+        token, chunk = METHODS[self.method]
         self.token_guidance = self.token_guidance or token
         self.chunk_guidance = self.chunk_guidance or chunk
         if self.chunk_guidance == "auto":
