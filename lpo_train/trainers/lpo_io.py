@@ -52,12 +52,14 @@ def check_output_dir(args) -> None:
                               "it, or choose another --output_dir.")
     import shutil
 
+    if args.process_index != 0:  # one process clears the folder (every rank checked it above)
+        return
     for name in ("completions", "choice_histogram.png", "trainer_state.json", "model.safetensors", *previous):
         path = out / name
         if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def pad(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
