@@ -175,7 +175,12 @@ class AdaptiveDecoderHead(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None) -> AdaptiveDecoderHead:
+    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, token: str | bool | None = None,
+                        cache_dir: str | Path | None = None, force_download: bool = False,
+                        local_files_only: bool = False) -> AdaptiveDecoderHead:
+        """A saved head from a folder or a Hub repo (``revision``, ``token``, ``cache_dir``, ``force_download``,
+        ``local_files_only`` as in ``huggingface_hub``). Validates the artifact: its type, a readable
+        weights file, and loads every weight strictly (a half-written head is an error, not a partial load)."""
         path = Path(name_or_path)
         if not path.is_dir():
             if _looks_local(str(name_or_path)):
@@ -184,7 +189,8 @@ class AdaptiveDecoderHead(nn.Module):
             from huggingface_hub import snapshot_download
 
             try:
-                path = Path(snapshot_download(str(name_or_path), revision=revision,
+                path = Path(snapshot_download(str(name_or_path), revision=revision, token=token, cache_dir=cache_dir,
+                                              force_download=force_download, local_files_only=local_files_only,
                                               allow_patterns=["config.json", "model.safetensors", "README.md"]))
             except Exception as e:  # HFValidationError, offline mode, 404: say both places were looked at
                 raise FileNotFoundError(f"No AdaptiveDecoder head at {name_or_path!r}: there is no such local folder, "

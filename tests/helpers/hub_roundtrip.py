@@ -15,4 +15,10 @@ again = AdaptiveDecoderHead.from_pretrained(sys.argv[1])
 x = torch.randn(4, 16)
 assert torch.equal(head(x), again(x)), "round trip changed the head"
 assert again.config.grid == (0.0, 0.4, 0.8, 1.0) and again.config.level == "token"
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+with tempfile.TemporaryDirectory() as cache:  # huggingface_hub's download options pass through
+    cached = AdaptiveDecoderHead.from_pretrained(sys.argv[1], cache_dir=cache, token="hf_fake", force_download=True)
+    assert torch.equal(head(x), cached(x)) and any(Path(cache).rglob("model.safetensors"))
 print("ROUNDTRIP OK")
