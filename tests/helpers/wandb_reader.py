@@ -31,6 +31,8 @@ def records(path: str | Path):
         if kind == 0 and length == 0:  # zero padding to the end of the block
             pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
             continue
+        if pos + length > len(data):  # a record still being written: the file ends mid-record
+            break
         parts.append(data[pos:pos + length])
         pos += length
         if kind in (1, 4):
@@ -40,8 +42,24 @@ def records(path: str | Path):
             yield record
 
 
+def settled(path: str | Path, timeout: float = 20.0) -> Path:
+    """``path`` once its size has stopped changing (wandb's writer process may still be flushing after
+    ``wandb.finish()`` returns)."""
+    import time
+
+    path, last, deadline = Path(path), -1, time.time() + timeout
+    while time.time() < deadline:
+        size = path.stat().st_size
+        if size == last:
+            break
+        last = size
+        time.sleep(0.5)
+    return path
+
+
 def history(path: str | Path) -> list[dict]:
     """One dict per logged history row: {metric key: value}."""
+    path = settled(path)
     rows = []
     for record in records(path):
         if record.WhichOneof("record_type") == "history":
