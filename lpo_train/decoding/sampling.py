@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 MIN_TEMPERATURE = 1e-4  # temperatures at or below this decode greedily (z / T would overflow)
-KNOBS = ("temperature", "top_p", "top_k", "min_p")
+TRUNCATIONS = ("top_k", "top_p", "min_p")  # the knobs a head may set in place of a fixed truncation
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ def knob_distribution(logits: torch.Tensor, knob: str, values: torch.Tensor, bas
     """
     if knob == "temperature":
         return warp(logits, values, truncation)
-    if knob not in KNOBS:
-        raise ValueError(f"Unknown knob {knob!r}; choose from {KNOBS}.")
+    if knob not in TRUNCATIONS:
+        raise ValueError(f"Unknown knob {knob!r}; choose temperature or one of {TRUNCATIONS}.")
     return warp(logits, base_temperature, truncation, **{knob: values.to(logits.dtype)})
 
 
