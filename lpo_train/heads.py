@@ -1,8 +1,9 @@
 """The AdaptiveDecoder head: frozen-LM hidden state -> categorical over a grid of a decoding knob.
 
 A standalone artifact saved like a PEFT adapter (``config.json`` + ``model.safetensors`` +
-``README.md``), recording the base model and its hidden size so it is never attached to the
-wrong LM.
+``README.md``) through huggingface_hub's ``PyTorchModelHubMixin`` (``save_pretrained``,
+``push_to_hub``, ``from_pretrained``), recording the base model and its hidden size so it is
+never attached to the wrong LM.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from torch import nn
 
 GRID_PRESETS = {
@@ -25,6 +27,39 @@ KNOBS = ("temperature", "top_p", "top_k", "min_p")
 LEVELS = ("token", "sequence")
 SELECTIONS = ("argmax", "sample", "mixture")
 INPUT_NORMS = ("standardize", "layernorm", "none")
+
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+# AdaptiveDecoder head
+
+A {{ config.level }}-level AdaptiveDecoder head that chooses the sampling **{{ config.knob }}** from the grid
+{{ grid }} given the frozen base model's last hidden state (Dhuliawala et al., 2024,
+[arXiv 2411.09661]({{ paper_url }})). It is not a language model: attach it to `{{ base }}` (hidden size
+{{ config.hidden_size }}).
+
+| field | value |
+|---|---|
+| base model | `{{ base }}` |
+| knob | {{ config.knob }} |
+| grid | {{ grid }} |
+| level | {{ config.level }} |
+| head | {{ config.num_layers }}-layer MLP, hidden {{ config.head_hidden_size }}, SiLU, input {{ config.input_norm }} |
+{{ extra_sections }}
+## Use
+
+```python
+from lpo_train import AdaptiveDecoderHead
+from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
+from lpo_train.models.loading import load_causal_lm
+
+model, tokenizer = load_causal_lm("{{ base }}")  # a Hub id, or an lpo-train spec such as toy:small
+head = AdaptiveDecoderHead.from_pretrained("<this repo or folder>")
+traces = generate(model, tokenizer, ["Write a short story about a fox."],
+                  AdaptiveDecoderRule(head, model=model), SamplingParams(max_new_tokens=128))
+print(traces[0].text, traces[0].values[:5])
+```
+"""
 
 
 @dataclass
@@ -86,7 +121,9 @@ class AdaptiveDecoderConfig:
         return json.dumps(self.to_dict(), indent=2)
 
 
-class AdaptiveDecoderHead(nn.Module):
+class AdaptiveDecoderHead(nn.Module, PyTorchModelHubMixin, library_name="lpo-train",
+                          tags=["lpo-train", "adaptive-decoding", "latent-preference-optimization"],
+                          paper_url="https://arxiv.org/abs/2411.09661", model_card_template=MODEL_CARD_TEMPLATE):
     """MLP (SiLU) from the LM's last hidden state to logits over the knob's grid.
 
     The last layer is zero-initialised, so the first distribution is exactly uniform.
@@ -157,70 +194,91 @@ class AdaptiveDecoderHead(nn.Module):
         config_kwargs.setdefault("base_model", getattr(model.config, "name_or_path", None) or None)
         return cls(AdaptiveDecoderConfig(hidden_size=model.config.hidden_size, **config_kwargs))
 
-    # --- artifact ------------------------------------------------------------------------
+    # --- artifact (huggingface_hub's PyTorchModelHubMixin: save_pretrained, push_to_hub, from_pretrained) --
 
-    def save_pretrained(self, save_directory: str | Path, model_card: str | None = None,
-                        state_dict: dict | None = None) -> Path:
-        """Write config.json, model.safetensors and README.md. ``state_dict`` overrides the
-        module's own (e.g. weights gathered from DeepSpeed ZeRO-3 shards)."""
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: config.json (with ``model_type``) and model.safetensors. The card is the mixin's
+        (``generate_model_card``); a card left by an earlier save is replaced, never kept stale."""
         from safetensors.torch import save_file
 
-        path = Path(save_directory)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(self.config.to_json_string())
-        state = state_dict if state_dict is not None else self.state_dict()
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                  str(path / "model.safetensors"))
-        (path / "README.md").write_text(model_card or default_model_card(self.config))
-        return path
+        (save_directory / "README.md").unlink(missing_ok=True)
+        (save_directory / "config.json").write_text(self.config.to_json_string())
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                  str(save_directory / "model.safetensors"))
+
+    def generate_model_card(self, *args, extra_sections: str = "", **kwargs) -> ModelCard:
+        """The head's card from :data:`MODEL_CARD_TEMPLATE`; ``extra_sections`` adds rows to its table (the
+        trainer's loss, data and final metrics); pass it as ``save_pretrained(..., model_card_kwargs=...)``."""
+        info = self._hub_mixin_info
+        data = ModelCardData(**info.model_card_data.to_dict())
+        data.base_model = self.config.base_model
+        c = self.config
+        return ModelCard.from_template(card_data=data, template_str=info.model_card_template,
+                                       paper_url=info.paper_url, config=c, grid=list(c.grid),
+                                       base=c.base_model or "<base model>", extra_sections=extra_sections, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, token: str | bool | None = None,
-                        cache_dir: str | Path | None = None, force_download: bool = False,
-                        local_files_only: bool = False) -> AdaptiveDecoderHead:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        **model_kwargs) -> AdaptiveDecoderHead:
         """A saved head from a folder or a Hub repo (``revision``, ``token``, ``cache_dir``, ``force_download``,
-        ``local_files_only`` as in ``huggingface_hub``). Validates the artifact: its type, a readable
-        weights file, and loads every weight strictly (a half-written head is an error, not a partial load)."""
-        path = Path(name_or_path)
-        if not path.is_dir():
-            if _looks_local(str(name_or_path)):
-                raise FileNotFoundError(f"No AdaptiveDecoder head at {name_or_path}: the folder does not exist. "
-                                        "Give the output_dir of a training run or a Hub repo id (user/name).")
-            from huggingface_hub import snapshot_download
+        ``local_files_only`` as in ``huggingface_hub``). Validates the artifact: its type, a readable weights
+        file, and every weight loaded strictly (a half-written head is an error, not a partial load)."""
+        name = str(pretrained_model_name_or_path)
+        if Path(name).is_dir():
+            if not (Path(name) / "config.json").exists():
+                raise FileNotFoundError(f"No AdaptiveDecoder config.json in {name}.")
+        elif _looks_local(name):
+            raise FileNotFoundError(f"No AdaptiveDecoder head at {name}: the folder does not exist. "
+                                    "Give the output_dir of a training run or a Hub repo id (user/name).")
+        try:
+            return super().from_pretrained(name, force_download=force_download, token=token, cache_dir=cache_dir,
+                                           local_files_only=local_files_only, revision=revision, **model_kwargs)
+        except _ArtifactError:
+            raise
+        except Exception as e:  # HFValidationError, offline mode, 404: say both places were looked at
+            raise FileNotFoundError(f"No AdaptiveDecoder head at {name!r}: there is no such local folder, and as "
+                                    f"a Hub repo id it could not be fetched ({type(e).__name__}: {e}).") from e
 
-            try:
-                path = Path(snapshot_download(str(name_or_path), revision=revision, token=token, cache_dir=cache_dir,
-                                              force_download=force_download, local_files_only=local_files_only,
-                                              allow_patterns=["config.json", "model.safetensors", "README.md"]))
-            except Exception as e:  # HFValidationError, offline mode, 404: say both places were looked at
-                raise FileNotFoundError(f"No AdaptiveDecoder head at {name_or_path!r}: there is no such local folder, "
-                                        f"and as a Hub repo id it could not be fetched ({type(e).__name__}: {e}).") from e
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"No AdaptiveDecoder config.json in {path}.")
-        raw = json.loads((path / "config.json").read_text())
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
+                         config: dict | None = None, **kwargs) -> AdaptiveDecoderHead:
+        """The mixin's hook, given config.json as read (a dict): checked, then the weights loaded strictly."""
+        if not isinstance(config, dict):
+            raise _NotFound(f"No AdaptiveDecoder config.json at {model_id!r} (not a folder holding one, and the "
+                            "Hub has none there).")
+        raw = dict(config)
         raw.setdefault("input_norm", "none")  # heads saved before the field existed read raw states
         if raw.pop("model_type", "adaptive_decoder") != "adaptive_decoder":
-            raise ValueError(f"{path} does not hold an AdaptiveDecoder head.")
+            raise _Invalid(f"{model_id} does not hold an AdaptiveDecoder head (config.json model_type "
+                           f"{config.get('model_type')!r}).")
         try:
-            config = AdaptiveDecoderConfig(**raw)
+            head = cls(AdaptiveDecoderConfig(**raw))
         except TypeError as e:
-            raise ValueError(f"{path / 'config.json'} is not an AdaptiveDecoder config: {e}.") from e
-        head = cls(config)
-        head.load_state_dict(load_head_weights(path / "model.safetensors"))
+            raise _Invalid(f"{model_id}/config.json is not an AdaptiveDecoder config: {e}.") from e
+        if Path(model_id).is_dir():
+            weights = Path(model_id) / "model.safetensors"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            weights = Path(hf_hub_download(model_id, "model.safetensors", revision=revision, cache_dir=cache_dir,
+                                           force_download=force_download, local_files_only=local_files_only,
+                                           token=token))
+        head.load_state_dict(load_head_weights(weights))
         return head.eval()
 
-    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
-                    commit_message: str = "Upload AdaptiveDecoder head", model_card: str | None = None) -> str:
-        import tempfile
 
-        from huggingface_hub import HfApi
+class _ArtifactError(Exception):
+    """A head artifact that was found but is not usable (raised as is, never re-worded as 'not found')."""
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, model_card=model_card)
-            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-        return str(getattr(info, "commit_url", info))
+
+class _NotFound(_ArtifactError, FileNotFoundError):
+    pass
+
+
+class _Invalid(_ArtifactError, ValueError):
+    pass
 
 
 def _looks_local(name: str) -> bool:
@@ -234,47 +292,10 @@ def load_head_weights(path: Path) -> dict:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the head or checkpoint folder is incomplete (an interrupted "
-                                "save?). Use another checkpoint or retrain.")
+        raise _NotFound(f"{path} is missing: the head or checkpoint folder is incomplete (an interrupted "
+                        "save?). Use another checkpoint or retrain.")
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); it is corrupt or "
-                         "half-written. Use another checkpoint or retrain.") from e
-
-
-def default_model_card(config: AdaptiveDecoderConfig, extra_sections: str = "") -> str:
-    base = config.base_model or "<base model>"
-    return f"""---
-library_name: lpo-train
-tags: [lpo-train, adaptive-decoding, latent-preference-optimization]
-base_model: {base}
----
-# AdaptiveDecoder head
-
-A {config.level}-level AdaptiveDecoder head that chooses the sampling **{config.knob}** from the grid
-{list(config.grid)} given the frozen base model's last hidden state (Dhuliawala et al., 2024,
-arXiv 2411.09661). It is not a language model: attach it to `{base}` (hidden size {config.hidden_size}).
-
-| field | value |
-|---|---|
-| base model | `{base}` |
-| knob | {config.knob} |
-| grid | {list(config.grid)} |
-| level | {config.level} |
-| head | {config.num_layers}-layer MLP, hidden {config.head_hidden_size}, SiLU |
-{extra_sections}
-## Use
-
-```python
-from lpo_train import AdaptiveDecoderHead
-from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
-from lpo_train.models.loading import load_causal_lm
-
-model, tokenizer = load_causal_lm("{base}")  # a Hub id, or an lpo-train spec such as toy:small
-head = AdaptiveDecoderHead.from_pretrained("<this repo or folder>")
-traces = generate(model, tokenizer, ["Write a short story about a fox."],
-                  AdaptiveDecoderRule(head, model=model), SamplingParams(max_new_tokens=128))
-print(traces[0].text, traces[0].values[:5])
-```
-"""
+        raise _Invalid(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); it is corrupt or "
+                       "half-written. Use another checkpoint or retrain.") from e

@@ -77,3 +77,37 @@ def test_from_pretrained_missing_folder_content(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         AdaptiveDecoderHead.from_pretrained(tmp_path / "empty")
+
+
+def test_artifact_is_huggingface_hubs_mixin_and_a_resave_replaces_the_card(tmp_path):
+    from huggingface_hub import ModelCard, PyTorchModelHubMixin
+
+    head = AdaptiveDecoderHead(AdaptiveDecoderConfig(hidden_size=8, base_model="org/base"))
+    assert isinstance(head, PyTorchModelHubMixin)
+    head.save_pretrained(tmp_path, model_card_kwargs={"extra_sections": "| loss | lpo_run_one |\n"})
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == "org/base" and card.data.library_name == "lpo-train"
+    assert "| loss | lpo_run_one |" in card.text
+    head.save_pretrained(tmp_path)  # a second save into the same folder: no stale card rows
+    assert "lpo_run_one" not in (tmp_path / "README.md").read_text()
+    # a head saved before input_norm existed reads raw states
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["input_norm"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    state = {k: v for k, v in head.state_dict().items() if not k.startswith("input_")}
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "model.safetensors"))
+    assert AdaptiveDecoderHead.from_pretrained(tmp_path).config.input_norm == "none"
+
+
+def test_from_pretrained_errors_name_the_artifact(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="no such local folder, and as a Hub repo id it could not be fetched"):
+        AdaptiveDecoderHead.from_pretrained("nobody/no-such-head")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(ValueError, match="does not hold an AdaptiveDecoder head"):
+        AdaptiveDecoderHead.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8, "gird": [0, 1]}))
+    with pytest.raises(ValueError, match="not an AdaptiveDecoder config.*gird"):
+        AdaptiveDecoderHead.from_pretrained(tmp_path)

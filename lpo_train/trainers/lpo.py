@@ -29,7 +29,7 @@ from lpo_train.pairs import PairFeatures, SideFeatures, build_pairs, group_row, 
 from lpo_train.rewards import reward_name, resolve_rewards, score_traces
 from lpo_train.trainers.lpo_config import LPOConfig
 from lpo_train.trainers.lpo_io import (
-    check_output_dir, model_card, pad, pair_record, plot_choices, stored_features, write_completions,
+    check_output_dir, model_card_rows, pad, pair_record, plot_choices, stored_features, write_completions,
 )
 from lpo_train.trainers.lpo_metrics import (
     choice_entropy, collapse_warning, family_grad_norms, generation_metrics, pair_choice_metrics,
@@ -385,7 +385,9 @@ class LPOTrainer(Trainer):
         if self.is_world_process_zero():
             head = self.accelerator.unwrap_model(self.model)
             head.config.base_model = head.config.base_model or self.lm.config.name_or_path
-            head.save_pretrained(output_dir, model_card=self._model_card(head), state_dict=state)
+            head = type(head)(head.config)  # a copy holding the gathered state (ZeRO-3 shards, bf16 mixed precision)
+            head.load_state_dict(state)
+            head.save_pretrained(output_dir, model_card_kwargs={"extra_sections": self._card_rows()})
             if not _internal_call:  # a checkpoint's trainer_state.json is Trainer's, written last (its "complete" mark)
                 self.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, by the head
             plot_choices(self._completions, head.config.grid, self.args.knob, Path(output_dir))
@@ -394,7 +396,7 @@ class LPOTrainer(Trainer):
         """Called by ``push_to_hub``: keep lpo-train's head card rather than Trainer's LM card."""
         if self.is_world_process_zero():
             head = self.accelerator.unwrap_model(self.model)
-            (Path(self.args.output_dir) / "README.md").write_text(self._model_card(head))
+            head.generate_model_card(extra_sections=self._card_rows()).save(Path(self.args.output_dir) / "README.md")
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         """``resume_from_checkpoint``: a checkpoint folder, or True / "true" / "latest" for the latest
@@ -417,6 +419,6 @@ class LPOTrainer(Trainer):
         head = self.accelerator.unwrap_model(model or self.model)
         head.load_state_dict(load_head_weights(Path(resume_from_checkpoint) / "model.safetensors"))
 
-    def _model_card(self, head) -> str:
-        return model_card(head.config, self.args, self.state.log_history, [reward_name(f) for f in self.reward_funcs],
+    def _card_rows(self) -> str:
+        return model_card_rows(self.args, self.state.log_history, [reward_name(f) for f in self.reward_funcs],
                           self.state.global_step)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from lpo_train.heads import default_model_card
 from lpo_train.pairs import PairFeatures, SideFeatures, group_row
 
 
@@ -87,14 +86,15 @@ def write_completions(completions: list[dict], output_dir: str, step: int, repor
         trackio.log({"completions": trackio.Table(dataframe=table)}, step=step)
 
 
-def model_card(head_config, args, log_history: list[dict], reward_names: list[str], steps: int) -> str:
+def model_card_rows(args, log_history: list[dict], reward_names: list[str], steps: int) -> str:
+    """The trainer's rows of the head card's table (``generate_model_card(extra_sections=...)``)."""
     last = {k: v for entry in log_history for k, v in entry.items()
             if k in ("loss", "reward", "rewards/accuracies", "choice/head_mean_value")}
     rows = [("loss", args.loss_type), ("beta", args.beta), ("data", args.dataset_name or "custom dataset"),
             ("rewards", ", ".join(reward_names)), ("num_generations", args.num_generations),
             ("exploration", args.exploration), ("steps", steps)]
     rows += [(f"final {k}", f"{v:.4g}") for k, v in last.items()]
-    return default_model_card(head_config, "".join(f"| {k} | {v} |\n" for k, v in rows))
+    return "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
 def plot_choices(completions: list[dict], grid, knob: str, folder: Path) -> None:
