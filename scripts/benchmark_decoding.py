@@ -7,6 +7,13 @@ per method in a fresh subprocess (CPU: peak RSS over RSS before the call; CUDA: 
 
     python scripts/benchmark_decoding.py --model toy --batch 32 --new-tokens 64
     python scripts/benchmark_decoding.py --model smollm2 --batch 16 --new-tokens 64
+    python scripts/benchmark_decoding.py --model smollm2 --batch 32 --new-tokens 128 --eos --split \
+        --methods hf_generate fixed_T fixed_T_dynamic_cache
+
+``--eos`` keeps EOS active (engine and HF stop rows at EOS; tokens/s counts the tokens generated).
+``--split`` adds, per engine method, the share of the call spent in the model's forward passes (body
+and LM head, timed around the engine's one forward call) and in everything else (the engine's own
+work: sampling, rules, bookkeeping).
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-METHODS = ["hf_generate", "fixed_T", "ad_token", "ad_sequence", "edt", "kld"]
+METHODS = ["hf_generate", "fixed_T", "fixed_T_dynamic_cache", "ad_token", "ad_sequence", "edt", "kld"]
 
 
 def _load(name: str, device: str):
@@ -50,18 +58,22 @@ def build_calls(args) -> dict:
 
     from lpo_train import AdaptiveDecoderHead
     from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, FixedTemperature, SamplingParams, generate
-    from lpo_train.decoding.engine import encode_prompts, left_pad
+    from lpo_train.decoding.engine import _eos_ids, encode_prompts, left_pad
 
     model, tok = _load(args.model, args.device)
     prompts = _prompts(args.batch)
-    params = SamplingParams(max_new_tokens=args.new_tokens, batch_size=args.batch, ignore_eos=True, seed=0)
+    params = SamplingParams(max_new_tokens=args.new_tokens, batch_size=args.batch, ignore_eos=not args.eos, seed=0)
     input_ids, mask = left_pad(encode_prompts(tok, prompts), tok.pad_token_id, args.device)
 
     def hf_generate():
         with torch.no_grad():
-            model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0,
-                           top_k=0, top_p=1.0, max_new_tokens=args.new_tokens,
-                           min_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
+            out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0,
+                                 top_k=0, top_p=1.0, max_new_tokens=args.new_tokens,
+                                 min_new_tokens=None if args.eos else args.new_tokens, pad_token_id=tok.pad_token_id)
+        new = out[:, input_ids.shape[1]:]
+        eos = torch.tensor(sorted(_eos_ids(model, tok)), device=new.device)
+        ended = torch.isin(new, eos)  # tokens up to and including each row's first EOS
+        return int(((ended.cumsum(-1) - ended.long()) == 0).sum()) if args.eos else new.numel()
 
     rules = {
         "fixed_T": lambda: FixedTemperature(1.0),
@@ -71,10 +83,12 @@ def build_calls(args) -> dict:
         # the evidence-free prompt drops the story topic
         "kld": lambda: KLD([p.split(" about ")[0] + "." for p in prompts], T0=1.0, sigma=1.0),
     }
+    rules["fixed_T_dynamic_cache"] = rules["fixed_T"]
     calls = {"hf_generate": hf_generate}
     for name, make in rules.items():
         rule = make()
-        calls[name] = lambda rule=rule: generate(model, tok, prompts, rule, params)
+        p = replace(params, cache_implementation="dynamic") if name.endswith("dynamic_cache") else params
+        calls[name] = lambda rule=rule, p=p: sum(len(t.token_ids) for t in generate(model, tok, prompts, rule, p))
     return {m: calls[m] for m in args.methods}
 
 
@@ -85,22 +99,43 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_all(args) -> tuple[dict[str, float], dict[str, float]]:
-    """Median seconds per method and the spread (max - min) / median, methods interleaved
+def time_all(args) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Median tokens/s per method, the spread (max - min) / median of its times, and (``--split``) the
+    median share of each engine call spent in the model's forward passes; methods interleaved
     round-robin so drift hits all alike."""
+    from lpo_train.decoding import engine
+
     calls = build_calls(args)
     for call in calls.values():  # warm-up
         call()
-    times = {m: [] for m in calls}
+    forward = {"seconds": 0.0}
+    real_forward = engine._Stream._forward
+
+    def timed_forward(self, *a, **k):
+        _sync(args.device)
+        start = time.perf_counter()
+        out = real_forward(self, *a, **k)
+        _sync(args.device)
+        forward["seconds"] += time.perf_counter() - start
+        return out
+
+    if args.split:
+        engine._Stream._forward = timed_forward
+    times, rates, shares = ({m: [] for m in calls} for _ in range(3))
     for _ in range(args.repeats):
         for m, call in calls.items():
             _sync(args.device)
+            forward["seconds"] = 0.0
             start = time.perf_counter()
-            call()
+            tokens = call()
             _sync(args.device)
             times[m].append(time.perf_counter() - start)
-    return ({m: statistics.median(t) for m, t in times.items()},
-            {m: (max(t) - min(t)) / statistics.median(t) for m, t in times.items()})
+            rates[m].append(tokens / times[m][-1])
+            shares[m].append(forward["seconds"] / times[m][-1])
+    engine._Stream._forward = real_forward
+    return ({m: statistics.median(r) for m, r in rates.items()},
+            {m: (max(t) - min(t)) / statistics.median(t) for m, t in times.items()},
+            {m: statistics.median(s) for m, s in shares.items() if m != "hf_generate" and args.split})
 
 
 def _status_kib(field: str) -> int:
@@ -138,30 +173,35 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--eos", action="store_true", help="keep EOS active (default: decode every token)")
+    parser.add_argument("--split", action="store_true", help="time the model's forward passes inside engine calls")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         print(json.dumps({"peak_mib": peak_memory_mib(args.only, args)}))
         return
-    seconds, spread = time_all(args)
+    tps, spread, shares = time_all(args)
     peaks = {}
     for method in args.methods:  # each method's peak memory in its own process
         cmd = [sys.executable, __file__, "--only", method, "--model", args.model, "--device", args.device,
-               "--batch", str(args.batch), "--new-tokens", str(args.new_tokens)]
+               "--batch", str(args.batch), "--new-tokens", str(args.new_tokens)] + ["--eos"] * args.eos
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if out.returncode:
             raise SystemExit(f"{method} failed:\n{out.stderr[-2000:]}")
         peaks[method] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
-    tps = {m: args.batch * args.new_tokens / s for m, s in seconds.items()}
     kind = "extra CUDA allocated" if args.device.startswith("cuda") else "extra peak RSS"
     print(f"model={args.model} device={args.device} batch={args.batch} new_tokens={args.new_tokens} "
-          f"repeats={args.repeats} (median, interleaved)")
+          f"eos={'active' if args.eos else 'ignored'} repeats={args.repeats} (median, interleaved)")
     print(f"| method | tokens/s | run-to-run spread | x engine fixed-T | x HF generate | MiB ({kind}) |")
     print("|---|---|---|---|---|---|")
     for m in args.methods:
         vs_fixed = f"{tps[m] / tps['fixed_T']:.3f}" if "fixed_T" in tps else "-"
         vs_hf = f"{tps[m] / tps['hf_generate']:.3f}" if "hf_generate" in tps else "-"
         print(f"| {m} | {tps[m]:.0f} | {spread[m]:.0%} | {vs_fixed} | {vs_hf} | {peaks[m]:.0f} |")
+    if shares:
+        print("\n| method | model forward | everything else (engine) |\n|---|---|---|")
+        for m, share in shares.items():
+            print(f"| {m} | {share:.1%} | {1 - share:.1%} |")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def test_kv_cached_decoding_equals_full_recomputation(tiny_lm):
     head = _head(model, "token", scale=5.0)
     traces = generate(model, tok, PROMPTS, AdaptiveDecoderRule(head, "sample"),
                       SamplingParams(max_new_tokens=10, num_samples=2, seed=5, trace_hidden=True,
-                                     trace_choice_logps=True))
+                                     trace_choice_logps=True, trace_entropy=True))
     grid = torch.tensor([0.0, 0.5, 1.0])
     for t in traces:
         logits, hidden = _full_forward(model, t)

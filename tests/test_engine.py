@@ -69,7 +69,11 @@ def test_sampling_reproducible_under_seed_and_prompt_major(tiny_lm):
     assert [t.token_ids for t in a] != [t.token_ids for t in c]
     assert [(t.prompt_index, t.sample_index) for t in a] == [(i, s) for i in range(2) for s in range(3)]
     assert all(t.values == [1.0] * len(t.token_ids) for t in a)
-    assert all(len(t.entropies) == len(t.token_ids) for t in a)
+    assert all(t.entropies is None for t in a)  # computed only when traced
+    traced = generate(model, tok, PROMPTS[:2], FixedTemperature(1.0),
+                      SamplingParams(max_new_tokens=10, num_samples=3, seed=7, trace_entropy=True))
+    assert [t.token_ids for t in traced] == [t.token_ids for t in a]
+    assert all(len(t.entropies) == len(t.token_ids) for t in traced)
 
 
 def test_eos_and_stop_strings(toy_small):

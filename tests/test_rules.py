@@ -60,7 +60,8 @@ def test_entropy_ignores_masked_logits():
 
 def test_engine_traces_edt_temperatures_from_entropy(tiny_lm):
     model, tok = tiny_lm
-    (t,) = generate(model, tok, ["hello"], EDT(T0=1.0, theta=1.0), SamplingParams(max_new_tokens=8))
+    (t,) = generate(model, tok, ["hello"], EDT(T0=1.0, theta=1.0),
+                     SamplingParams(max_new_tokens=8, trace_entropy=True))
     expected = edt_temperature(torch.tensor(t.entropies), 1.0, 1.0)
     assert t.values == pytest.approx(expected.tolist(), rel=1e-5)
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
+from lpo_train.decoding.cache import CACHE_IMPLEMENTATIONS, make_cache
 from lpo_train.decoding.randomness import seed_for
 from lpo_train.decoding.rows import RowRecord
 from lpo_train.decoding.rules import FixedTemperature, Rule, StepInput, entropy
 from lpo_train.decoding.sampling import Truncation, sample_from, warp
+from lpo_train.decoding.stops import StopStrings
 
 
 @dataclass
@@ -35,7 +37,9 @@ class SamplingParams:
     chat_template: bool | None = None  # None: use the tokenizer's chat template if it has one
     trace_hidden: bool = False  # keep the hidden state the rule saw (per step, or step 0 for sequence rules)
     trace_choice_logps: bool = False  # keep log P(y_t | choice k) for every grid choice k
+    trace_entropy: bool = False  # keep the entropy of softmax(raw logits) per step (computed only when asked)
     ignore_eos: bool = False  # always decode max_new_tokens (benchmarks)
+    cache_implementation: str = "preallocated"  # or "dynamic" (transformers' DynamicCache: torch.cat per step)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -46,6 +50,11 @@ class SamplingParams:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         self.stop_strings = tuple(self.stop_strings)
+        if any(not isinstance(x, str) or not x for x in self.stop_strings):
+            raise ValueError(f"stop_strings must be non-empty strings, got {list(self.stop_strings)}.")
+        if self.cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS}, "
+                             f"got {self.cache_implementation!r}.")
 
     @property
     def truncation(self) -> Truncation:
@@ -61,7 +70,7 @@ class Trace:
     text: str  # decoded completion, without EOS/special tokens, cut after a stop string
     finish_reason: str  # "eos", "stop" or "length"
     values: list[float]  # the knob value applied at each step (temperature: 0 = greedy)
-    entropies: list[float]  # entropy (nats) of softmax(raw logits) at each step
+    entropies: list[float] | None  # entropy (nats) of softmax(raw logits) at each step (trace_entropy=True)
     choices: list[int] | None = None  # grid index per step (one entry for sequence rules)
     hidden: torch.Tensor | None = None  # [steps or 1, H] in the model's dtype, on the model's device
     choice_logps: torch.Tensor | None = None  # [steps, K] float32, on the model's device
@@ -123,9 +132,8 @@ def head_logits(head, softcap, hidden: torch.Tensor) -> torch.Tensor:
 class _Stream:
     """One model decoding a left-padded batch with its own KV cache, mask and positions."""
 
-    def __init__(self, model, prompt_ids: list[list[int]], pad_id: int, max_new_tokens: int):
-        from transformers import DynamicCache
-
+    def __init__(self, model, prompt_ids: list[list[int]], pad_id: int, max_new_tokens: int,
+                 cache_implementation: str = "preallocated"):
         self.model = model
         self.body, self.head = model.get_decoder(), model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -136,7 +144,7 @@ class _Stream:
         self.full_mask = torch.cat([mask, mask.new_ones((len(prompt_ids), max_new_tokens))], dim=-1)
         self.mask = self.full_mask[:, :width]
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        self.cache = DynamicCache(config=model.config)
+        self.cache = make_cache(model, width + max_new_tokens, cache_implementation)
         self._forward(ids, positions)
         self.next_pos = positions[:, -1:] + 1
 
@@ -283,8 +291,9 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         n = params.max_new_tokens
-        streams = [_Stream(model, [encoded[i] for i, _ in chunk], pad_id, n)]
-        streams += [_Stream(m, [ids[i] for i, _ in chunk], pad_id, n) for m, ids in aux]
+        cache = params.cache_implementation
+        streams = [_Stream(model, [encoded[i] for i, _ in chunk], pad_id, n, cache)]
+        streams += [_Stream(m, [ids[i] for i, _ in chunk], pad_id, n, cache) for m, ids in aux]
         stats["forward_tokens"] += sum(len(encoded[i]) for i, _ in chunk)
         if search is not None:
             search.begin([i for i, _ in chunk], [encoded[i] for i, _ in chunk], n)
@@ -321,51 +330,61 @@ def _keep(streams, state: dict, keep: torch.Tensor) -> dict:
     return {k: v[keep] for k, v in state.items()}
 
 
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """The decoding step's one device-to-host copy (a host tensor; what follows from it stays on the host)."""
+    return tensor.cpu()
+
+
 def _decode_batch(streams, tokenizer, chunk: _Chunk, rule, params, eos_ids, pad_id, search, stats):
     rows, seeds = chunk.rows, chunk.seeds
     main = streams[0]
     device, batch, steps = main.device, len(rows), params.max_new_tokens
     rec = RowRecord(batch, steps, pad_id, device, main.hidden if params.trace_hidden else None,
-                    1 if rule.level == "sequence" else steps)
+                    1 if rule.level == "sequence" else steps, params.trace_entropy)
     truncation = params.truncation
     eos = torch.tensor(sorted(eos_ids), device=device)
-    max_stop = max((len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in params.stop_strings),
-                   default=0)
+    stops = StopStrings(tokenizer, params.stop_strings, vocab_size(main.model), device) if params.stop_strings else None
     sample_index = torch.tensor([row[1] for row in rows], device=device)
     prompt_index = torch.tensor([row[0] for row in rows], device=device)
-    active = torch.arange(batch, device=device)
+    active = torch.arange(batch, device=device)  # record row of each stream row
+    active_host = torch.arange(batch)  # the same, on the host
     all_seeds = seeds.clone()
     scores = None
     state = rule.init_state(batch, device)
     for step in range(steps):
         logits = main.logits
-        step_entropy = entropy(logits)
         inp = StepInput(logits=logits, hidden=main.hidden, state=state, step=step, row_seeds=seeds,
-                        aux_logits=[s.logits for s in streams[1:]], entropy=step_entropy, truncation=truncation,
-                        rows=active)
+                        aux_logits=[s.logits for s in streams[1:]], truncation=truncation, rows=active)
         if step == 0:  # before any row finishes or is reordered: rows are still the chunk's rows
             inp.group_seeds, inp.sample_index = chunk.group_seeds, sample_index
         if rule.needs_history:
             inp.generated, inp.prompt_index = rec.tokens[active, :step], prompt_index[active]
         out = rule.step(inp)
         step_logits = out.logits if out.logits is not None else logits
-        probs = out.probs if out.probs is not None else warp(step_logits, out.temperature, truncation)
-        token = sample_from(probs, inp.uniforms(purpose=0))
+        if rule.greedy and out.probs is None:  # an argmax, nothing else (as the one-hot draw would give)
+            token = step_logits.argmax(-1)
+        else:
+            probs = out.probs if out.probs is not None else warp(step_logits, out.temperature, truncation)
+            token = sample_from(probs, inp.uniforms(purpose=0))
         rule.observe(inp, token)
 
         lp = rule.choice_logps(step_logits, token, truncation) if params.trace_choice_logps else None
         rec.record(slice(None) if len(active) == batch else active,  # plain slices until a row finishes
-                   step, token, out.value if out.value is not None else out.temperature, step_entropy,
+                   step, token, out.value if out.value is not None else out.temperature,
+                   inp.logits_entropy() if params.trace_entropy else None,
                    out.choice if rule.level == "token" or step == 0 else None, main.hidden, lp)
 
+        # the step's one device-to-host copy: rows that produced EOS and rows that may have ended a stop string
         done = torch.isin(token, eos) & (not params.ignore_eos)
-        rec.finished(active[done].tolist(), "eos")
-        if params.stop_strings:
-            stopped = [j for j, r in enumerate(active.tolist()) if not done[j] and any(
-                s in tokenizer.decode(rec.tokens[r, max(0, step - max_stop):step + 1]) for s in params.stop_strings)]
-            done[stopped] = True
-            rec.finished(active[stopped].tolist(), "stop")
-        last = step == steps - 1 or not rec.alive.any()
+        flags = to_host(torch.stack([done, stops.may_end(token) & ~done]) if stops else done[None])
+        done_host = flags[0].clone()
+        rec.finished(active_host[done_host], "eos")
+        if stops is not None and flags[1].any():
+            flagged = active_host[flags[1]]
+            hit = stops.hits(rec.tokens, flagged, step)
+            rec.finished(flagged[hit], "stop")
+            done_host[flags[1].nonzero().flatten()[hit]] = True
+        last = step == steps - 1 or bool(done_host.all())
         if search is not None and (last or (search.chunk_len and (step + 1) % search.chunk_len == 0)):
             position = torch.full((batch,), -1, dtype=torch.long, device=device)
             position[active] = torch.arange(len(active), device=device)  # row -> index in the streams
@@ -380,15 +399,17 @@ def _decode_batch(streams, tokenizer, chunk: _Chunk, rule, params, eos_ids, pad_
                 scores = search.final_scores
                 break
             all_seeds = _copy_seeds(all_seeds, src, step)
-            active = rec.alive.nonzero().flatten()
+            active_host = rec.alive.cpu().nonzero().flatten()
+            active = active_host.to(device)
             token, seeds = rec.tokens[active, step], all_seeds[active]
             state = _keep(streams, state, position[src[active]])
         else:
             if last:
                 break
-            if done.any():
-                keep = (~done).nonzero().flatten()
-                active, token, seeds = active[keep], token[keep], seeds[keep]
+            if done_host.any():
+                keep_host = (~done_host).nonzero().flatten()
+                keep = keep_host.to(device)
+                active, active_host, token, seeds = active[keep], active_host[keep_host], token[keep], seeds[keep]
                 state = _keep(streams, state, keep)
         stats["forward_tokens"] += len(active)
         for s in streams:

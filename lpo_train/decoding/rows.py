@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import torch
 
+FINISH_REASONS = ("length", "eos", "stop")  # codes 0, 1, 2 of RowRecord.finish
+
 
 class RowRecord:
     """Per-row buffers [B, steps]: tokens, applied values, entropies, grid choices, and optionally the
     hidden state the rule saw and log P(y_t | choice k); plus lengths, alive flags, finish reasons."""
 
     def __init__(self, batch: int, steps: int, pad_id: int, device, hidden_like: torch.Tensor | None = None,
-                 hidden_steps: int = 1):
+                 hidden_steps: int = 1, trace_entropy: bool = True):
         self.steps, self.hidden_steps = steps, hidden_steps
         self.tokens = torch.full((batch, steps), pad_id, dtype=torch.long, device=device)
         self.values = torch.zeros((batch, steps), device=device)
-        self.entropies = torch.zeros((batch, steps), device=device)
+        self.entropies = torch.zeros((batch, steps), device=device) if trace_entropy else None
         self.choices = torch.full((batch, steps), -1, dtype=torch.long, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.alive = torch.ones(batch, dtype=torch.bool, device=device)
-        self.finish = ["length"] * batch
+        self.finish = torch.zeros(batch, dtype=torch.long, device=device)  # index into FINISH_REASONS
         self.hidden = (torch.zeros((batch, hidden_steps, hidden_like.shape[-1]), dtype=hidden_like.dtype, device=device)
                        if hidden_like is not None else None)
         self.choice_logps: torch.Tensor | None = None
@@ -28,7 +30,8 @@ class RowRecord:
         """Step ``step`` of ``rows`` (a slice or an index tensor of the rows still decoding)."""
         self.tokens[rows, step] = token
         self.values[rows, step] = value.float()
-        self.entropies[rows, step] = entropy
+        if self.entropies is not None:
+            self.entropies[rows, step] = entropy
         self.lengths[rows] += 1
         if choice is not None:
             self.choices[rows, step] = choice
@@ -40,37 +43,40 @@ class RowRecord:
                                                 device=self.tokens.device)
             self.choice_logps[rows, step] = choice_logps.float()
 
-    def finished(self, rows: list[int], reason: str) -> None:
-        for r in rows:
-            self.finish[r] = reason
-        self.alive[torch.as_tensor(rows, dtype=torch.long, device=self.alive.device)] = False
+    def finished(self, rows: torch.Tensor, reason: str) -> None:
+        """Rows ``rows`` (record indices) end for ``reason`` (device-side; nothing is copied to the host)."""
+        rows = rows.to(self.alive.device)
+        self.finish[rows] = FINISH_REASONS.index(reason)
+        self.alive[rows] = False
 
     def reorder(self, src: torch.Tensor) -> None:
         """New row r continues old row ``src[r]`` (every buffer copied along)."""
-        for name in ("tokens", "values", "entropies", "choices", "lengths", "alive", "hidden", "choice_logps"):
+        for name in ("tokens", "values", "entropies", "choices", "lengths", "alive", "finish", "hidden",
+                     "choice_logps"):
             buf = getattr(self, name)
             if buf is not None:
                 setattr(self, name, buf[src])
-        self.finish = [self.finish[j] for j in src.tolist()]
 
     def traces(self, tokenizer, rows: list[tuple[int, int]], prompt_ids: list[list[int]], stop_strings,
                scores: torch.Tensor | None = None) -> list:
         from lpo_train.decoding.engine import Trace
 
         lengths = self.lengths.tolist()
-        tokens, values, entropies, choices = (x.tolist() for x in (self.tokens, self.values, self.entropies,
-                                                                     self.choices))
+        tokens, values, choices = (x.tolist() for x in (self.tokens, self.values, self.choices))
+        entropies = self.entropies.tolist() if self.entropies is not None else None
+        finish = [FINISH_REASONS[c] for c in self.finish.tolist()]
         out = []
         for r, n in enumerate(lengths):
             token_ids = tokens[r][:n]
             text = tokenizer.decode(token_ids, skip_special_tokens=True)
-            if self.finish[r] == "stop":
+            if finish[r] == "stop":
                 cut = min((text.find(s) + len(s) for s in stop_strings if s in text), default=len(text))
                 text = text[:cut]
             picked = [c for c in choices[r][:n] if c >= 0]
             out.append(Trace(
                 prompt_index=rows[r][0], sample_index=rows[r][1], prompt_ids=list(prompt_ids[r]), token_ids=token_ids,
-                text=text, finish_reason=self.finish[r], values=values[r][:n], entropies=entropies[r][:n],
+                text=text, finish_reason=finish[r], values=values[r][:n],
+                entropies=None if entropies is None else entropies[r][:n],
                 choices=picked or None,
                 # left on the device (views): callers copy what they keep
                 hidden=None if self.hidden is None else self.hidden[r, :min(self.hidden_steps, n)],

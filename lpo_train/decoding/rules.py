@@ -26,7 +26,7 @@ class StepInput:
     step: int
     row_seeds: torch.Tensor | None = None  # [B] int64, one per row (see decoding.randomness)
     aux_logits: list[torch.Tensor] = field(default_factory=list)  # one [B, V] per aux stream
-    entropy: torch.Tensor | None = None  # [B] entropy of softmax(logits) in nats, when known
+    entropy: torch.Tensor | None = None  # [B] entropy of softmax(logits) in nats, computed on first use
     generated: torch.Tensor | None = None  # [B, step] tokens so far (only for rules with needs_history)
     prompt_index: torch.Tensor | None = None  # [B] each row's prompt (only for rules with needs_history)
     truncation: Truncation = NO_TRUNCATION  # the call's fixed top-k / top-p / min-p (for rules returning probs)
@@ -43,7 +43,10 @@ class StepInput:
         return row_uniforms(self.row_seeds, self.step, purpose)
 
     def logits_entropy(self) -> torch.Tensor:
-        return self.entropy if self.entropy is not None else entropy(self.logits)
+        """The entropy of softmax(logits), computed once, only when a rule or the traces ask for it."""
+        if self.entropy is None:
+            self.entropy = entropy(self.logits)
+        return self.entropy
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Rule:
     level = "token"
     name = "rule"
     needs_history = False  # True: StepInput carries the tokens generated so far and the prompt index
+    greedy = False  # True: every row, every step decodes greedily (the engine takes an argmax, nothing else)
 
     def bind(self, tokenizer, prompts) -> None:
         """Called once per ``generate`` with the main tokenizer and the input prompts."""
@@ -110,9 +114,15 @@ def _rows(inp: StepInput, value) -> torch.Tensor:
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of softmax(logits) per row; -inf logits contribute 0."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+    """Shannon entropy (nats) of softmax(logits) per row; -inf logits contribute 0.
+
+    H = log S - sum(e * z') / S with z' = z - max z, e = exp(z'), S = sum(e): one exponential pass
+    over the vocabulary and no log-softmax."""
+    z = logits.float()
+    shifted = (z - z.amax(-1, keepdim=True)).clamp_(min=-1e30)  # -inf -> -1e30: exp gives 0 and 0 * z' = 0
+    e = shifted.exp()
+    total = e.sum(-1)
+    return (total.log() - (e * shifted).sum(-1) / total).clamp(min=0)
 
 
 class FixedTemperature(Rule):
@@ -120,6 +130,7 @@ class FixedTemperature(Rule):
 
     def __init__(self, temperature: float):
         self.temperature = check_temperature(temperature)
+        self.greedy = self.temperature <= MIN_TEMPERATURE
         self.name = "greedy" if self.temperature == 0 else f"T={self.temperature:g}"
 
     def step(self, inp):

@@ -44,19 +44,30 @@ def _rows(value, batch: int, like: torch.Tensor) -> torch.Tensor:
         value) or value.dim() == 0 else value.to(like.device, like.dtype)
 
 
+def _any(mask: torch.Tensor) -> bool:
+    """Whether a per-row branch may be needed. On an accelerator this is always True (the branch is
+    applied with ``torch.where`` / as a no-op) so that no device-to-host copy is made; on the CPU,
+    where asking costs nothing, the branch is skipped when no row needs it."""
+    return mask.device.type != "cpu" or bool(mask.any())
+
+
 def _one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
 
 
 def tempered(logits: torch.Tensor, temperature) -> torch.Tensor:
-    """softmax(z / T) per row; rows with T <= MIN_TEMPERATURE (0 included) are one-hot on the argmax,
-    so a vanishing temperature never overflows."""
+    """softmax(z / T) per row, as HF's ``TemperatureLogitsWarper`` then softmax; rows with T <=
+    MIN_TEMPERATURE (0 included) are one-hot on the argmax, so a vanishing temperature never overflows
+    (softmax subtracts the row maximum itself, and z / T for T > MIN_TEMPERATURE stays finite)."""
+    if not torch.is_tensor(temperature):  # one number for every row: decided on the host
+        if float(temperature) <= MIN_TEMPERATURE:
+            return _one_hot_argmax(logits)
+        return torch.softmax(logits if float(temperature) == 1.0 else logits / float(temperature), dim=-1)
     t = _rows(temperature, logits.shape[0], logits)
     greedy_rows = t <= MIN_TEMPERATURE
     safe = torch.where(greedy_rows, torch.ones_like(t), t)
-    shifted = logits - logits.amax(-1, keepdim=True)  # <= 0, so dividing cannot overflow
-    probs = torch.softmax(shifted / safe[:, None], dim=-1)
-    if greedy_rows.any():
+    probs = torch.softmax(logits / safe[:, None], dim=-1)
+    if _any(greedy_rows):
         probs = torch.where(greedy_rows[:, None], _one_hot_argmax(logits), probs)
     return probs
 
@@ -68,7 +79,9 @@ def truncate(probs: torch.Tensor, top_k=0, top_p=1.0, min_p=0.0) -> torch.Tensor
     k = _rows(top_k, batch, probs)
     p = _rows(top_p, batch, probs)
     m = _rows(min_p, batch, probs)
-    use_k, use_p, use_m = bool((k > 0).any()), bool((p < 1).any()), bool((m > 0).any())
+    use_k, use_p, use_m = (top_k != 0 if not torch.is_tensor(top_k) else _any(k > 0),
+                           top_p != 1.0 if not torch.is_tensor(top_p) else _any(p < 1),
+                           min_p != 0.0 if not torch.is_tensor(min_p) else _any(m > 0))
     if use_k or use_p:  # one sort serves both
         sorted_p, order = probs.sort(dim=-1, descending=True)
         keep = torch.ones_like(sorted_p, dtype=torch.bool)
@@ -115,9 +128,35 @@ def knob_distribution(logits: torch.Tensor, knob: str, values: torch.Tensor, bas
     return warp(logits, base_temperature, truncation, **{knob: values.to(logits.dtype)})
 
 
+SAMPLE_BLOCK = 1024  # vocabulary entries per block of the two-level inverse CDF
+
+
 def sample_from(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """One index per row by inverse-CDF sampling with the given uniforms in [0, 1) (exact;
-    several times faster than ``torch.multinomial`` on CPU). Zero-mass entries are never drawn."""
-    cdf = probs.double().cumsum(-1)
-    u = uniforms.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
-    return (cdf <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
+    """One index per row by inverse-CDF sampling with the given uniforms in [0, 1): the first index whose
+    cumulative mass exceeds u x total. Zero-mass entries are never drawn; each row depends only on its
+    own probabilities and uniform (batch-invariant).
+
+    Two levels, so no float64 cumulative sum runs over the whole vocabulary: float64 sums of blocks of
+    ``SAMPLE_BLOCK`` entries locate the block, then a float64 cumulative sum inside that one block
+    locates the entry. This is the same inverse CDF as a full float64 cumsum up to float64 rounding of
+    the partial sums (|error| < V x 2^-53 of the total mass), so a draw can differ from it only when u
+    falls within that distance of a boundary."""
+    batch, vocab = probs.shape
+    u01 = uniforms.to(probs.device, torch.float64)
+    if vocab <= 2 * SAMPLE_BLOCK:
+        cdf = probs.double().cumsum(-1)
+        return (cdf <= u01[:, None] * cdf[:, -1:]).sum(-1).clamp(max=vocab - 1)
+    blocks = -(-vocab // SAMPLE_BLOCK)
+    padded = probs if blocks * SAMPLE_BLOCK == vocab else torch.nn.functional.pad(
+        probs, (0, blocks * SAMPLE_BLOCK - vocab))
+    by_block = padded.view(batch, blocks, SAMPLE_BLOCK)
+    block_cdf = by_block.sum(-1, dtype=torch.float64).cumsum(-1)  # [B, blocks]
+    u = u01[:, None] * block_cdf[:, -1:]
+    block = (block_cdf <= u).sum(-1).clamp(max=blocks - 1)  # the first block whose cumulative mass exceeds u
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)[:, None])[:, 0],
+                         torch.zeros_like(u[:, 0]))
+    inner = by_block.gather(1, block[:, None, None].expand(batch, 1, SAMPLE_BLOCK))[:, 0].double()
+    index = ((before[:, None] + inner.cumsum(-1)) <= u).sum(-1)
+    # rounding guard: never past the block's last entry with mass
+    last = SAMPLE_BLOCK - 1 - (inner.flip(-1) > 0).int().argmax(-1)
+    return (block * SAMPLE_BLOCK + torch.minimum(index, last)).clamp(max=vocab - 1)
