@@ -86,6 +86,8 @@ def build_calls(args) -> dict:
     rules["fixed_T_dynamic_cache"] = rules["fixed_T"]
     calls = {"hf_generate": hf_generate}
     for name, make in rules.items():
+        if name not in args.methods:
+            continue
         rule = make()
         p = replace(params, cache_implementation="dynamic") if name.endswith("dynamic_cache") else params
         calls[name] = lambda rule=rule, p=p: sum(len(t.token_ids) for t in generate(model, tok, prompts, rule, p))

@@ -183,3 +183,20 @@ def test_at_most_one_device_to_host_copy_per_step(toy_small, monkeypatch):
         out = generate(model, tok, PROMPTS, rule, SamplingParams(max_new_tokens=30, num_samples=2, seed=1))
         assert any(t.finish_reason == "eos" for t in out)
         assert calls["copies"] <= max(len(t.token_ids) for t in out) and calls["other"] == [], (rule.name, calls)
+
+
+@pytest.mark.slow
+def test_preallocated_cache_equals_dynamic_cache_on_smollm2():
+    """The real model (GQA, 30 layers): sampled, a token-level head and EDT, rows finishing at EOS."""
+    from lpo_train.models import load_smollm2
+
+    model, tok = load_smollm2()
+    prompts = ["What is the capital of France? One word.", "Write a sentence about the sea."]
+    rules = {"sampled": FixedTemperature(0.7), "edt": EDT(T0=0.7, theta=1.0),
+             "ad_token": AdaptiveDecoderRule(_head(model, "token"), "sample", model=model)}
+    for name, rule in rules.items():
+        out = {impl: generate(model, tok, prompts, rule, SamplingParams(
+            max_new_tokens=12, num_samples=2, seed=0, trace_choice_logps=name == "ad_token", trace_entropy=True,
+            cache_implementation=impl)) for impl in ("preallocated", "dynamic")}
+        _same(out["preallocated"], out["dynamic"])
+    assert any(t.finish_reason == "eos" for t in out["dynamic"])
