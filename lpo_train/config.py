@@ -47,6 +47,8 @@ class DecodingArguments:
     top_k: int = _help("Top-k after temperature (0 = off; HF generate's default is 50).", 0)
     top_p: float = _help("Top-p after top-k (1.0 = off).", 1.0)
     min_p: float = _help("Min-p after top-p (0.0 = off).", 0.0)
+    compile_decode_step: bool = _help("torch.compile the model's one-token decode forward (dynamic shapes; "
+                                      "the first call compiles, tens of seconds).", False)
 
     def check_decoding(self) -> None:
         from lpo_train.decoding.sampling import Truncation
@@ -58,6 +60,10 @@ class DecodingArguments:
 
     def truncation(self) -> dict:
         return {"top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p}
+
+    def engine_options(self) -> dict:
+        """The ``SamplingParams`` these fields set besides the lengths: the truncations and how the step runs."""
+        return {**self.truncation(), "compile_decode_step": self.compile_decode_step}
 
 
 @dataclass

@@ -28,7 +28,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-METHODS = ["hf_generate", "fixed_T", "fixed_T_dynamic_cache", "ad_token", "ad_sequence", "edt", "kld"]
+METHODS = ["hf_generate", "fixed_T", "fixed_T_dynamic_cache", "fixed_T_compiled", "ad_token", "ad_sequence", "edt",
+           "kld"]
 
 
 def _load(name: str, device: str):
@@ -58,7 +59,8 @@ def build_calls(args) -> dict:
 
     from lpo_train import AdaptiveDecoderHead
     from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, FixedTemperature, SamplingParams, generate
-    from lpo_train.decoding.engine import _eos_ids, encode_prompts, left_pad
+    from lpo_train.decoding.engine import _eos_ids, encode_prompts
+    from lpo_train.decoding.stream import left_pad
 
     model, tok = _load(args.model, args.device)
     prompts = _prompts(args.batch)
@@ -83,13 +85,14 @@ def build_calls(args) -> dict:
         # the evidence-free prompt drops the story topic
         "kld": lambda: KLD([p.split(" about ")[0] + "." for p in prompts], T0=1.0, sigma=1.0),
     }
-    rules["fixed_T_dynamic_cache"] = rules["fixed_T"]
+    rules["fixed_T_dynamic_cache"] = rules["fixed_T_compiled"] = rules["fixed_T"]
     calls = {"hf_generate": hf_generate}
     for name, make in rules.items():
         if name not in args.methods:
             continue
         rule = make()
-        p = replace(params, cache_implementation="dynamic") if name.endswith("dynamic_cache") else params
+        p = (replace(params, cache_implementation="dynamic") if name.endswith("dynamic_cache") else
+             replace(params, compile_decode_step=True) if name.endswith("compiled") else params)
         calls[name] = lambda rule=rule, p=p: sum(len(t.token_ids) for t in generate(model, tok, prompts, rule, p))
     return {m: calls[m] for m in args.methods}
 
@@ -105,13 +108,13 @@ def time_all(args) -> tuple[dict[str, float], dict[str, float], dict[str, float]
     """Median tokens/s per method, the spread (max - min) / median of its times, and (``--split``) the
     median share of each engine call spent in the model's forward passes; methods interleaved
     round-robin so drift hits all alike."""
-    from lpo_train.decoding import engine
+    from lpo_train.decoding import stream
 
     calls = build_calls(args)
     for call in calls.values():  # warm-up
         call()
     forward = {"seconds": 0.0}
-    real_forward = engine._Stream._forward
+    real_forward = stream.Stream._forward
 
     def timed_forward(self, *a, **k):
         _sync(args.device)
@@ -122,7 +125,7 @@ def time_all(args) -> tuple[dict[str, float], dict[str, float], dict[str, float]
         return out
 
     if args.split:
-        engine._Stream._forward = timed_forward
+        stream.Stream._forward = timed_forward
     times, rates, shares = ({m: [] for m in calls} for _ in range(3))
     for _ in range(args.repeats):
         for m, call in calls.items():
@@ -134,7 +137,7 @@ def time_all(args) -> tuple[dict[str, float], dict[str, float], dict[str, float]
             times[m].append(time.perf_counter() - start)
             rates[m].append(tokens / times[m][-1])
             shares[m].append(forward["seconds"] / times[m][-1])
-    engine._Stream._forward = real_forward
+    stream.Stream._forward = real_forward
     return ({m: statistics.median(r) for m, r in rates.items()},
             {m: (max(t) - min(t)) / statistics.median(t) for m, t in times.items()},
             {m: statistics.median(s) for m, s in shares.items() if m != "hf_generate" and args.split})

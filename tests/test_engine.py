@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lpo_train.decoding import FixedTemperature, SamplingParams, generate, next_token_distribution
-from lpo_train.decoding.engine import encode_prompts, left_pad
+from lpo_train.decoding.engine import encode_prompts
+from lpo_train.decoding.stream import left_pad
 from lpo_train.decoding.rules import entropy
 
 PROMPTS = ["What is the answer?", "hi", "The quick brown fox jumps over the lazy dog and then"]

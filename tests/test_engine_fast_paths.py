@@ -200,3 +200,17 @@ def test_preallocated_cache_equals_dynamic_cache_on_smollm2():
             cache_implementation=impl)) for impl in ("preallocated", "dynamic")}
         _same(out["preallocated"], out["dynamic"])
     assert any(t.finish_reason == "eos" for t in out["dynamic"])
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_equals_the_eager_step(toy_small):
+    """torch.compile (inductor, CPU) of the one-token decode forward, rows leaving the batch mid-way."""
+    model, tok = toy_small
+    for rule in (FixedTemperature(0.0), AdaptiveDecoderRule(_head(model, "token"), "sample", model=model)):
+        out = {c: generate(model, tok, PROMPTS, rule, SamplingParams(
+            max_new_tokens=24, num_samples=2, seed=4, trace_hidden=True, compile_decode_step=c)) for c in (False, True)}
+        assert len({len(t.token_ids) for t in out[False]}) > 1  # rows finished at different steps
+        _same(out[True], out[False])
+    from lpo_train.decoding.stream import _COMPILED
+
+    assert model.get_decoder() in _COMPILED  # the compiled step really ran

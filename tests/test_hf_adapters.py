@@ -3,7 +3,8 @@ import torch
 from transformers import LogitsProcessorList
 
 from lpo_train.decoding import KLD, edt_temperature, entropy
-from lpo_train.decoding.engine import encode_prompts, left_pad
+from lpo_train.decoding.engine import encode_prompts
+from lpo_train.decoding.stream import left_pad
 from lpo_train.decoding.hf import (
     AdaptiveDecoderLogitsProcessor, DynatempLogitsProcessor, EDTLogitsProcessor, RuleLogitsProcessor,
 )

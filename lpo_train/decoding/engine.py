@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from lpo_train.decoding.cache import CACHE_IMPLEMENTATIONS, make_cache
+from lpo_train.decoding.cache import CACHE_IMPLEMENTATIONS
 from lpo_train.decoding.randomness import seed_for
 from lpo_train.decoding.rows import RowRecord
-from lpo_train.decoding.rules import FixedTemperature, Rule, StepInput, entropy
+from lpo_train.decoding.rules import FixedTemperature, Rule, StepInput
 from lpo_train.decoding.sampling import Truncation, sample_from, warp
 from lpo_train.decoding.stops import StopStrings
+from lpo_train.decoding.stream import Stream, vocab_size
 
 
 @dataclass
@@ -40,6 +41,7 @@ class SamplingParams:
     trace_entropy: bool = False  # keep the entropy of softmax(raw logits) per step (computed only when asked)
     ignore_eos: bool = False  # always decode max_new_tokens (benchmarks)
     cache_implementation: str = "preallocated"  # or "dynamic" (transformers' DynamicCache: torch.cat per step)
+    compile_decode_step: bool = False  # torch.compile the model's one-token decode forward (dynamic shapes)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -113,79 +115,6 @@ def _eos_ids(model, tokenizer) -> set[int]:
         if eos is not None:
             ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
     return ids
-
-
-def left_pad(prompt_ids: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` of a left-padded batch, as HF ``generate`` expects."""
-    width = max(map(len, prompt_ids))
-    ids = torch.tensor([[pad_id] * (width - len(x)) + list(x) for x in prompt_ids], dtype=torch.long, device=device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompt_ids], dtype=torch.long, device=device)
-    return ids, mask
-
-
-def head_logits(head, softcap, hidden: torch.Tensor) -> torch.Tensor:
-    """float32 logits of ``hidden`` through the output layer, with Gemma-style soft-capping."""
-    logits = head(hidden).float()
-    return torch.tanh(logits / softcap) * softcap if softcap else logits
-
-
-class _Stream:
-    """One model decoding a left-padded batch with its own KV cache, mask and positions."""
-
-    def __init__(self, model, prompt_ids: list[list[int]], pad_id: int, max_new_tokens: int,
-                 cache_implementation: str = "preallocated"):
-        self.model = model
-        self.body, self.head = model.get_decoder(), model.get_output_embeddings()
-        self.softcap = getattr(model.config, "final_logit_softcapping", None)
-        self.device = next(model.parameters()).device
-        ids, mask = left_pad(prompt_ids, pad_id, self.device)
-        self.width = width = ids.shape[1]
-        # room for every generated token, always attended to: no torch.cat per step
-        self.full_mask = torch.cat([mask, mask.new_ones((len(prompt_ids), max_new_tokens))], dim=-1)
-        self.mask = self.full_mask[:, :width]
-        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        self.cache = make_cache(model, width + max_new_tokens, cache_implementation)
-        self._forward(ids, positions)
-        self.next_pos = positions[:, -1:] + 1
-
-    def _forward(self, ids, positions, all_positions: bool = False):
-        out = self.body(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                        past_key_values=self.cache, use_cache=True)
-        self.hidden = out.last_hidden_state[:, -1]
-        self.logits = self._logits(self.hidden)
-        return out.last_hidden_state if all_positions else None
-
-    def _logits(self, hidden):
-        return head_logits(self.head, self.softcap, hidden)
-
-    def select(self, keep: torch.Tensor) -> None:
-        """Keep only the rows ``keep`` (finished rows leave; beams are reordered) — cache included."""
-        keep = keep.to(self.device)
-        self.cache.batch_select_indices(keep)
-        self.full_mask, self.next_pos = self.full_mask[keep], self.next_pos[keep]
-        self.hidden, self.logits = self.hidden[keep], self.logits[keep]
-        self.mask = self.full_mask[:, :self.width]
-
-    def advance(self, token: torch.Tensor) -> None:
-        self.width += 1
-        self.mask = self.full_mask[:, :self.width]
-        self._forward(token[:, None].to(self.device), self.next_pos)
-        self.next_pos = self.next_pos + 1
-
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Append ``ids`` [B, n] (right-padded rows are fine: causal attention never looks ahead);
-        returns the hidden states at every new position, [B, n, H]."""
-        n = ids.shape[1]
-        self.width += n
-        self.mask = self.full_mask[:, :self.width]
-        positions = self.next_pos + torch.arange(n, device=self.device)
-        hidden = self._forward(ids.to(self.device), positions, all_positions=True)
-        self.next_pos = self.next_pos + n
-        return hidden
-
-
-def vocab_size(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
 
 
 def same_vocab(tokenizer, other) -> bool:
@@ -291,9 +220,9 @@ def generate(model, tokenizer, prompts, rule: Rule | None = None,
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         n = params.max_new_tokens
-        cache = params.cache_implementation
-        streams = [_Stream(model, [encoded[i] for i, _ in chunk], pad_id, n, cache)]
-        streams += [_Stream(m, [ids[i] for i, _ in chunk], pad_id, n, cache) for m, ids in aux]
+        options = (params.cache_implementation, params.compile_decode_step)
+        streams = [Stream(model, [encoded[i] for i, _ in chunk], pad_id, n, *options)]
+        streams += [Stream(m, [ids[i] for i, _ in chunk], pad_id, n, *options) for m, ids in aux]
         stats["forward_tokens"] += sum(len(encoded[i]) for i, _ in chunk)
         if search is not None:
             search.begin([i for i, _ in chunk], [encoded[i] for i, _ in chunk], n)

@@ -171,7 +171,7 @@ def run_strategy(model, tokenizer, rows, rule, overrides, funcs, weights, config
     n = config.num_generations
     traces = generate(model, tokenizer, [r["prompt"] for r in rows], rule,
                       SamplingParams(max_new_tokens=config.max_completion_length, num_samples=n, seed=config.seed,
-                                     batch_size=config.generation_batch_size, **{**config.truncation(), **overrides}))
+                                     batch_size=config.generation_batch_size, **{**config.engine_options(), **overrides}))
     total, _ = score_traces(funcs, weights, rows, traces)
     starts = [sentence_starts(tokenizer, t.token_ids) for t in traces]
     groups = group_slices(traces, n)  # prompt-major: one group of N per prompt

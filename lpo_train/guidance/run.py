@@ -183,7 +183,7 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
         models[config.model_name_or_path] = load_causal_lm(config.model_name_or_path)
     model, tokenizer = models[config.model_name_or_path]
     rule, scorer = build(config, models, rows)
-    params = SamplingParams(max_new_tokens=config.max_completion_length, **config.truncation(),
+    params = SamplingParams(max_new_tokens=config.max_completion_length, **config.engine_options(),
                             stop_strings=tuple(config.stop_strings or ()), batch_size=config.generation_batch_size,
                             prompt_seeds=[seed_for(config.seed, i) for i in range(len(rows))])
     stats, start = {}, time.time()

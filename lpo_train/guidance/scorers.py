@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from lpo_train.decoding.engine import _Stream, encode_prompts, head_logits, same_vocab
+from lpo_train.decoding.engine import encode_prompts, same_vocab
+from lpo_train.decoding.stream import Stream, head_logits
 
 MAX_LOGITS = 1 << 25  # rows x positions x vocabulary materialised at once when scoring
 
@@ -90,7 +91,7 @@ class _Track:
         self.last_raw = torch.zeros(b, device=self.device)
         self.count = torch.zeros(b, dtype=torch.long, device=self.device)
         self.use_stream = self.incremental and self.shared
-        self.stream = _Stream(self.model, self.rows_prompt, self.pad_id, max_new_tokens) if self.use_stream else None
+        self.stream = Stream(self.model, self.rows_prompt, self.pad_id, max_new_tokens) if self.use_stream else None
 
     def update(self, tokens, lengths, rows: torch.Tensor) -> None:
         """(Re)score rows ``rows`` (those still growing), ``tokens[r, :lengths[r]]``."""

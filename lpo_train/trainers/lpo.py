@@ -256,7 +256,7 @@ class LPOTrainer(Trainer):
         # traces keep their hidden states on the device: only the paired rows' are ever copied off it
         traces = generate(self.lm, self.tokenizer, [r["prompt"] for r in rows], rule,
                           SamplingParams(max_new_tokens=args.max_completion_length, num_samples=args.num_generations,
-                                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, prompt_seeds=seeds,
+                                         prompt_seeds=seeds, **args.engine_options(),
                                          batch_size=args.generation_batch_size, trace_hidden=True,
                                          trace_choice_logps=args.loss_type == "lpo_latent"))
         head.train(was_training)

@@ -94,7 +94,7 @@ def sample_responses(data: ValueDataArguments, rows: list[dict] | None = None) -
     model, tokenizer = load_causal_lm(data.sampler_model or data.model_name_or_path)
     traces = generate(model, tokenizer, [r["prompt"] for r in rows], FixedTemperature(data.sampling_temperature),
                       SamplingParams(max_new_tokens=data.max_completion_length, num_samples=data.num_generations,
-                                     seed=data.dataset_seed, batch_size=data.generation_batch_size, **data.truncation()))
+                                     seed=data.dataset_seed, batch_size=data.generation_batch_size, **data.engine_options()))
     rewards, _ = score_traces(funcs, weights, rows, traces)
     return [{"prompt_index": t.prompt_index, "prompt": rows[t.prompt_index]["prompt"], "completion": t.text,
              "prompt_ids": t.prompt_ids, "completion_ids": t.token_ids, "reward": float(r)}
