@@ -71,4 +71,27 @@ class SamplingArguments(DecodingArguments):
     num_generations: int = _help("Responses sampled per prompt (N).", 8)
 
 
+@dataclass
+class LoraArguments:
+    """A LoRA adapter instead of full fine-tuning, under TRL's ``ModelConfig`` names and defaults (built
+    with TRL's ``get_peft_config``)."""
+
+    use_peft: bool = _help("Train a LoRA adapter (PEFT) instead of the whole model.", False)
+    lora_r: int = _help("LoRA rank.", 16)
+    lora_alpha: int = _help("LoRA alpha (the update is scaled by alpha / r).", 32)
+    lora_dropout: float = _help("Dropout on the LoRA input.", 0.05)
+    lora_target_modules: list[str] | None = _help(
+        "Module names that get an adapter (default: PEFT's choice for the architecture, e.g. q_proj v_proj).", None)
+
+    def peft_config(self):
+        """``peft.LoraConfig`` (task CAUSAL_LM), or None without ``use_peft``."""
+        from trl import ModelConfig, get_peft_config
+
+        if self.lora_r < 1 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"Need lora_r >= 1 and 0 <= lora_dropout < 1, got {self.lora_r} and {self.lora_dropout}.")
+        return get_peft_config(ModelConfig(use_peft=self.use_peft, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+                                           lora_dropout=self.lora_dropout,
+                                           lora_target_modules=self.lora_target_modules))
+
+
 SHARED_FIELDS = tuple(f.name for cls in (PromptDataArguments, SamplingArguments) for f in dataclasses.fields(cls))

@@ -45,7 +45,8 @@ A {{ config.level }}-level AdaptiveDecoder head that chooses the sampling **{{ c
 | grid | {{ grid }} |
 | level | {{ config.level }} |
 | head | {{ config.num_layers }}-layer MLP, hidden {{ config.head_hidden_size }}, SiLU, input {{ config.input_norm }} |
-{{ extra_sections }}
+{% if config.extra.get("adapter") %}| adapter on the base model | `{{ config.extra["adapter"] }}` (PEFT) |
+{% endif %}{{ extra_sections }}
 ## Use
 
 ```python
@@ -53,7 +54,7 @@ from lpo_train import AdaptiveDecoderHead
 from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
 from lpo_train.models.loading import load_causal_lm
 
-model, tokenizer = load_causal_lm("{{ base }}")  # a Hub id, or an lpo-train spec such as toy:small
+model, tokenizer = load_causal_lm("{{ config.extra.get("adapter") or base }}")  # a Hub id, a PEFT adapter, or a spec such as toy:small
 head = AdaptiveDecoderHead.from_pretrained("<this repo or folder>")
 traces = generate(model, tokenizer, ["Write a short story about a fox."],
                   AdaptiveDecoderRule(head, model=model), SamplingParams(max_new_tokens=128))
@@ -192,6 +193,8 @@ class AdaptiveDecoderHead(nn.Module, PyTorchModelHubMixin, library_name="lpo-tra
     def for_model(cls, model, **config_kwargs) -> AdaptiveDecoderHead:
         """A fresh head sized for ``model`` (its base model id is recorded)."""
         config_kwargs.setdefault("base_model", getattr(model.config, "name_or_path", None) or None)
+        if getattr(model, "lpo_adapter", None):  # a PEFT adapter as the base model: the card names both
+            config_kwargs["extra"] = {**config_kwargs.get("extra", {}), "adapter": model.lpo_adapter}
         return cls(AdaptiveDecoderConfig(hidden_size=model.config.hidden_size, **config_kwargs))
 
     # --- artifact (huggingface_hub's PyTorchModelHubMixin: save_pretrained, push_to_hub, from_pretrained) --

@@ -77,7 +77,7 @@ def test_generate_grid_cell_by_configuration_matches_the_api(guidance_folders, t
 
 
 def test_generate_bad_config_names_the_fix(guidance_folders, tiny_lm_path, tmp_path):
-    with pytest.raises(ValueError, match="implicit guidance needs tuned_model, untuned_model"):
+    with pytest.raises(ValueError, match="implicit guidance needs tuned_model .a tuned model and its untuned_model, or a PEFT adapter alone"):
         cli(["generate", "--method", "eft", "--model_name_or_path", str(tiny_lm_path)])
     with pytest.raises(ValueError, match="method must be one of"):
         cli(["generate", "--method", "beam"])

@@ -46,7 +46,8 @@ class GenerateConfig(PromptDataArguments, DecodingArguments):
     chunk_guidance: str | None = _help(f"Override the chunk-level guidance: one of {CHUNK_GUIDANCE}.", None)
     model_name_or_path: str = _help("The base model being steered (path, Hub id, 'toy:base', 'smollm2').", "toy:base")
     tuned_model: str | None = _help("Implicit value: the small tuned (e.g. DPO) model.", None)
-    untuned_model: str | None = _help("Implicit value: its untuned reference (e.g. the SFT model).", None)
+    untuned_model: str | None = _help("Implicit value: its untuned reference (e.g. the SFT model); leave it out when "
+                                      "tuned_model is a PEFT adapter (the untuned model is its adapter off).", None)
     value_model: str | None = _help("Explicit value: a token value model (lpo-train train-value --kind explicit).", None)
     reward_funcs: list[str] | None = _help("Sequence rewards for chunk-level 'reward' guidance (best-of-N with a "
                                            "reward) and ARGS: names, 'module:function' or reward-model paths.", None)
@@ -92,12 +93,19 @@ class GenerateConfig(PromptDataArguments, DecodingArguments):
             self.beam_width, self.chunk_length = 1, 0
         elif self.chunk_guidance == "none":
             self.beam_width, self.num_candidates = 1, 1
-        needs = {"implicit": ("tuned_model", "untuned_model"), "explicit": ("value_model",),
+        needs = {"implicit": ("tuned_model",), "explicit": ("value_model",),
                  "reward": ("reward_funcs",), "args": ("reward_funcs",)}
         for level in {self.token_guidance, self.chunk_guidance} - {"none"}:
             missing = [k for k in needs[level] if not getattr(self, k)]
             if missing:
-                raise ValueError(f"{level} guidance needs {', '.join(missing)}.")
+                hint = " (a tuned model and its untuned_model, or a PEFT adapter alone)" if level == "implicit" else ""
+                raise ValueError(f"{level} guidance needs {', '.join(missing)}{hint}.")
+        if "implicit" in (self.token_guidance, self.chunk_guidance) and not self.untuned_model:
+            from lpo_train.models.adapters import adapter_config
+
+            if Path(self.tuned_model).is_dir() and adapter_config(self.tuned_model) is None:
+                raise ValueError(f"implicit guidance needs untuned_model: tuned_model {self.tuned_model} is a full model, "
+                                 "not a PEFT adapter (no adapter_config.json), so there is no adapter to switch off.")
         self.check_decoding()
         if self.beam_width < 1 or self.num_candidates < 1 or self.chunk_length < 0:
             raise ValueError("Need beam_width >= 1, num_candidates >= 1 and chunk_length >= 0 (0 = at the end).")
@@ -129,7 +137,7 @@ def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] |
 
     rule, scorer = FixedTemperature(config.temperature), None
     if config.token_guidance == "implicit":
-        (tuned, tok), (untuned, _) = get(config.tuned_model), get(config.untuned_model)
+        (tuned, tok), untuned = get(config.tuned_model), get(config.untuned_model)[0] if config.untuned_model else None
         rule = ImplicitGuidance(tuned, untuned, config.beta_token, config.temperature, tokenizer=tok)
     elif config.token_guidance == "explicit":
         value, tok = get(config.value_model, value=True)
@@ -141,7 +149,7 @@ def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] |
     if config.chunk_guidance == "implicit" and config.token_guidance == "implicit":
         scorer = ImplicitScorer.from_guidance(rule, config.beta_chunk)  # the token level's streams, not a second run
     elif config.chunk_guidance == "implicit":
-        (tuned, tok), (untuned, _) = get(config.tuned_model), get(config.untuned_model)
+        (tuned, tok), untuned = get(config.tuned_model), get(config.untuned_model)[0] if config.untuned_model else None
         scorer = ImplicitScorer(tuned, untuned, config.beta_chunk, tokenizer=tok, incremental=inc)
     elif config.chunk_guidance == "explicit":
         value, tok = get(config.value_model, value=True)

@@ -196,14 +196,16 @@ class ImplicitScorer(_ModelScorer):
     """beta * sum_i [log pi_tuned(y_i | x, y_<i) - log pi_untuned(y_i | x, y_<i)] over response tokens.
 
     ``average_log_prob`` divides by the response length; ``reference_free`` drops the untuned term.
+    A PEFT ``tuned`` model without ``untuned`` scores the untuned term with its adapter off.
     """
 
     def __init__(self, tuned, untuned=None, beta: float = 1.0, tokenizer=None, prompts=None,
                  chat_template=None, average_log_prob: bool = False, reference_free: bool = False,
                  incremental: bool = True):
-        if untuned is None and not reference_free:
-            raise ValueError("ImplicitScorer needs the untuned (reference) model, or reference_free=True.")
-        models = [tuned] if reference_free else [tuned, untuned]
+        from lpo_train.models.adapters import untuned_or_adapter_off
+
+        models = [tuned] if reference_free else [tuned, untuned_or_adapter_off(
+            tuned, untuned, "ImplicitScorer (or reference_free=True)")]
         self.tracks = [_Track(m, tokenizer, prompts, chat_template, incremental) for m in models]
         self.beta, self.average_log_prob, self.reference_free = float(beta), average_log_prob, reference_free
 

@@ -23,12 +23,18 @@ class ImplicitGuidance(Rule):
 
     ``prompts`` (one per input prompt, e.g. in the small models' own format) default to the
     main prompts rendered with ``tokenizer``'s chat template (default: the base tokenizer).
-    beta = 0 is plain sampling from the base model.
+    beta = 0 is plain sampling from the base model. ``tuned`` may be a PEFT (LoRA) model and
+    ``untuned`` left out: the untuned logits are then the same weights with the adapter disabled, run
+    as a second stream with its own KV cache.
     """
 
-    def __init__(self, tuned, untuned, beta: float = 1.0, temperature: float = 1.0, tokenizer=None,
+    def __init__(self, tuned, untuned=None, beta: float = 1.0, temperature: float = 1.0, tokenizer=None,
                  prompts=None, chat_template: bool | None = None):
-        self.tuned, self.untuned, self.beta = tuned, untuned, float(beta)
+        from lpo_train.models.adapters import untuned_or_adapter_off
+
+        # untuned None with a PEFT tuned model: the same weights with the adapter off (one copy in memory)
+        self.tuned, self.untuned = tuned, untuned_or_adapter_off(tuned, untuned, "ImplicitGuidance")
+        self.beta = float(beta)
         self.temperature = check_temperature(temperature)
         self.tokenizer, self.prompts, self.chat_template = tokenizer, prompts, chat_template
         self.name = f"implicit(beta={self.beta:g})"

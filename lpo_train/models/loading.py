@@ -42,7 +42,8 @@ def portable_name(spec: str) -> str:
 
 
 def load_causal_lm(spec, dtype: str = "float32"):
-    """``(model, tokenizer)`` frozen (eval, no grad); ``spec`` may already be a model."""
+    """``(model, tokenizer)`` frozen (eval, no grad); ``spec`` may already be a model. A PEFT adapter (a folder
+    or Hub repo with ``adapter_config.json``) loads onto the base model it names (``models.adapters``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
@@ -51,7 +52,14 @@ def load_causal_lm(spec, dtype: str = "float32"):
         model = spec
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model.config.name_or_path))
     else:
+        from lpo_train.models.adapters import adapter_config, load_adapter_model
+
         path = resolve_model_path(str(spec))
+        peft_config = adapter_config(path)
+        if peft_config is not None:  # a PEFT adapter: its base from adapter_config.json, then the adapter
+            model, tokenizer = load_adapter_model(path, peft_config, dtype)
+            model.eval().requires_grad_(False)
+            return model, tokenizer
         if not Path(path).is_dir() and (_looks_local(path) or Path(path).suffix):
             raise FileNotFoundError(f"The model {spec!r} is not a local folder (it does not exist) and not a Hub id. "
                                     "Give an existing model folder, a Hub id (org/name), 'toy:small' or 'smollm2'.")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 from lpo_train.cli_args import help_field as _help
-from lpo_train.config import PromptDataArguments, SamplingArguments, default_of
+from lpo_train.config import LoraArguments, PromptDataArguments, SamplingArguments, default_of
 
 PAIR_MODES = ("bradley_terry", "best_worst")
 VALUE_LOSSES = ("bce", "mse")
@@ -293,23 +293,32 @@ def _trl_dataset(pairs: list[dict]):
     return datasets.Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
 
 
-def train_implicit_value(data: ValueDataArguments, args) -> dict:
-    """DPO (TRL's ``DPOTrainer``, ``args``: a ``trl.DPOConfig``) of the untuned model on sampled pairs."""
+def train_implicit_value(data: ValueDataArguments, args, peft_config=None) -> dict:
+    """DPO (TRL's ``DPOTrainer``, ``args``: a ``trl.DPOConfig``) of the untuned model on sampled pairs.
+    ``peft_config`` (a ``peft.LoraConfig``, e.g. ``LoraArguments.peft_config()``): the tuned model is a LoRA
+    adapter over the untuned one (TRL's PEFT support; the reference is the adapter disabled), saved as an
+    adapter whose ``adapter_config.json`` names the base by its portable spec."""
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
 
-    from lpo_train.models.loading import load_causal_lm, resolve_model_path
+    from lpo_train.models.loading import load_causal_lm, portable_name, resolve_model_path
 
     pairs, held = _training_pairs(data)
     eval_pairs = build_preference_pairs(held, "best_worst", seed=data.dataset_seed) if held else []
     _, tokenizer = load_causal_lm(data.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(data.model_name_or_path), dtype=torch.float32)
     train_ds = _trl_dataset(pairs)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds,
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, peft_config=peft_config,
                          eval_dataset=_trl_dataset(eval_pairs) if eval_pairs else None, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
+    if peft_config is not None:  # the base by a name that works on another machine, not a local cache path
+        path = Path(args.output_dir) / "adapter_config.json"
+        saved = json.loads(path.read_text())
+        saved["base_model_name_or_path"] = portable_name(data.model_name_or_path)
+        path.write_text(json.dumps(saved, indent=2))
     metrics = {"kind": "implicit", "pair_mode": data.pair_mode, "train_pairs": len(pairs),
+               "adapter": peft_config is not None,
                "eval_pairs": len(eval_pairs),
                "label_agreement_with_reward": sum(p["chosen_reward"] > p["rejected_reward"] for p in pairs) / len(pairs)}
     if not getattr(args, "precompute_ref_log_probs", False):  # TRL cannot evaluate new data after training then
@@ -381,8 +390,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("lpo-train train-value needs --kind implicit (DPO of a small tuned model), --kind explicit "
                          "(a token value model) or --kind reward (a sequence reward model, TRL's RewardTrainer).")
     config_cls, train = kinds[kind]
-    data, args = parse_config([ValueDataArguments, config_cls], argv, f"lpo-train train-value --kind {kind}",
-                              "Train a guidance model for value-guided decoding.")
-    metrics = train(data, args)
+    classes = [ValueDataArguments, config_cls] + ([LoraArguments] if kind == "implicit" else [])
+    data, args, *lora = parse_config(classes, argv, f"lpo-train train-value --kind {kind}",
+                                     "Train a guidance model for value-guided decoding.")
+    metrics = train(data, args, lora[0].peft_config()) if lora else train(data, args)
     print(json.dumps(metrics, indent=2))
     return metrics

@@ -1,0 +1,122 @@
+"""PEFT adapters: one set of weights as two models (adapter on / off), and adapters as base models.
+
+``adapter_off(peft_model)`` is the base model of a PEFT model without a second copy of its weights:
+every call (the whole model, its decoder body, its output layer) runs inside PEFT's
+``disable_adapter()``. IVG's implicit value needs a tuned and an untuned model; with the tuned one a
+LoRA adapter over the untuned one, the two are ``peft_model`` and ``adapter_off(peft_model)``, each
+decoded as its own stream with its own KV cache (the adapter changes the keys and values).
+
+``load_adapter_model(folder or Hub id)`` loads an adapter onto the base model its
+``adapter_config.json`` names (any spec ``load_causal_lm`` takes: a Hub id, a path, 'toy:small').
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover (peft is a dependency)
+        return False
+    return isinstance(model, PeftModel)
+
+
+class _AdapterOff:
+    """``module`` of ``peft_model``, called with the adapter disabled; everything else is the module's."""
+
+    def __init__(self, peft_model, module):
+        self._peft, self._module = peft_model, module
+
+    def __call__(self, *args, **kwargs):
+        with self._peft.disable_adapter():
+            return self._module(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+class AdapterOff(_AdapterOff):
+    """The base model of a PEFT model, from the same weights (see the module docstring)."""
+
+    def __init__(self, peft_model):
+        if not is_peft_model(peft_model):
+            raise TypeError(f"adapter_off needs a peft.PeftModel, got {type(peft_model).__name__}.")
+        super().__init__(peft_model, peft_model)
+
+    def get_decoder(self):
+        return _AdapterOff(self._peft, self._peft.get_decoder())
+
+    def get_output_embeddings(self):
+        return _AdapterOff(self._peft, self._peft.get_output_embeddings())
+
+    def __repr__(self) -> str:
+        return f"AdapterOff({type(self._peft.get_base_model()).__name__})"
+
+
+def adapter_off(peft_model) -> AdapterOff:
+    return AdapterOff(peft_model)
+
+
+def untuned_or_adapter_off(tuned, untuned, what: str):
+    """``untuned`` as given, or, when it is None and ``tuned`` is a PEFT model, ``tuned`` with its adapter off."""
+    if untuned is not None:
+        return untuned
+    if is_peft_model(tuned):
+        return adapter_off(tuned)
+    raise ValueError(f"{what} needs the untuned (reference) model, or a PEFT (LoRA) tuned model whose adapter "
+                     "off is the untuned one.")
+
+
+def adapter_config(spec: str) -> dict | None:
+    """The ``adapter_config.json`` of an adapter folder or Hub repo (None when ``spec`` is not one)."""
+    path = Path(spec) / "adapter_config.json"
+    if not Path(spec).is_dir():
+        from lpo_train.heads import _looks_local
+
+        if _looks_local(str(spec)) or str(spec).count("/") != 1:
+            return None
+        try:  # a Hub id: an adapter repo has the file; a model repo (or offline, an uncached one) does not
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(str(spec), "adapter_config.json"))
+        except Exception:
+            return None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-save the adapter.") from e
+
+
+def load_adapter_model(spec: str, config: dict, dtype: str = "float32"):
+    """``(peft_model, tokenizer)``: the base named in ``config`` (``base_model_name_or_path``), then the
+    adapter at ``spec`` on top of it (PEFT's ``PeftModel.from_pretrained``)."""
+    from peft import PeftModel
+
+    from lpo_train.models.loading import load_causal_lm
+
+    base_spec = config.get("base_model_name_or_path")
+    where = Path(spec) / "adapter_config.json"
+    if not base_spec:
+        raise ValueError(f"{where} names no base model (base_model_name_or_path is empty): set it to the base "
+                         "model's Hub id, path or lpo-train spec.")
+    try:
+        base, tokenizer = load_causal_lm(base_spec, dtype)
+    except (FileNotFoundError, OSError) as e:
+        raise FileNotFoundError(f"The adapter {spec} is for the base model {base_spec!r} ({where}: "
+                                f"base_model_name_or_path), which could not be loaded: {e}") from e
+    try:
+        model = PeftModel.from_pretrained(base, spec)
+    except (RuntimeError, ValueError, KeyError) as e:  # shape mismatches, missing target modules
+        raise ValueError(f"The adapter {spec} does not fit its base model {base_spec!r} ({type(e).__name__}: {e}). "
+                         f"Check base_model_name_or_path in {where}.") from e
+    if (Path(spec) / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    model.lpo_adapter = str(spec)  # what a head's card records beside the base model
+    return model, tokenizer
