@@ -4,6 +4,11 @@ chunk scoring. Not a test: ratios are measured side by side in one process.
 
     python scripts/benchmark_ivg.py --base toy:base --guide toy:small
     python scripts/benchmark_ivg.py --base smollm2 --guide smollm2 --prompts 16 --new-tokens 32
+    python scripts/benchmark_ivg.py --base smollm2 --guide smollm2 --prompts 8 --new-tokens 32 --parts peft
+
+``--parts peft``: EFT with the implicit value from one set of weights (a LoRA over the guide: tuned =
+adapter on, untuned = adapter off) against two models (the merged adapter as a full tuned copy + the
+guide), same outputs; guidance weights held in memory (distinct parameter storages) and speed.
 
 Guidance models only need the base vocabulary: the value model's head is random (cost only).
 Times are medians over ``--repeats`` interleaved rounds after a warm-up; EOS is ignored so
@@ -67,8 +72,8 @@ def main() -> None:
     parser.add_argument("--wkl", type=int, nargs=3, default=[4, 4, 5], metavar=("W", "K", "L"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rescan-lengths", type=int, nargs="+", default=[32, 64, 128, 256])
-    parser.add_argument("--parts", nargs="+", default=["methods", "batching", "rescan"],
-                        choices=["methods", "batching", "rescan"])
+    parser.add_argument("--parts", nargs="+", default=["methods", "batching", "rescan", "peft"],
+                        choices=["methods", "batching", "rescan", "peft"])
     args = parser.parse_args()
     torch.manual_seed(0)
     base, tok = load_causal_lm(args.base)
@@ -123,6 +128,9 @@ def main() -> None:
         print(f"\nIVG ({w},{k},{chunk}) on {len(prompts)} prompts: batched {t['batched']:.2f} s, one prompt at a time "
               f"{t['one']:.2f} s -> {t['one'] / t['batched']:.1f}x; identical outputs: {same}")
 
+    if "peft" in args.parts:
+        peft_rows(base, tok, guide, prompts, params, args)
+
     if "rescan" in args.parts:  # incremental vs full-rescan chunk scoring as the response grows
         print("\n| scorer | new tokens | total s | scoring s | scoring s per chunk: first -> last |")
         print("|---|---|---|---|---|")
@@ -150,6 +158,42 @@ def main() -> None:
                 name = "incremental (cached)" if incremental else "full rescan"
                 print(f"| {name} | {length} | {total:.2f} | {sum(log):.2f} | {1000 * log[0]:.1f} ms -> "
                       f"{1000 * log[-2]:.1f} ms |")
+
+
+def _weights_mib(*models) -> float:
+    """Parameter memory the models hold together (shared storages counted once)."""
+    seen = {}
+    for m in models:
+        for p in m.parameters():
+            seen[p.untyped_storage().data_ptr()] = p.numel() * p.element_size()
+    return sum(seen.values()) / 2**20
+
+
+def peft_rows(base, tok, guide, prompts, params, args) -> None:
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from lpo_train.guidance import ImplicitGuidance, guided_generate
+
+    lora = get_peft_model(copy.deepcopy(guide), LoraConfig(r=16, lora_alpha=32, init_lora_weights=False,
+                                                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    lora = lora.eval().requires_grad_(False)
+    merged = copy.deepcopy(lora).merge_and_unload().eval()
+    rules = {"one model (LoRA on / off)": (ImplicitGuidance(lora, beta=1.0, temperature=0.7), (lora,)),
+             "two models (merged tuned + untuned)": (ImplicitGuidance(merged, guide, beta=1.0, temperature=0.7),
+                                                     (merged, guide))}
+    calls = {m: (lambda r=r: guided_generate(base, tok, prompts, rule=r, params=params)) for m, (r, _) in rules.items()}
+    seconds = _timed(calls, args.repeats, args.device)
+    outs = [[t.token_ids for g in call() for t in g] for call in calls.values()]
+    n = len(prompts) * args.new_tokens
+    print("\n| EFT implicit value | guidance weights held (MiB) | response tokens/s | time x two models | peak MiB |")
+    print("|---|---|---|---|---|")
+    ref = seconds["two models (merged tuned + untuned)"]
+    for m, (_, models) in rules.items():
+        print(f"| {m} | {_weights_mib(*models):.0f} | {n / seconds[m]:.0f} | {seconds[m] / ref:.2f} | "
+              f"{_peak_mib(calls[m], args.device):.0f} |")
+    print(f"identical outputs: {outs[0] == outs[1]} (differences come only from float rounding of merged weights)")
 
 
 if __name__ == "__main__":

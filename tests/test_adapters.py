@@ -175,3 +175,23 @@ def test_train_value_implicit_use_peft_then_generate_with_the_adapter_alone(tiny
     with pytest.raises(ValueError, match="needs untuned_model"):  # a full model has no adapter to switch off
         generate_main(["--method", "eft", "--model_name_or_path", str(tiny_lm_path), "--tuned_model",
                        str(tiny_lm_path), "--dataset_name", str(tmp_path / "p.jsonl"), "--output_file", str(out)])
+
+
+def test_train_value_takes_an_adapter_as_its_model(lora, tiny_lm_path, tmp_path):
+    """train-value starts from base + adapter: the adapter is merged into the base it names."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lpo_train.models.loading import trainable_lm
+
+    base, tok, _, _ = lora
+    peft = _saved_adapter(base, str(tiny_lm_path), tmp_path / "adapter")
+    lm = trainable_lm(str(tmp_path / "adapter"))
+    assert not is_peft_model(lm) and all(p.requires_grad for p in lm.parameters())
+    ids = torch.tensor([tok("hello there")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(lm(ids).logits, peft(ids).logits, atol=1e-4)
+    rm = trainable_lm(str(tmp_path / "adapter"),
+                      lambda path, **kw: AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kw))
+    assert rm.score.out_features == 1
+    merged_q = lm.model.layers[0].self_attn.q_proj.weight
+    assert torch.allclose(rm.model.layers[0].self_attn.q_proj.weight, merged_q)  # the reward model's backbone too

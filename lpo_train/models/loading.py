@@ -72,3 +72,26 @@ def load_causal_lm(spec, dtype: str = "float32"):
         model.config.name_or_path = portable_name(str(spec))
     model.eval().requires_grad_(False)
     return model, tokenizer
+
+
+def trainable_lm(spec, load=None):
+    """A model to fine-tune (float32, gradients on) from a model spec: ``load(folder or Hub id, dtype=...)``
+    (default ``AutoModelForCausalLM.from_pretrained``). A PEFT adapter is first merged into the base its
+    ``adapter_config.json`` names, so training starts from base + adapter."""
+    import tempfile
+
+    from lpo_train.models.adapters import adapter_config
+
+    path = resolve_model_path(str(spec))
+    if adapter_config(path) is None:
+        if load is None:
+            from transformers import AutoModelForCausalLM
+
+            load = AutoModelForCausalLM.from_pretrained
+        return load(path, dtype=torch.float32)
+    merged = load_causal_lm(path)[0].merge_and_unload()
+    if load is None:
+        return merged.train().requires_grad_(True)
+    with tempfile.TemporaryDirectory() as tmp:  # another head on the merged weights (e.g. a reward model)
+        merged.save_pretrained(tmp)
+        return load(tmp, dtype=torch.float32)

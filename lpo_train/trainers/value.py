@@ -253,7 +253,7 @@ def pairwise_accuracy(scores: list[float], rewards: list[float], groups: list) -
 
 def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig) -> dict:
     from lpo_train.guidance.value_model import make_value_model
-    from lpo_train.models.loading import load_causal_lm, resolve_model_path
+    from lpo_train.models.loading import load_causal_lm, trainable_lm
 
     _, tokenizer = load_causal_lm(data.model_name_or_path)
     if data.sampler_model:
@@ -265,7 +265,7 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig) ->
                              "sampler's token ids, so pick a sampler of the same tokenizer family.")
     records = sample_responses(data)
     train, held = split_by_prompt(records, data.eval_fraction, data.dataset_seed)
-    model = make_value_model(resolve_model_path(data.model_name_or_path))
+    model = make_value_model(trainable_lm(data.model_name_or_path))
     trainer = ExplicitValueTrainer(model, args, train, held or None, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
@@ -298,15 +298,14 @@ def train_implicit_value(data: ValueDataArguments, args, peft_config=None) -> di
     ``peft_config`` (a ``peft.LoraConfig``, e.g. ``LoraArguments.peft_config()``): the tuned model is a LoRA
     adapter over the untuned one (TRL's PEFT support; the reference is the adapter disabled), saved as an
     adapter whose ``adapter_config.json`` names the base by its portable spec."""
-    from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
 
-    from lpo_train.models.loading import load_causal_lm, portable_name, resolve_model_path
+    from lpo_train.models.loading import load_causal_lm, portable_name, trainable_lm
 
     pairs, held = _training_pairs(data)
     eval_pairs = build_preference_pairs(held, "best_worst", seed=data.dataset_seed) if held else []
     _, tokenizer = load_causal_lm(data.model_name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(data.model_name_or_path), dtype=torch.float32)
+    model = trainable_lm(data.model_name_or_path)
     train_ds = _trl_dataset(pairs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, peft_config=peft_config,
                          eval_dataset=_trl_dataset(eval_pairs) if eval_pairs else None, processing_class=tokenizer)
@@ -340,13 +339,13 @@ def train_reward_model(data: ValueDataArguments, args) -> dict:
     from transformers import AutoModelForSequenceClassification
     from trl import RewardTrainer
 
-    from lpo_train.models.loading import load_causal_lm, resolve_model_path
+    from lpo_train.models.loading import load_causal_lm, trainable_lm
     from lpo_train.rewards import RewardModel
 
     pairs, held = _training_pairs(data)
     _, tokenizer = load_causal_lm(data.model_name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(data.model_name_or_path),
-                                                               num_labels=1, dtype=torch.float32)
+    model = trainable_lm(data.model_name_or_path, lambda path, **kw: AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, **kw))
     model.config.pad_token_id = tokenizer.pad_token_id
     trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=_trl_dataset(pairs))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
