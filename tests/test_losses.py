@@ -89,3 +89,48 @@ def test_one_step_raises_chosen_and_lowers_rejected():
 
 def test_nll_chosen():
     assert nll_chosen_loss(torch.tensor([-0.3, -2.0])).tolist() == pytest.approx([0.3, 2.0])
+
+
+def test_group_advantages_hand_computed_and_edge_cases():
+    from lpo_train.losses import group_advantages
+
+    nan = float("nan")
+    rewards = torch.tensor([[1.0, 0.0, 0.5, nan],  # mean 0.5 over the 3 valid, population std sqrt(1/6)
+                            [2.0, 2.0, 2.0, 2.0],  # all tied: no signal
+                            [1.0, nan, nan, nan]])  # one valid reward: no baseline
+    none = group_advantages(rewards, "none")
+    assert none[0].tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0])
+    assert none[1:].abs().sum() == 0
+    scaled = group_advantages(rewards, "group")
+    std = math.sqrt((0.25 + 0.25 + 0.0) / 3)
+    assert scaled[0].tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4), 0.0, 0.0])
+    assert scaled[1:].abs().sum() == 0
+    with pytest.raises(ValueError, match="scale_rewards"):
+        group_advantages(rewards, "batch")
+
+
+def test_group_relative_loss_gradient_and_tied_groups_give_none():
+    from lpo_train.losses import group_advantages, group_relative_loss
+
+    logits = torch.zeros(2, 3, 4, requires_grad=True)  # 2 groups x 3 samples, a head over 4 choices
+    log_probs = torch.log_softmax(logits, -1)
+    choices = torch.tensor([[0, 1, 2], [3, 3, 0]])
+    logp = log_probs.gather(-1, choices[..., None]).squeeze(-1)  # [2, 3]
+    adv = group_advantages(torch.tensor([[1.0, 0.0, 0.0], [5.0, 5.0, 5.0]]), "none")
+    loss = group_relative_loss(logp.flatten(), adv.flatten()).sum()
+    loss.backward()
+    # d(-A log softmax)/dz = -A (onehot - p); group 0: A = (2/3, -1/3, -1/3), p = 1/4
+    expected = torch.zeros(3, 4)
+    for i, (a, c) in enumerate(zip([2 / 3, -1 / 3, -1 / 3], [0, 1, 2])):
+        expected[i] = -a * (torch.nn.functional.one_hot(torch.tensor(c), 4).float() - 0.25)
+    assert torch.allclose(logits.grad[0], expected, atol=1e-6)
+    assert logits.grad[1].abs().sum() == 0  # the tied group: zero gradient
+    assert loss.item() == pytest.approx(-(2 / 3 - 1 / 3 - 1 / 3) * math.log(0.25), abs=1e-6)
+
+
+def test_group_samples_counts_tied_and_invalid_groups():
+    from lpo_train.pairs import group_samples
+
+    samples, stats = group_samples([[1.0, 0.0, None], [2.0, 2.0, 2.0], [None, None, 3.0]], "none")
+    assert [(s.prompt_index, s.sample_index, s.advantage) for s in samples] == [(0, 0, 0.5), (0, 1, -0.5)]
+    assert (stats.pairs, stats.tied, stats.invalid, stats.dropped_rewards) == (2, 1, 1, 3)

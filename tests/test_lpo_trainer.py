@@ -69,6 +69,8 @@ def test_other_losses_run(toy_lm_folder, tmp_path, loss_type):
     ({"num_generations": 1}, "num_generations"), ({"loss_type": "dpo"}, "loss_type"),
     ({"level": "word"}, "level"), ({"grid": ["0", "-1"]}, ">= 0"), ({"grid": ["hot", "cold"]}, "preset"),
     ({"reward_weights": [1.0, 2.0]}, "reward_weights"),
+    ({"loss_type": "group_relative", "protocol": "offline", "pairs_path": "p.parquet"}, "needs protocol 'online'"),
+    ({"loss_type": "group_relative", "scale_rewards": "batch"}, "scale_rewards"),
 ])
 def test_bad_config_is_a_clear_error(toy_lm_folder, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -161,3 +163,16 @@ def test_choice_distribution_metrics_sum_to_one_per_family(toy_lm_folder, tmp_pa
     for prefix in ("choice", "choice/arith", "choice/story"):
         fracs = [v for k, v in log.items() if k.startswith(f"{prefix}/frac_") and k.count("/") == prefix.count("/") + 1]
         assert len(fracs) == 6 and sum(fracs) == pytest.approx(1.0)
+
+
+def test_group_relative_trains_on_every_response_of_informative_groups(toy_lm_folder, tmp_path):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, loss_type="group_relative", level="token"))
+    head_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    first = trainer.state.log_history[0]
+    prompts = 4  # per_device_train_batch_size: prompts per step
+    informative = prompts - round(first["frac_prompts_tied"] * prompts) - first["prompts_without_valid_rewards"]
+    assert first["num_samples"] == 4 * informative  # all N = 4 responses of each informative group
+    assert "num_pairs" not in first and "rewards/margins" not in first  # no pair metrics under another meaning
+    assert first["advantages/abs_mean"] > 0 and math.isfinite(first["loss"])
+    assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in head_before.items())

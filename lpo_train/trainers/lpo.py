@@ -22,10 +22,13 @@ from lpo_train.decoding.engine import encode_prompts
 from lpo_train.decoding.randomness import seed_for
 from lpo_train.heads import AdaptiveDecoderHead
 from lpo_train.losses import (
-    choice_logps, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss, uniform_reference_logps,
+    choice_logps, group_relative_loss, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss,
+    uniform_reference_logps,
 )
 from lpo_train.models.loading import load_causal_lm
-from lpo_train.pairs import PairFeatures, SideFeatures, build_pairs, group_row, group_slices
+from lpo_train.pairs import (
+    PairFeatures, SampleFeatures, SideFeatures, build_pairs, group_row, group_samples, group_slices,
+)
 from lpo_train.rewards import reward_name, resolve_rewards, score_traces
 from lpo_train.trainers.lpo_config import LPOConfig
 from lpo_train.trainers.lpo_io import (
@@ -169,7 +172,8 @@ class LPOTrainer(Trainer):
         self._steps_without_pairs = 0 if pairs else self._steps_without_pairs + 1
         if self._steps_without_pairs >= self.args.max_steps_without_pairs:
             raise LPOTrainingFailed(
-                f"No preference pair formed for {self._steps_without_pairs} consecutive optimizer steps (up to step "
+                f"No preference pair (group_relative: no group with differing rewards) formed for "
+                f"{self._steps_without_pairs} consecutive optimizer steps (up to step "
                 f"{self.state.global_step}): every prompt's responses tied or had no valid reward, so the head "
                 "cannot learn. Check the rewards (do they vary between responses?), raise num_generations, keep "
                 "exploration on, or raise max_steps_without_pairs.")
@@ -214,9 +218,19 @@ class LPOTrainer(Trainer):
             secondary = group_slices(per_func[:, 1].tolist(), n)
         # ties are broken by a seeded random order per prompt, never by sample index (which carries the head's
         # favourite) nor by the prompt's place in the batch (which differs with the number of processes)
+        if args.loss_type == "group_relative":  # every response of the informative groups, with its advantage
+            samples, stats = group_samples(group_slices(rewards.tolist(), n), args.scale_rewards)
+            roles = {(s.prompt_index, s.sample_index): f"advantage {s.advantage:+.3f}" for s in samples}
+            self._log_generation(rows, traces, rewards, per_func, roles, stats)
+            features = [SampleFeatures(self._side(traces[group_row(s.prompt_index, s.sample_index, n)]), s.reward,
+                                       s.advantage, rows[s.prompt_index].get("family")) for s in samples]
+            counts = torch.tensor([len(samples), int((~rewards.isnan()).sum()), len(rewards)], dtype=torch.float64)
+            return features, [], counts
         pairs, stats = build_pairs(group_slices(rewards.tolist(), n), args.pair_mode, secondary=secondary,
                                    top_k=args.pair_top_k, tie_seeds=[seed_for(self._prompt_seed(r), "ties") for r in rows])
-        self._log_generation(rows, traces, rewards, per_func, pairs, stats)
+        roles = {(p.prompt_index, p.chosen): "chosen" for p in pairs}
+        roles.update({(p.prompt_index, p.rejected): "rejected" for p in pairs})
+        self._log_generation(rows, traces, rewards, per_func, roles, stats)
         features = [PairFeatures(self._side(traces[group_row(p.prompt_index, p.chosen, n)]),
                                  self._side(traces[group_row(p.prompt_index, p.rejected, n)]),
                                  p.chosen_reward, p.rejected_reward, rows[p.prompt_index].get("family"))
@@ -266,13 +280,18 @@ class LPOTrainer(Trainer):
         choices = trace.choices if self.args.level == "token" else trace.choices[:1]
         return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps)
 
-    def _collate(self, features: list[PairFeatures], total_pairs: int) -> dict:
+    def _collate(self, features: list, total_pairs: int) -> dict:
+        """One batch of training units: pairs (``PairFeatures``: chosen / rejected sides) or, for the
+        group-relative loss, samples (``SampleFeatures``: one side and its advantage)."""
         device = self.accelerator.device
         out = {"num_pairs_in_step": total_pairs, "num_pairs": len(features),
                "family": [f.family for f in features]}
         if not features:
             return out
-        for side in ("chosen", "rejected"):
+        grouped = isinstance(features[0], SampleFeatures)
+        if grouped:
+            out["advantage"] = torch.tensor([f.advantage for f in features], device=device)
+        for side in (("sample",) if grouped else ("chosen", "rejected")):
             sides = [getattr(f, side) for f in features]
             out[f"{side}_hidden"] = pad([x.hidden for x in sides]).to(device)
             out[f"{side}_choices"] = pad([x.choices for x in sides], -1).to(device)
@@ -297,6 +316,8 @@ class LPOTrainer(Trainer):
             loss = sum(p.sum() for p in model.parameters()) * 0.0
             return (loss, None) if return_outputs else loss
         args = self.args
+        if args.loss_type == "group_relative":
+            return self._group_relative_loss(model, inputs, return_outputs)
         lp_c_all, logp_c = self._side_logps(model, inputs, "chosen")
         lp_r_all, logp_r = self._side_logps(model, inputs, "rejected")
         k = lp_c_all.shape[-1]
@@ -333,6 +354,18 @@ class LPOTrainer(Trainer):
             self._record(family_grad_norms(model, per_pair, inputs["family"], inputs["num_pairs_in_step"]))
         return (loss, None) if return_outputs else loss
 
+    def _group_relative_loss(self, model, inputs, return_outputs):
+        _, logp = self._side_logps(model, inputs, "sample")
+        per_sample = group_relative_loss(logp, inputs["advantage"])
+        loss = per_sample.sum() / inputs["num_pairs_in_step"]
+        with torch.no_grad():
+            adv = inputs["advantage"]
+            self._record({"logps/sample": logp.mean(), "advantages/abs_mean": adv.abs().mean(),
+                          "logps/advantage_weighted": (adv * logp).sum() / adv.abs().sum().clamp(min=1e-12)})
+        if model.training and not self.is_deepspeed_enabled:
+            self._record(family_grad_norms(model, per_sample, inputs["family"], inputs["num_pairs_in_step"]))
+        return (loss, None) if return_outputs else loss
+
     # --- metrics, logging ----------------------------------------------------------------------
 
     def _record(self, values: dict) -> None:
@@ -340,7 +373,7 @@ class LPOTrainer(Trainer):
         for k, v in values.items():
             self._metrics[k].append(float(v))
 
-    def _log_generation(self, rows, traces, rewards, per_func, pairs, stats) -> None:
+    def _log_generation(self, rows, traces, rewards, per_func, roles, stats) -> None:
         head = self.accelerator.unwrap_model(self.model)
         grid = head.config.grid
         entropies, expected = [], []
@@ -352,15 +385,14 @@ class LPOTrainer(Trainer):
                 means = torch.stack([x.mean(0) for x in per_decision.split(counts)]).tolist()
             entropies, expected = [m[0] for m in means], [m[1] for m in means]
         metrics = generation_metrics(rows, traces, rewards, per_func, stats,
-                                     [reward_name(f) for f in self.reward_funcs], grid, entropies, expected)
+                                     [reward_name(f) for f in self.reward_funcs], grid, entropies, expected,
+                                     "samples" if self.args.loss_type == "group_relative" else "pairs")
         self._record(metrics)
         self._warn_on_collapse(metrics, len(grid))
-        paired = {(p.prompt_index, p.chosen): "chosen" for p in pairs}
-        paired.update({(p.prompt_index, p.rejected): "rejected" for p in pairs})
         self._completions = [{
             "step": self.state.global_step, "prompt": str(rows[t.prompt_index]["prompt"]), "completion": t.text,
             "reward": float(rewards[i]), "choices": [grid[c] for c in (t.choices or [])],
-            "family": rows[t.prompt_index].get("family"), "pair_role": paired.get((t.prompt_index, t.sample_index), ""),
+            "family": rows[t.prompt_index].get("family"), "pair_role": roles.get((t.prompt_index, t.sample_index), ""),
         } for i, t in enumerate(traces)]
 
     def _warn_on_collapse(self, metrics: dict, k: int) -> None:

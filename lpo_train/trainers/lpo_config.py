@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 from lpo_train.config import PromptDataArguments, SamplingArguments
 from lpo_train.decoding.adaptive import EXPLORATIONS
 from lpo_train.heads import GRID_PRESETS, INPUT_NORMS, KNOBS, LEVELS, SELECTIONS
-from lpo_train.losses import LOSS_TYPES
+from lpo_train.losses import LOSS_TYPES, SCALE_REWARDS
 from lpo_train.pairs import PAIR_MODES
 from lpo_train.cli_args import help_field as _help
 
@@ -52,7 +52,10 @@ class LPOConfig(PromptDataArguments, SamplingArguments, TrainingArguments):
     reward_weights: list[float] | None = _help("One weight per reward function (default all 1).", None)
     pair_mode: str = _help(f"How pairs are built from the N responses: one of {PAIR_MODES}.", "best_worst")
     pair_top_k: int = _help("'constrained' pair mode: size of the top/bottom groups.", 4)
-    loss_type: str = _help(f"One of {LOSS_TYPES}: Eq. 10, Eq. 11, Eq. 9, or NLL on the chosen choices.", "lpo")
+    loss_type: str = _help(f"One of {LOSS_TYPES}: Eq. 10, Eq. 11, Eq. 9, NLL on the chosen choices, or the "
+                           "group-relative policy gradient over all N responses (README, 'Losses').", "lpo")
+    scale_rewards: str = _help(f"group_relative: one of {SCALE_REWARDS}, as TRL's GRPO: 'group' divides each "
+                               "advantage by its group's reward std, 'none' keeps r - mean (Dr. GRPO).", "group")
     latent_form: str = _help("lpo_latent: marginalise per 'token' (Eq. 11) or over the whole 'sequence'.",
                              "token")
     beta: float = _help("The DPO temperature beta of the LPO losses (> 0).", 0.1)
@@ -86,7 +89,7 @@ class LPOConfig(PromptDataArguments, SamplingArguments, TrainingArguments):
                   ("loss_type", LOSS_TYPES), ("latent_form", ("token", "sequence")),
                   ("lm_dtype", ("float32", "bfloat16", "float16")), ("protocol", ("online", "offline")),
                   ("exploration", EXPLORATIONS), ("choice_reference", ("omitted", "uniform")),
-                  ("head_input_norm", INPUT_NORMS)]
+                  ("head_input_norm", INPUT_NORMS), ("scale_rewards", SCALE_REWARDS)]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -100,6 +103,9 @@ class LPOConfig(PromptDataArguments, SamplingArguments, TrainingArguments):
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs.")
+        if self.loss_type == "group_relative" and self.protocol == "offline":
+            raise ValueError("loss_type 'group_relative' needs protocol 'online': the offline protocol stores pairs, "
+                             "and this loss trains on every response of a group.")
         if self.protocol == "offline" and not self.pairs_path:
             raise ValueError("protocol 'offline' needs pairs_path (where the pairs dataset is built or read).")
         self.check_decoding()

@@ -45,13 +45,13 @@ def choice_distribution_metrics(prefix: str, entropies: list[float], choices: li
 
 
 def generation_metrics(rows, traces, rewards, per_func, stats, reward_names, grid, head_entropies,
-                       head_expected) -> dict:
+                       head_expected, unit: str = "pairs") -> dict:
     """Per generation step: environment rewards, pair statistics, and the choice distribution overall
     and per family (``head_entropies``: per trace, the mean entropy of the head over its decisions)."""
     finite = rewards[~rewards.isnan()]
     metrics = {"reward": finite.mean().item() if len(finite) else math.nan,
                "reward_std": finite.std().item() if len(finite) > 1 else 0.0,
-               "frac_prompts_tied": stats.frac_tied, "num_pairs": float(stats.pairs),
+               "frac_prompts_tied": stats.frac_tied, f"num_{unit}": float(stats.pairs),
                "prompts_without_valid_rewards": float(stats.invalid),
                "completions/mean_length": (sum(len(t.token_ids) for t in traces) / len(traces)) if traces else 0.0}
     for j, name in enumerate(reward_names):
