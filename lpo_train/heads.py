@@ -199,6 +199,24 @@ class AdaptiveDecoderHead(nn.Module, PyTorchModelHubMixin, library_name="lpo-tra
 
     # --- artifact (huggingface_hub's PyTorchModelHubMixin: save_pretrained, push_to_hub, from_pretrained) --
 
+    def save_pretrained(self, save_directory: str | Path, *, state_dict: dict | None = None,
+                        **kwargs) -> Path | str:
+        """config.json + model.safetensors + README.md (the mixin's, with ``model_card_kwargs``, ``push_to_hub``,
+        ``repo_id``). ``state_dict`` overrides the module's own weights (e.g. gathered from ZeRO-3 shards).
+        Returns the folder (the commit URL with ``push_to_hub=True``)."""
+        if "model_card" in kwargs:
+            raise TypeError("save_pretrained(model_card=...) is gone: pass extra card rows as "
+                            "model_card_kwargs={'extra_sections': '| key | value |\\n'}.")
+        unknown = set(kwargs) - {"config", "repo_id", "push_to_hub", "model_card_kwargs"}
+        if unknown and not kwargs.get("push_to_hub"):
+            raise TypeError(f"save_pretrained got unexpected arguments {sorted(unknown)}.")
+        head = self
+        if state_dict is not None:
+            head = type(self)(self.config)
+            head.load_state_dict(state_dict)
+        url = PyTorchModelHubMixin.save_pretrained(head, save_directory, **kwargs)
+        return url if kwargs.get("push_to_hub") else Path(save_directory)
+
     def _save_pretrained(self, save_directory: Path) -> None:
         """The mixin's hook: config.json (with ``model_type``) and model.safetensors. The card is the mixin's
         (``generate_model_card``); a card left by an earlier save is replaced, never kept stale."""
@@ -246,8 +264,12 @@ class AdaptiveDecoderHead(nn.Module, PyTorchModelHubMixin, library_name="lpo-tra
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
-                         config: dict | None = None, **kwargs) -> AdaptiveDecoderHead:
-        """The mixin's hook, given config.json as read (a dict): checked, then the weights loaded strictly."""
+                         config: dict | None = None, map_location: str = "cpu", **kwargs) -> AdaptiveDecoderHead:
+        """The mixin's hook, given config.json as read (a dict): checked, then the weights loaded strictly
+        (``map_location``: the device the head is put on)."""
+        if kwargs:
+            raise _Invalid(f"AdaptiveDecoderHead.from_pretrained got unexpected arguments {sorted(kwargs)} "
+                           "(weights always load strictly).")
         if not isinstance(config, dict):
             raise _NotFound(f"No AdaptiveDecoder config.json at {model_id!r} (not a folder holding one, and the "
                             "Hub has none there).")
@@ -269,7 +291,7 @@ class AdaptiveDecoderHead(nn.Module, PyTorchModelHubMixin, library_name="lpo-tra
                                            force_download=force_download, local_files_only=local_files_only,
                                            token=token))
         head.load_state_dict(load_head_weights(weights))
-        return head.eval()
+        return head.to(map_location).eval()
 
 
 class _ArtifactError(Exception):

@@ -8,6 +8,11 @@ never runs again, so the target is <= 1.15x the sampling time.
 
     python scripts/benchmark_lpo.py --model toy:small --prompts 16 --num-generations 8 --new-tokens 64
     python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 6 --new-tokens 32 --level sequence
+    python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 6 --new-tokens 32 --trl-grpo
+
+``--trl-grpo`` times TRL's ``GRPOTrainer`` instead, on the same model, prompts, reward, N and completion
+length: it updates the LM (ours trains a head on traced features); the median of its optimizer steps
+after the first is printed, to set beside the LPO step.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ def main() -> None:
     parser.add_argument("--level", default="token", choices=["token", "sequence"])
     parser.add_argument("--loss-type", default="lpo")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--trl-grpo", action="store_true", help="time TRL's GRPOTrainer step instead")
     args = parser.parse_args()
+    if args.trl_grpo:
+        return trl_grpo_steps(args)
 
     import torch
 
@@ -85,6 +93,40 @@ def main() -> None:
     print(f"LPO step / sampling only: {med['lpo_step'] / med['sample_only']:.3f}x "
           f"(traced features: {bytes_per_pair:.0f} bytes per pair)")
     torch.set_grad_enabled(True)
+
+
+def trl_grpo_steps(args) -> None:
+    """TRL's GRPOTrainer on the same setting: ``repeats + 1`` optimizer steps, the median of all but the first."""
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lpo_train.data import load_prompt_dataset
+    from lpo_train.models.loading import resolve_model_path
+    from lpo_train.rewards import resolve_rewards
+
+    real = args.model == "smollm2"
+    dataset = load_prompt_dataset("smollm2_mix" if real else "toy", "train", 0, ["arith", "story"], args.prompts)
+    dataset = dataset.select(range(args.prompts))
+    funcs, _ = resolve_rewards(["smollm2_mix" if real else "toy"], None)
+    times = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.start)
+
+    config = GRPOConfig(output_dir="/tmp/grpo_benchmark", num_generations=args.num_generations,
+                        per_device_train_batch_size=args.prompts * args.num_generations,
+                        max_completion_length=args.new_tokens, max_steps=args.repeats + 1, use_cpu=True,
+                        bf16=False, report_to="none", save_strategy="no", logging_steps=1, learning_rate=1e-6)
+    trainer = GRPOTrainer(model=resolve_model_path(args.model), reward_funcs=funcs, args=config, train_dataset=dataset,
+                          callbacks=[StepTimer()])
+    trainer.train()
+    print(f"TRL GRPOTrainer: model={args.model} prompts={args.prompts} N={args.num_generations} "
+          f"new_tokens={args.new_tokens}: step seconds {[round(t, 2) for t in times]}; median after the first "
+          f"{statistics.median(times[1:]):.2f} s")
 
 
 if __name__ == "__main__":

@@ -195,3 +195,32 @@ def test_train_value_takes_an_adapter_as_its_model(lora, tiny_lm_path, tmp_path)
     assert rm.score.out_features == 1
     merged_q = lm.model.layers[0].self_attn.q_proj.weight
     assert torch.allclose(rm.model.layers[0].self_attn.q_proj.weight, merged_q)  # the reward model's backbone too
+
+
+def test_adapter_off_forward_and_generate_are_the_base_model(lora):
+    base, tok, peft, _ = lora
+    ids = torch.tensor([tok("the cat sat on the mat")["input_ids"]])
+    off = adapter_off(peft)
+    with torch.no_grad():
+        assert torch.allclose(off.forward(ids).logits, base(ids).logits, atol=1e-5)
+        greedy = dict(max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert torch.equal(off.generate(input_ids=ids, **greedy), base.generate(input_ids=ids, **greedy))
+    assert off.lpo_adapter is None
+
+
+def test_an_adapter_over_an_adapter_has_base_plus_first_adapter_as_its_untuned_model(lora, tiny_lm_path, tmp_path):
+    from lpo_train.models.loading import load_causal_lm
+
+    base, tok, _, _ = lora
+    first = _saved_adapter(base, str(tiny_lm_path), tmp_path / "a")
+    merged_first = copy.deepcopy(first).merge_and_unload()
+    second = _lora(merged_first, seed=2)
+    second.save_pretrained(tmp_path / "b")
+    config = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "a")  # what train-value --use_peft on adapter a writes
+    (tmp_path / "b" / "adapter_config.json").write_text(json.dumps(config))
+    model, _ = load_causal_lm(str(tmp_path / "b"))
+    ids = torch.tensor([tok("hello there")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(adapter_off(model)(ids).logits, merged_first(ids).logits, atol=1e-4)
+        assert torch.allclose(model(ids).logits, second(ids).logits, atol=1e-4)

@@ -28,6 +28,9 @@ def _same(a, b):
     for x, y in zip(a, b, strict=True):
         assert x.token_ids == y.token_ids and x.finish_reason == y.finish_reason and x.choices == y.choices
         assert x.values == pytest.approx(y.values, abs=1e-6)
+        assert (x.entropies is None) == (y.entropies is None)
+        if x.entropies is not None:
+            assert x.entropies == pytest.approx(y.entropies, abs=1e-5)
         for name in ("hidden", "choice_logps"):
             if getattr(x, name) is not None:
                 assert torch.allclose(getattr(x, name), getattr(y, name), atol=1e-5), name
@@ -109,10 +112,10 @@ def test_greedy_argmax_equals_the_one_hot_draw(tiny_lm):
         assert [t.token_ids for t in fast] == [t.token_ids for t in slow]
 
 
-def _first_stop(tokenizer, tokens, strings, window):
-    """The reference: decode every row's last ``window`` tokens at every step."""
+def _first_stop(tokenizer, tokens, strings):
+    """The reference: the first step whose whole decoded text so far holds a stop string."""
     for step in range(len(tokens)):
-        if any(s in tokenizer.decode(tokens[max(0, step + 1 - window):step + 1]) for s in strings):
+        if any(s in tokenizer.decode(tokens[:step + 1]) for s in strings):
             return step + 1
     return None
 
@@ -120,14 +123,13 @@ def _first_stop(tokenizer, tokens, strings, window):
 @pytest.mark.parametrize("strings", [("forest",), ("cat", "king"), (". ",), ("The answer",)])
 def test_incremental_stop_strings_equal_the_full_check(toy_small, strings):
     model, tok = toy_small
-    window = max(len(tok(s, add_special_tokens=False)["input_ids"]) for s in strings)
     params = dict(max_new_tokens=40, num_samples=3, seed=5)
     free = generate(model, tok, PROMPTS, FixedTemperature(1.0), SamplingParams(ignore_eos=True, **params))
     stopped = generate(model, tok, PROMPTS, FixedTemperature(1.0),
                        SamplingParams(ignore_eos=True, stop_strings=strings, **params))
     hits = 0
     for f, s in zip(free, stopped):
-        end = _first_stop(tok, f.token_ids, strings, window)
+        end = _first_stop(tok, f.token_ids, strings)
         assert s.token_ids == f.token_ids[:end or len(f.token_ids)]
         assert s.finish_reason == ("stop" if end else "length")
         hits += end is not None
@@ -214,3 +216,23 @@ def test_compiled_decode_step_equals_the_eager_step(toy_small):
     from lpo_train.decoding.stream import _COMPILED
 
     assert model.get_decoder() in _COMPILED  # the compiled step really ran
+
+
+@pytest.mark.slow
+def test_stop_strings_split_into_more_tokens_than_their_own_encoding():
+    """SmolLM2's tokenizer: "\\n\\n" generated as two "\\n" tokens, "###" as "##" + "#", "cat." as " ca" "t" "."."""
+    from transformers import AutoTokenizer
+
+    from lpo_train.decoding.stops import StopStrings
+    from lpo_train.models.loading import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("smollm2"))
+    for stop, pieces in (("\n\n", ["\n", "\n"]), ("###", ["##", "#"]), ("cat.", [" ca", "t", "."])):
+        ids = [tok.convert_tokens_to_ids(tok.tokenize("Hello"))[0]]
+        ids += [tok(p, add_special_tokens=False)["input_ids"][0] for p in pieces]
+        assert len(ids) - 1 > len(tok(stop, add_special_tokens=False)["input_ids"]) or stop == "\n\n"
+        assert stop in tok.decode(ids)
+        checker = StopStrings(tok, (stop,), len(tok), "cpu")
+        tokens = torch.tensor([ids])
+        assert bool(checker.may_end(tokens[:, -1])[0])
+        assert checker.hits(tokens, torch.tensor([0]), len(ids) - 1).tolist() == [True], stop

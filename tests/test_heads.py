@@ -111,3 +111,18 @@ def test_from_pretrained_errors_name_the_artifact(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8, "gird": [0, 1]}))
     with pytest.raises(ValueError, match="not an AdaptiveDecoder config.*gird"):
         AdaptiveDecoderHead.from_pretrained(tmp_path)
+
+
+def test_save_pretrained_state_dict_override_and_bad_arguments(tmp_path):
+    head = AdaptiveDecoderHead(AdaptiveDecoderConfig(hidden_size=8))
+    other = {k: torch.full_like(v, 0.5) for k, v in head.state_dict().items()}
+    assert head.save_pretrained(tmp_path, state_dict=other) == tmp_path  # e.g. weights gathered from ZeRO-3
+    again = AdaptiveDecoderHead.from_pretrained(tmp_path, map_location="cpu")
+    assert all(torch.equal(v, other[k]) for k, v in again.state_dict().items())
+    assert not torch.equal(head.mlp[-1].weight, again.mlp[-1].weight)  # the live head is untouched
+    with pytest.raises(TypeError, match="model_card_kwargs"):
+        head.save_pretrained(tmp_path, model_card="# my card")
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        head.save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(ValueError, match="unexpected arguments .*strict"):
+        AdaptiveDecoderHead.from_pretrained(tmp_path, strict=False)

@@ -2,8 +2,9 @@
 
 A stop string that first appears at step t ends inside the text of token t, so token t's own text
 holds the string's last character. A lookup table over the vocabulary (built once per tokenizer and
-set of stop strings) flags such tokens on the device; only the flagged rows' last tokens are decoded,
-with the same window as a full check (the longest stop string's token count). Tokens whose text is
+set of stop strings) flags such tokens on the device; only the flagged rows' last tokens are decoded:
+a window of (the longest stop string's UTF-8 length + 1) tokens, which holds any occurrence that ends
+at the new token, however the model split it into tokens. Tokens whose text is
 empty or an incomplete UTF-8 piece (decoded as U+FFFD) are always flagged, and a stop string ending
 in whitespace flags every token (a leading space can vanish when a token is decoded alone).
 """
@@ -16,7 +17,8 @@ import torch
 class StopStrings:
     def __init__(self, tokenizer, stop_strings, vocab_size: int, device):
         self.tokenizer, self.strings = tokenizer, tuple(stop_strings)
-        self.window = max(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in self.strings)
+        # an occurrence spans at most one token per byte of the string, plus the token it starts inside
+        self.window = max(len(s.encode("utf-8")) for s in self.strings) + 1
         self.can_end = _can_end_table(tokenizer, self.strings, vocab_size).to(device)
 
     def may_end(self, token: torch.Tensor) -> torch.Tensor:

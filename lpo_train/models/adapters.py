@@ -39,12 +39,24 @@ class _AdapterOff:
 
 
 class AdapterOff(_AdapterOff):
-    """The base model of a PEFT model, from the same weights (see the module docstring)."""
+    """The base model of a PEFT model, from the same weights (see the module docstring): calling it,
+    ``forward``, ``generate``, and its decoder body and output layer all run with the adapter disabled."""
 
     def __init__(self, peft_model):
         if not is_peft_model(peft_model):
             raise TypeError(f"adapter_off needs a peft.PeftModel, got {type(peft_model).__name__}.")
         super().__init__(peft_model, peft_model)
+
+    def forward(self, *args, **kwargs):
+        return self(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with self._peft.disable_adapter():
+            return self._peft.generate(*args, **kwargs)
+
+    @property
+    def lpo_adapter(self):
+        return None  # the adapter is off: a head trained on this model has no adapter
 
     def get_decoder(self):
         return _AdapterOff(self._peft, self._peft.get_decoder())
@@ -78,11 +90,12 @@ def adapter_config(spec: str) -> dict | None:
 
         if _looks_local(str(spec)) or str(spec).count("/") != 1:
             return None
-        try:  # a Hub id: an adapter repo has the file; a model repo (or offline, an uncached one) does not
-            from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
 
+        try:  # a Hub id: an adapter repo has the file; a model repo (or offline, an uncached one) does not
             path = Path(hf_hub_download(str(spec), "adapter_config.json"))
-        except Exception:
+        except (EntryNotFoundError, LocalEntryNotFoundError, HFValidationError):
             return None
     if not path.is_file():
         return None
@@ -109,6 +122,8 @@ def load_adapter_model(spec: str, config: dict, dtype: str = "float32"):
     except (FileNotFoundError, OSError) as e:
         raise FileNotFoundError(f"The adapter {spec} is for the base model {base_spec!r} ({where}: "
                                 f"base_model_name_or_path), which could not be loaded: {e}") from e
+    if is_peft_model(base):  # an adapter trained on base + another adapter: that one is part of its base
+        base = base.merge_and_unload()
     try:
         model = PeftModel.from_pretrained(base, spec)
     except (RuntimeError, ValueError, KeyError) as e:  # shape mismatches, missing target modules

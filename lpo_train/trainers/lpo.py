@@ -417,9 +417,8 @@ class LPOTrainer(Trainer):
         if self.is_world_process_zero():
             head = self.accelerator.unwrap_model(self.model)
             head.config.base_model = head.config.base_model or self.lm.config.name_or_path
-            head = type(head)(head.config)  # a copy holding the gathered state (ZeRO-3 shards, bf16 mixed precision)
-            head.load_state_dict(state)
-            head.save_pretrained(output_dir, model_card_kwargs={"extra_sections": self._card_rows()})
+            head.save_pretrained(output_dir, state_dict=state,  # the gathered state (ZeRO-3 shards)
+                                 model_card_kwargs={"extra_sections": self._card_rows()})
             if not _internal_call:  # a checkpoint's trainer_state.json is Trainer's, written last (its "complete" mark)
                 self.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, by the head
             plot_choices(self._completions, head.config.grid, self.args.knob, Path(output_dir))
