@@ -17,7 +17,7 @@ _LAZY = {
     "ImplicitGuidance": "lpo_train.guidance", "ExplicitGuidance": "lpo_train.guidance",
     "ExplicitScorer": "lpo_train.guidance", "ImplicitScorer": "lpo_train.guidance",
     "guided_generate": "lpo_train.guidance", "load_causal_lm": "lpo_train.models.loading",
-    "load_prompt_dataset": "lpo_train.data",
+    "load_prompt_dataset": "lpo_train.data", "AdaptiveDecoderForCausalLM": "lpo_train.adaptive_model",
 }
 __all__ = ["GRID_PRESETS", "AdaptiveDecoderConfig", "AdaptiveDecoderHead", *_LAZY]
 

@@ -139,6 +139,10 @@ def test_lpo_trains_a_head_on_an_adapter_and_its_card_names_both(toy_small, toy_
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"| adapter on the base model | `{tmp_path / 'adapter'}` (PEFT) |" in card
     assert f"base_model: {toy_lm_folder}" in card
+    from lpo_train import AdaptiveDecoderForCausalLM
+
+    wrapped = AdaptiveDecoderForCausalLM.from_pretrained(tmp_path / "out")  # one line: base + adapter + head
+    assert is_peft_model(wrapped.model) and wrapped.model.lpo_adapter == str(tmp_path / "adapter")
 
 
 def test_train_value_implicit_use_peft_then_generate_with_the_adapter_alone(tiny_lm_path, tmp_path):

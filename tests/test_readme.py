@@ -22,7 +22,7 @@ def test_quick_start_blocks_run(toy_lm_folder, tmp_path, monkeypatch):
     blocks = _blocks()
     assert len(blocks) >= 6
     namespace: dict = {}
-    for code in blocks[:5]:  # quick start, heads and rules, HF processors, the toy world, LPO training
+    for code in blocks[:6]:  # quick start, heads and rules, one-line loading, HF processors, toy world, LPO
         code = code.replace("max_steps=32", "max_steps=2")
         exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
     assert (tmp_path / "my-head" / "config.json").exists()

@@ -87,10 +87,13 @@ def next_token_distribution(logits: torch.Tensor, temperature: torch.Tensor, top
 
 
 def encode_prompts(tokenizer, prompts, chat_template: bool | None = None) -> list[list[int]]:
-    """Token ids per prompt. Prompts are strings or conversations (lists of messages)."""
+    """Token ids per prompt. Prompts are strings, conversations (lists of messages) or token ids."""
     use_template = bool(getattr(tokenizer, "chat_template", None)) if chat_template is None else chat_template
     encoded = []
     for p in prompts:
+        if isinstance(p, (list, tuple)) and p and all(isinstance(x, int) for x in p):
+            encoded.append(list(p))  # already token ids (chat template applied by the caller)
+            continue
         if isinstance(p, list):
             if not use_template:
                 raise ValueError("Conversational prompts need a tokenizer with a chat template.")
