@@ -200,10 +200,13 @@ class AdaptiveDecoderHead(nn.Module, PyTorchModelHubMixin, library_name="lpo-tra
     # --- artifact (huggingface_hub's PyTorchModelHubMixin: save_pretrained, push_to_hub, from_pretrained) --
 
     def save_pretrained(self, save_directory: str | Path, *, state_dict: dict | None = None,
-                        **kwargs) -> Path | str:
+                        custom_generate: bool = False, **kwargs) -> Path | str:
         """config.json + model.safetensors + README.md (the mixin's, with ``model_card_kwargs``, ``push_to_hub``,
         ``repo_id``). ``state_dict`` overrides the module's own weights (e.g. gathered from ZeRO-3 shards).
-        Returns the folder (the commit URL with ``push_to_hub=True``)."""
+        ``custom_generate``: also write ``custom_generate/generate.py`` + ``requirements.txt``, so that plain
+        transformers runs the head with ``model.generate(..., custom_generate=<this folder or repo>,
+        trust_remote_code=True)``. Returns the folder (the commit URL with ``push_to_hub=True``)."""
+        self._custom_generate = custom_generate or getattr(self, "_custom_generate", False)
         if "model_card" in kwargs:
             raise TypeError("save_pretrained(model_card=...) is gone: pass extra card rows as "
                             "model_card_kwargs={'extra_sections': '| key | value |\\n'}.")
@@ -214,8 +217,21 @@ class AdaptiveDecoderHead(nn.Module, PyTorchModelHubMixin, library_name="lpo-tra
         if state_dict is not None:
             head = type(self)(self.config)
             head.load_state_dict(state_dict)
-        url = PyTorchModelHubMixin.save_pretrained(head, save_directory, **kwargs)
+            head._custom_generate, head._hub_target = self._custom_generate, getattr(self, "_hub_target", None)
+        try:
+            url = PyTorchModelHubMixin.save_pretrained(head, save_directory, **kwargs)
+        finally:
+            self._custom_generate = False
         return url if kwargs.get("push_to_hub") else Path(save_directory)
+
+    def push_to_hub(self, repo_id: str, *, custom_generate: bool = False, **kwargs) -> str:
+        """The mixin's ``push_to_hub`` (``private``, ``token``, ``branch``, ``create_pr``, ...);
+        ``custom_generate`` as in ``save_pretrained`` (the file then names this repo)."""
+        self._custom_generate, self._hub_target = custom_generate, repo_id
+        try:
+            return PyTorchModelHubMixin.push_to_hub(self, repo_id, **kwargs)
+        finally:
+            self._custom_generate, self._hub_target = False, None
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """The mixin's hook: config.json (with ``model_type``) and model.safetensors. The card is the mixin's
@@ -226,6 +242,15 @@ class AdaptiveDecoderHead(nn.Module, PyTorchModelHubMixin, library_name="lpo-tra
         (save_directory / "config.json").write_text(self.config.to_json_string())
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
                   str(save_directory / "model.safetensors"))
+        if getattr(self, "_custom_generate", False):
+            from importlib.resources import files
+
+            folder = save_directory / "custom_generate"
+            folder.mkdir(exist_ok=True)
+            target = getattr(self, "_hub_target", None) or str(Path(save_directory).resolve())
+            template = files("lpo_train.templates").joinpath("custom_generate.py").read_text()
+            (folder / "generate.py").write_text(template.replace('"{head}"', repr(target)))
+            (folder / "requirements.txt").write_text("lpo-train\n")
 
     def generate_model_card(self, *args, extra_sections: str = "", **kwargs) -> ModelCard:
         """The head's card from :data:`MODEL_CARD_TEMPLATE`; ``extra_sections`` adds rows to its table (the

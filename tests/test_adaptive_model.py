@@ -52,3 +52,26 @@ def test_errors_name_the_fix(toy_small, tmp_path):
         wrapped.generate(ids, temperature=0.7)
     with pytest.raises(TypeError, match="do_sample=False"):
         wrapped.generate(ids, do_sample=False)
+
+
+def test_plain_transformers_custom_generate_runs_the_head(tiny_lm_path, tmp_path):
+    """No lpo-train import in the user's code: model.generate(custom_generate=<head folder>, trust_remote_code=True)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_path).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_lm_path)
+    head = _saved_head(model, tmp_path / "plain", "token", str(tiny_lm_path))
+    head.save_pretrained(tmp_path / "head", custom_generate=True)
+    assert (tmp_path / "head" / "custom_generate" / "requirements.txt").read_text().strip() == "lpo-train"
+    assert repr(str((tmp_path / "head").resolve())) in (tmp_path / "head" / "custom_generate" / "generate.py").read_text()
+    tok.padding_side = "left"
+    inputs = tok(["the cat sat", "a dog ran far away"], return_tensors="pt", padding=True)
+    out = model.generate(**inputs, custom_generate=str(tmp_path / "head"), trust_remote_code=True, max_new_tokens=8)
+    prompts = [ids[m.bool()].tolist() for ids, m in zip(inputs["input_ids"], inputs["attention_mask"])]
+    engine = generate(model, tok, prompts, AdaptiveDecoderRule(head, "argmax", model=model),
+                      SamplingParams(max_new_tokens=8))
+    width = inputs["input_ids"].shape[1]
+    assert [row[width:width + len(t.token_ids)].tolist() for row, t in zip(out, engine)] == [t.token_ids for t in engine]
+    assert len({c for t in engine for c in t.choices}) > 1  # the head really chose, per token
+    plain = model.generate(**inputs, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id)
+    assert not torch.equal(out, plain)  # not HF's own decoding

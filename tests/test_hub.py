@@ -27,6 +27,9 @@ def test_head_push_to_hub_and_from_pretrained_round_trip(tmp_path):
         assert "ROUNDTRIP OK" in out.stdout
         assert set(hub.repos["tester/my-head"]) == {"config.json", "model.safetensors", "README.md"}
         assert b"AdaptiveDecoder head" in hub.repos["tester/my-head"]["README.md"]
+        with_cg = hub.repos["tester/my-head-cg"]
+        assert {"custom_generate/generate.py", "custom_generate/requirements.txt"} <= set(with_cg)
+        assert b"HEAD = 'tester/my-head-cg'" in with_cg["custom_generate/generate.py"]  # the repo, not a temp path
 
 
 @pytest.mark.slow

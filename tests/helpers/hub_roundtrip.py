@@ -21,4 +21,5 @@ from pathlib import Path  # noqa: E402
 with tempfile.TemporaryDirectory() as cache:  # huggingface_hub's download options pass through
     cached = AdaptiveDecoderHead.from_pretrained(sys.argv[1], cache_dir=cache, token="hf_fake", force_download=True)
     assert torch.equal(head(x), cached(x)) and any(Path(cache).rglob("model.safetensors"))
+head.push_to_hub(sys.argv[1] + "-cg", custom_generate=True)  # with the plain-transformers entry point
 print("ROUNDTRIP OK")
