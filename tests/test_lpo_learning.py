@@ -191,3 +191,14 @@ def test_public_entry_points_and_help_list_config_first():
     train_help = subprocess.run([sys.executable, "-m", "lpo_train.cli", "train", "--help"], capture_output=True,
                                 text=True, timeout=120).stdout
     assert train_help.index("--exploration ") < train_help.index("--per_device_train_batch_size ")  # LPO's first
+
+
+def test_group_relative_with_every_group_tied_is_an_error_too(toy_lm_folder, tmp_path):
+    def constant(prompts, completions, **kw):
+        return [1.0] * len(completions)
+
+    trainer = LPOTrainer(model=str(toy_lm_folder), reward_funcs=[constant],
+                         args=_config(tmp_path, max_steps=4, max_steps_without_pairs=2, loss_type="group_relative"))
+    with pytest.raises(LPOTrainingFailed, match="No group with differing rewards formed for 2 consecutive"):
+        trainer.train()
+    assert not (tmp_path / "out" / "model.safetensors").exists()

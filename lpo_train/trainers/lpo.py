@@ -172,8 +172,8 @@ class LPOTrainer(Trainer):
         self._steps_without_pairs = 0 if pairs else self._steps_without_pairs + 1
         if self._steps_without_pairs >= self.args.max_steps_without_pairs:
             raise LPOTrainingFailed(
-                f"No preference pair (group_relative: no group with differing rewards) formed for "
-                f"{self._steps_without_pairs} consecutive optimizer steps (up to step "
+                f"No {'group with differing rewards' if self.args.loss_type == 'group_relative' else 'preference pair'}"
+                f" formed for {self._steps_without_pairs} consecutive optimizer steps (up to step "
                 f"{self.state.global_step}): every prompt's responses tied or had no valid reward, so the head "
                 "cannot learn. Check the rewards (do they vary between responses?), raise num_generations, keep "
                 "exploration on, or raise max_steps_without_pairs.")
