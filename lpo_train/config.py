@@ -51,15 +51,19 @@ class DecodingArguments:
                                       "the first call compiles, tens of seconds).", False)
 
     def check_decoding(self) -> None:
-        from lpo_train.decoding.sampling import Truncation
-
-        Truncation(self.top_k, self.top_p, self.min_p)  # raises a clear error
+        self.decoding_truncation()  # raises a clear error
         if self.max_completion_length < 1 or self.generation_batch_size < 1:
             raise ValueError("max_completion_length and generation_batch_size must be >= 1, got "
                              f"{self.max_completion_length} and {self.generation_batch_size}.")
 
     def truncation(self) -> dict:
         return {"top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p}
+
+    def decoding_truncation(self):
+        """The fixed truncations as the sampling layer's ``Truncation``."""
+        from lpo_train.decoding.sampling import Truncation
+
+        return Truncation(self.top_k, self.top_p, self.min_p)
 
     def engine_options(self) -> dict:
         """The ``SamplingParams`` these fields set besides the lengths: the truncations and how the step runs."""

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("lpo", "lpo_latent", "lpo_joint", "nll_chosen", "group_relative")
+LOSS_TYPES = ("lpo", "lpo_latent", "lpo_joint", "nll_chosen", "group_relative", "likelihood")
 SCALE_REWARDS = ("group", "none")
 
 
@@ -114,3 +114,19 @@ def group_relative_loss(choice_logps: torch.Tensor, advantages: torch.Tensor) ->
     """Group-relative policy gradient over the head's choices, per sample: -A_i x log P(tau_i). Its gradient
     is the group-baseline REINFORCE estimate (on-policy when the samples were drawn from the head)."""
     return -advantages.detach() * choice_logps
+
+
+def reference_nll(head_log_probs: torch.Tensor, token_choice_logps: torch.Tensor, mask: torch.Tensor,
+                  form: str = "token") -> torch.Tensor:
+    """The likelihood objective (no reward; in the manner of AutoDeco), per reference: -log P(y) of the
+    reference tokens under the head's Eq. 6 mixture over the grid. ``form="token"``: a choice per token,
+    -sum_t log sum_k P(tau_k | h_t) P(y_t | tau_k); ``"sequence"``: one choice for the whole reference,
+    -log sum_k P(tau_k | h_0) prod_t P(y_t | tau_k). Shapes as in ``latent_logratio``."""
+    if form == "token":
+        per_token = torch.logsumexp(head_log_probs + token_choice_logps, dim=-1)
+        return -torch.where(mask.bool(), per_token, torch.zeros_like(per_token)).sum(-1)
+    if form == "sequence":
+        per_choice = torch.where(mask.bool()[..., None], token_choice_logps,
+                                 torch.zeros_like(token_choice_logps)).sum(1)  # [B, K]
+        return -torch.logsumexp(head_log_probs[:, 0] + per_choice, -1)
+    raise ValueError(f"form must be 'token' or 'sequence', got {form!r}.")

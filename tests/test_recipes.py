@@ -26,7 +26,8 @@ def test_recipe_has_its_command_and_parses(recipe, tmp_path):
     if "llama3" in recipe.parent.name:
         overrides += ["--bf16", "false"]  # bf16 needs a GPU; the rest of the paper setup parses as is
     config = parse_config(["--config", str(recipe), *overrides])
-    assert config.num_generations >= 2 and config.reward_funcs and config.grid
+    assert config.num_generations >= 2 and config.grid
+    assert config.reward_funcs or config.loss_type == "likelihood"  # the likelihood objective needs no reward
     assert config.level == ("token" if "_tok" in recipe.name else "sequence")
 
 

@@ -10,6 +10,7 @@ scores them, pairs best vs worst and keeps the traced head inputs of the paired 
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from lpo_train.decoding.randomness import seed_for
 from lpo_train.heads import AdaptiveDecoderHead
 from lpo_train.losses import (
     choice_logps, group_relative_loss, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss,
-    uniform_reference_logps,
+    reference_nll, uniform_reference_logps,
 )
 from lpo_train.models.loading import load_causal_lm
 from lpo_train.pairs import (
@@ -62,12 +63,18 @@ class LPOTrainer(Trainer):
             raise ValueError("Give the frozen LM: LPOTrainer(model=...) or LPOConfig(model_name_or_path=...).")
         # everything a user can get wrong is checked before the (slow) LM load
         check_output_dir(args)
-        self.reward_funcs, self.reward_weights = resolve_rewards(
-            reward_funcs if reward_funcs is not None else args.reward_funcs, args.reward_weights)
+        likelihood = args.loss_type == "likelihood"  # no reward: the head fits reference completions
+        self.reward_funcs, self.reward_weights = ([], []) if likelihood and not (reward_funcs or args.reward_funcs) \
+            else resolve_rewards(reward_funcs if reward_funcs is not None else args.reward_funcs, args.reward_weights)
         if train_dataset is None:
             train_dataset = args.load_prompts(seed=args.seed)
         if len(train_dataset) == 0:
             raise ValueError("The prompt dataset is empty.")
+        if likelihood and args.reference_column not in train_dataset.column_names:
+            raise ValueError(f"loss_type 'likelihood' needs a reference completion per prompt: the dataset has no "
+                             f"column {args.reference_column!r} (it has {train_dataset.column_names}); set "
+                             "reference_column.")
+        self._references: dict = {}  # likelihood: each reference's teacher-forced features, computed once
         if "prompt" not in train_dataset.column_names:
             raise ValueError(f"The prompt dataset needs a 'prompt' column (TRL prompt-only format); "
                              f"it has {train_dataset.column_names}.")
@@ -154,7 +161,11 @@ class LPOTrainer(Trainer):
             total = max(sum(map(len, features)), 1)
             return [self._collate(f, total) for f in features], None
         rows = [row for batch in batches for row in batch]
-        features, _, counts = self._make_pairs(rows)
+        if self.args.loss_type == "likelihood":
+            features = [self._reference_features(row) for row in rows]
+            counts = torch.tensor([len(features)] * 3, dtype=torch.float64)
+        else:
+            features, _, counts = self._make_pairs(rows)
         self._check_progress(counts)
         total = max(len(features), 1)
         return [self._collate(features[i::len(batches)], total) for i in range(len(batches))], None
@@ -243,6 +254,37 @@ class LPOTrainer(Trainer):
         counts = torch.tensor([len(pairs), int((~rewards.isnan()).sum()), len(rewards)], dtype=torch.float64)
         return features, stored, counts
 
+    @torch.no_grad()
+    def _reference_features(self, row) -> SampleFeatures:
+        """The likelihood objective's unit: the reference completion teacher-forced through the frozen LM once
+        (cached: later epochs reuse it), keeping what the head's loss needs, as a trace does: the hidden
+        states that predict each reference token (the prompt's last one for a sequence-level head) and
+        log P(y_t | choice k) under every grid choice, with the call's truncations."""
+        args = self.args
+        reference = row[args.reference_column]
+        if isinstance(reference, list):  # TRL conversational completion: the assistant's content
+            reference = "".join(m["content"] for m in reference if m.get("role", "assistant") == "assistant")
+        key = (str(row["prompt"]), str(reference))
+        if key not in self._references:
+            from lpo_train.decoding.stream import head_logits
+
+            prompt_ids = encode_prompts(self.tokenizer, [row["prompt"]])[0]
+            ref_ids = self.tokenizer(reference, add_special_tokens=False)["input_ids"][:args.max_completion_length]
+            if not ref_ids:
+                raise ValueError(f"An empty reference completion (column {args.reference_column!r}) for prompt "
+                                 f"{str(row['prompt'])[:80]!r}: give each prompt a non-empty reference.")
+            with self._head_for_generation() as head:
+                device = next(self.lm.parameters()).device
+                ids = torch.tensor([prompt_ids + ref_ids], device=device)
+                states = self.lm.get_decoder()(input_ids=ids).last_hidden_state[0, len(prompt_ids) - 1:-1]
+                logits = head_logits(self.lm.get_output_embeddings(),
+                                     getattr(self.lm.config, "final_logit_softcapping", None), states)
+                token_logps = AdaptiveDecoderRule(head).choice_logps(logits, ids[0, len(prompt_ids):], args.decoding_truncation())
+            hidden = states if args.level == "token" else states[:1]
+            side = SideFeatures(hidden, torch.zeros(len(hidden), dtype=torch.long), token_logps.float())
+            self._references[key] = SampleFeatures(side, math.nan, 0.0, row.get("family"))
+        return self._references[key]
+
     @contextmanager
     def _head_for_generation(self):
         """The bare head. Under DeepSpeed ZeRO-3, transformers partitions the frozen LM at load
@@ -318,6 +360,8 @@ class LPOTrainer(Trainer):
         args = self.args
         if args.loss_type == "group_relative":
             return self._group_relative_loss(model, inputs, return_outputs)
+        if args.loss_type == "likelihood":
+            return self._likelihood_loss(model, inputs, return_outputs)
         lp_c_all, logp_c = self._side_logps(model, inputs, "chosen")
         lp_r_all, logp_r = self._side_logps(model, inputs, "rejected")
         k = lp_c_all.shape[-1]
@@ -352,6 +396,19 @@ class LPOTrainer(Trainer):
                 self._record(pair_choice_metrics(inputs, lp_c_all, lp_r_all, model_grid(self)))
         if model.training and not self.is_deepspeed_enabled:
             self._record(family_grad_norms(model, per_pair, inputs["family"], inputs["num_pairs_in_step"]))
+        return (loss, None) if return_outputs else loss
+
+    def _likelihood_loss(self, model, inputs, return_outputs):
+        log_probs = torch.log_softmax(model(inputs["sample_hidden"]).float(), dim=-1)
+        token_logps, mask = inputs["sample_token_logps"], inputs["sample_token_mask"]
+        if self.args.level == "sequence":
+            per_ref = reference_nll(log_probs[:, :1].expand(-1, token_logps.shape[1], -1), token_logps, mask,
+                                    "sequence")
+        else:
+            per_ref = reference_nll(log_probs, token_logps, mask, "token")
+        loss = per_ref.sum() / inputs["num_pairs_in_step"]
+        with torch.no_grad():
+            self._record({"nll/reference_per_token": per_ref.sum() / mask.sum(), "num_references": float(len(per_ref))})
         return (loss, None) if return_outputs else loss
 
     def _group_relative_loss(self, model, inputs, return_outputs):

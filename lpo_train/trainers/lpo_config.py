@@ -54,6 +54,8 @@ class LPOConfig(PromptDataArguments, SamplingArguments, TrainingArguments):
     pair_top_k: int = _help("'constrained' pair mode: size of the top/bottom groups.", 4)
     loss_type: str = _help(f"One of {LOSS_TYPES}: Eq. 10, Eq. 11, Eq. 9, NLL on the chosen choices, or the "
                            "group-relative policy gradient over all N responses (README, 'Losses').", "lpo")
+    reference_column: str = _help("likelihood: the dataset column with each prompt's reference completion (a "
+                                  "string, or TRL's conversational [{'role': 'assistant', ...}]).", "completion")
     scale_rewards: str = _help(f"group_relative: one of {SCALE_REWARDS}, as TRL's GRPO: 'group' divides each "
                                "advantage by its group's reward std, 'none' keeps r - mean (Dr. GRPO).", "group")
     latent_form: str = _help("lpo_latent: marginalise per 'token' (Eq. 11) or over the whole 'sequence'.",
@@ -83,6 +85,10 @@ class LPOConfig(PromptDataArguments, SamplingArguments, TrainingArguments):
             self.toy_families = ["arith", "story"]
         if self.reward_funcs is None:
             self.reward_funcs = ["toy"] if self.dataset_name == "toy" else []
+        if self.loss_type == "likelihood" and self.protocol == "offline":
+            raise ValueError("loss_type 'likelihood' trains on reference completions, not sampled pairs: use "
+                             "protocol 'online' (the references' teacher-forced features are computed once and "
+                             "cached).")
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 to form pairs, got {self.num_generations}.")
         checks = [("level", LEVELS), ("knob", KNOBS), ("selection", SELECTIONS), ("pair_mode", PAIR_MODES),
