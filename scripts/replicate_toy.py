@@ -5,6 +5,7 @@
     python scripts/replicate_toy.py constrained_tok --seeds 0 1 2  # (c) -> docs/results/constrained_tok.json
     python scripts/replicate_toy.py loss_ablation --seeds 0 1 2    # (d) -> docs/results/loss_ablation.json
     python scripts/replicate_toy.py rules --seeds 0 1 2            # (e) -> docs/results/rules.json
+    python scripts/replicate_toy.py objectives --seeds 0 1 2       # losses compared -> docs/results/objectives_toy.json
 
 Seed s means: the small toy LM pretrained with seed s (``toy:small:s``), the head trained with
 seed s (its initialisation, training prompts and samples), held-out evaluation prompts drawn
@@ -44,11 +45,22 @@ REPLICATIONS = {
         "NLL on chosen (nll_chosen)": ["--loss_type", "nll_chosen"],
     }),
     "rules": (None, "eval_rules.yaml", {}),
+    # the objectives issue's toy comparison: the same recipe, prompts, exploration and seeds for the three
+    # reward-based losses; the likelihood objective (no reward) fits recipes/toy/data/references.jsonl
+    # (32 references of the same families, made with the seed-0 toy LM) instead of sampled responses
+    "objectives": ("lpo_seq.yaml", "eval_mixed_seq.yaml", {
+        "lpo": ["--loss_type", "lpo"],
+        "lpo_latent": ["--loss_type", "lpo_latent"],
+        "group_relative": ["--loss_type", "group_relative"],
+        "likelihood": ["--loss_type", "likelihood", "--dataset_name", str(RECIPES / "data" / "references.jsonl"),
+                       "--max_completion_length", "40", "--num_train_epochs", "4", "--learning_rate", "1e-2"],
+    }),
 }
 SAMPLED_TOO = {"mixed_seq", "constrained_tok"}  # also evaluate the heads with sampled selection (paper Table 5)
 OUT_JSON = {"mixed_seq": "mixed_seq.json", "repetition": "repetition_tok.json",
             "repetition_wide_grid": "repetition_tok_wide_grid.json",
-            "constrained_tok": "constrained_tok.json", "loss_ablation": "loss_ablation.json", "rules": "rules.json"}
+            "constrained_tok": "constrained_tok.json", "loss_ablation": "loss_ablation.json", "rules": "rules.json",
+            "objectives": "objectives_toy.json"}
 
 
 def _slug(label: str) -> str:
@@ -172,6 +184,14 @@ def headline(name: str, agg: dict) -> dict:
         return {"mean_reward": {k: v["mean_reward"]["mean"] for k, v in s.items()},
                 "mean_temperature": {k: v["mean_value_by_family"]["arith"]["mean"] for k, v in s.items()
                                      if v["mean_value_by_family"]["arith"] is not None}}
+    if name == "objectives":
+        fixed = {k: v["mean_reward"]["mean"] for k, v in s.items() if k.startswith("T=")}
+        best = max(fixed, key=fixed.get)
+        return {"seeds": agg["seeds"], "best_fixed_temperature": best,
+                "mean_reward": {k: v["mean_reward"]["mean"] for k, v in s.items()},
+                "win_rate_vs_best_fixed": {k: v["win_rate_vs_fixed"][best.removeprefix("T=")]["mean"]
+                                           for k, v in s.items() if "win_rate_vs_fixed" in v
+                                           and best.removeprefix("T=") in v["win_rate_vs_fixed"]}}
     if name == "rules":
         return {"mean_reward": {k: v["mean_reward"]["mean"] for k, v in s.items()},
                 "self_bleu": {k: v["self_bleu"]["mean"] for k, v in s.items()}}
