@@ -63,7 +63,7 @@ class DecodingArguments:
         """The fixed truncations as the sampling layer's ``Truncation``."""
         from lpo_train.decoding.sampling import Truncation
 
-        return Truncation(self.top_k, self.top_p, self.min_p)
+        return Truncation(**self.truncation())
 
     def engine_options(self) -> dict:
         """The ``SamplingParams`` these fields set besides the lengths: the truncations and how the step runs."""

@@ -46,6 +46,20 @@ def _valid(rewards) -> list[tuple[int, float]]:
     return [(i, float(r)) for i, r in enumerate(rewards) if r is not None and not math.isnan(float(r))]
 
 
+def _informative(rewards, stats: PairStats) -> list[tuple[int, float]] | None:
+    """A group's valid ``(sample, reward)``s, or None when it teaches nothing: fewer than two valid rewards
+    (``stats.invalid``) or all of them tied (``stats.tied``); dropped rewards are counted either way."""
+    valid = _valid(rewards)
+    stats.dropped_rewards += len(rewards) - len(valid)
+    if len(valid) < 2:
+        stats.invalid += 1
+        return None
+    if max(r for _, r in valid) == min(r for _, r in valid):
+        stats.tied += 1
+        return None
+    return valid
+
+
 def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
                 secondary: list[list[float]] | None = None, top_k: int = 4,
                 tie_seeds: list[int] | None = None) -> tuple[list[Pair], PairStats]:
@@ -65,13 +79,8 @@ def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
         raise ValueError("pair mode 'constrained' needs one secondary score list per group.")
     stats, pairs = PairStats(groups=len(groups)), []
     for p, rewards in enumerate(groups):
-        valid = _valid(rewards)
-        stats.dropped_rewards += len(rewards) - len(valid)
-        if len(valid) < 2:
-            stats.invalid += 1
-            continue
-        if max(r for _, r in valid) == min(r for _, r in valid):
-            stats.tied += 1
+        valid = _informative(rewards, stats)
+        if valid is None:
             continue
         if mode == "all":
             pairs += [Pair(p, i, j, ri, rj) for i, ri in valid for j, rj in valid if ri > rj]
@@ -118,13 +127,8 @@ def group_samples(groups: list[list[float | None]], scale_rewards: str = "group"
     advantages = group_advantages(rewards, scale_rewards).tolist()
     samples = []
     for p, g in enumerate(groups):
-        valid = _valid(g)
-        stats.dropped_rewards += len(g) - len(valid)
-        if len(valid) < 2:
-            stats.invalid += 1
-        elif max(r for _, r in valid) == min(r for _, r in valid):
-            stats.tied += 1
-        else:
+        valid = _informative(g, stats)
+        if valid is not None:
             samples += [GroupSample(p, i, r, advantages[p][i]) for i, r in valid]
     stats.pairs = len(samples)
     return samples, stats

@@ -279,7 +279,8 @@ class LPOTrainer(Trainer):
                 states = self.lm.get_decoder()(input_ids=ids).last_hidden_state[0, len(prompt_ids) - 1:-1]
                 logits = head_logits(self.lm.get_output_embeddings(),
                                      getattr(self.lm.config, "final_logit_softcapping", None), states)
-                token_logps = AdaptiveDecoderRule(head).choice_logps(logits, ids[0, len(prompt_ids):], args.decoding_truncation())
+                token_logps = AdaptiveDecoderRule(head).choice_logps(logits, ids[0, len(prompt_ids):],
+                                                                     args.decoding_truncation())
             hidden = states if args.level == "token" else states[:1]
             side = SideFeatures(hidden, torch.zeros(len(hidden), dtype=torch.long), token_logps.float())
             self._references[key] = SampleFeatures(side, math.nan, 0.0, row.get("family"))
@@ -400,12 +401,9 @@ class LPOTrainer(Trainer):
 
     def _likelihood_loss(self, model, inputs, return_outputs):
         log_probs = torch.log_softmax(model(inputs["sample_hidden"]).float(), dim=-1)
-        token_logps, mask = inputs["sample_token_logps"], inputs["sample_token_mask"]
-        if self.args.level == "sequence":
-            per_ref = reference_nll(log_probs[:, :1].expand(-1, token_logps.shape[1], -1), token_logps, mask,
-                                    "sequence")
-        else:
-            per_ref = reference_nll(log_probs, token_logps, mask, "token")
+        mask = inputs["sample_token_mask"]
+        # a sequence-level head's one decision (hidden [B, 1, H]) against every reference token: the sequence form
+        per_ref = reference_nll(log_probs, inputs["sample_token_logps"], mask, self.args.level)
         loss = per_ref.sum() / inputs["num_pairs_in_step"]
         with torch.no_grad():
             self._record({"nll/reference_per_token": per_ref.sum() / mask.sum(), "num_references": float(len(per_ref))})
