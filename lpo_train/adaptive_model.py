@@ -27,13 +27,16 @@ class AdaptiveDecoderForCausalLM:
     def from_pretrained(cls, head_name_or_path, selection: str = "argmax", dtype: str = "float32",
                         base_model: str | None = None, **head_kwargs) -> AdaptiveDecoderForCausalLM:
         """The head (folder or Hub repo; ``head_kwargs``: huggingface_hub's download options) and the base
-        model its config names (a PEFT adapter too, when the head was trained on one); ``base_model``
-        overrides it."""
+        model its config names (a PEFT adapter too, when the head was trained on one, and the head's own
+        LoRA adapter when it was trained jointly with one); ``base_model`` overrides it."""
         from lpo_train.heads import AdaptiveDecoderHead
         from lpo_train.models.loading import load_causal_lm
 
         head = AdaptiveDecoderHead.from_pretrained(head_name_or_path, **head_kwargs)
-        spec = base_model or head.config.extra.get("adapter") or head.config.base_model
+        # a head trained jointly with a LoRA adapter (use_peft) keeps the adapter in its own folder / repo
+        joint = head.config.extra.get("adapter_in_repo") and base_model is None
+        spec = str(head_name_or_path) if joint else (base_model or head.config.extra.get("adapter")
+                                                     or head.config.base_model)
         if not spec:
             raise ValueError(f"The head at {head_name_or_path} records no base model (config.json base_model); "
                              "pass base_model='...'.")

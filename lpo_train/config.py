@@ -80,7 +80,8 @@ class LoraArguments:
     """A LoRA adapter instead of full fine-tuning, under TRL's ``ModelConfig`` names and defaults (built
     with TRL's ``get_peft_config``)."""
 
-    use_peft: bool = _help("Train a LoRA adapter (PEFT) instead of the whole model.", False)
+    use_peft: bool = _help("Train a LoRA adapter (PEFT) on the LM: train-value trains it instead of the whole model; "
+                           "train (loss_type lpo_joint) trains it jointly with the head (Eq. 9).", False)
     lora_r: int = _help("LoRA rank.", 16)
     lora_alpha: int = _help("LoRA alpha (the update is scaled by alpha / r).", 32)
     lora_dropout: float = _help("Dropout on the LoRA input.", 0.05)

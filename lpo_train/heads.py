@@ -9,6 +9,7 @@ never attached to the wrong LM.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 GRID_PRESETS = {
     "default": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),  # UltraMathStories, GSM8K, UltraFeedback
@@ -46,9 +49,22 @@ A {{ config.level }}-level AdaptiveDecoder head that chooses the sampling **{{ c
 | level | {{ config.level }} |
 | head | {{ config.num_layers }}-layer MLP, hidden {{ config.head_hidden_size }}, SiLU, input {{ config.input_norm }} |
 {% if config.extra.get("adapter") %}| adapter on the base model | `{{ config.extra["adapter"] }}` (PEFT) |
+{% endif %}{% if config.extra.get("adapter_in_repo") %}| LoRA adapter | in this repo (`adapter_config.json`, `adapter_model.safetensors`), trained jointly with the head (Eq. 9) |
 {% endif %}{{ extra_sections }}
 ## Use
+{% if config.extra.get("adapter_in_repo") %}
+This repo holds the head and the LoRA adapter it was trained with; one call loads the base model, the
+adapter on it and the head:
 
+```python
+from lpo_train import AdaptiveDecoderForCausalLM
+
+model = AdaptiveDecoderForCausalLM.from_pretrained("<this repo or folder>")
+inputs = model.tokenizer.apply_chat_template([{"role": "user", "content": "Write a short story about a fox."}],
+                                             add_generation_prompt=True, return_tensors="pt", return_dict=True)
+print(model.tokenizer.decode(model.generate(**inputs, max_new_tokens=128)[0]))
+```
+{% else %}
 ```python
 from lpo_train import AdaptiveDecoderHead
 from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
@@ -60,7 +76,7 @@ traces = generate(model, tokenizer, ["Write a short story about a fox."],
                   AdaptiveDecoderRule(head, model=model), SamplingParams(max_new_tokens=128))
 print(traces[0].text, traces[0].values[:5])
 ```
-"""
+{% endif %}"""
 
 
 @dataclass
@@ -183,6 +199,12 @@ class AdaptiveDecoderHead(nn.Module, PyTorchModelHubMixin, library_name="lpo-tra
         size = getattr(model.config, "hidden_size", None)
         if size is None and hasattr(model.config, "get_text_config"):
             size = model.config.get_text_config().hidden_size
+        if self.config.extra.get("adapter_in_repo") and not (getattr(model, "lpo_adapter", None) or
+                                                             hasattr(model, "peft_config")):
+            logger.warning("This head was trained jointly with the LoRA adapter saved beside it (adapter_in_repo), "
+                           "but the model has no adapter: its choices were learned for the adapted LM. Load the "
+                           "head's folder as the model (load_causal_lm(folder), --model_name_or_path FOLDER) or "
+                           "use AdaptiveDecoderForCausalLM.from_pretrained(folder).")
         if size != self.config.hidden_size:
             raise ValueError(
                 f"This AdaptiveDecoder head expects hidden size {self.config.hidden_size} "

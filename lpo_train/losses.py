@@ -44,16 +44,18 @@ def lpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: flo
 def lpo_joint_loss(chosen_logps, rejected_logps, beta: float = 0.1,
                    chosen_word_logratio: torch.Tensor | None = None,
                    rejected_word_logratio: torch.Tensor | None = None,
-                   ref_chosen_logps=0.0, ref_rejected_logps=0.0) -> torch.Tensor:
-    """Eq. 9: DPO on (words, temperatures). The word terms are log P(y)/P_ref(y) summed over
-    tokens; with the frozen LM of lpo-train they are 0 (P = P_ref) and Eq. 9 equals Eq. 10."""
+                   ref_chosen_logps=0.0, ref_rejected_logps=0.0, word_beta: float | None = None) -> torch.Tensor:
+    """Eq. 9: DPO on (words, temperatures), per pair:
+    -log sigmoid(word_beta x (word_c - word_r) + beta x (choice_c - choice_r)), the word terms
+    log P(y)/P_ref(y) summed over tokens, the choice terms as in Eq. 10. The paper has one beta
+    (``word_beta`` None = ``beta``); with a frozen LM the word terms are 0 (P = P_ref) and Eq. 9 is Eq. 10."""
     word = 0.0
     if chosen_word_logratio is not None or rejected_word_logratio is not None:
         if chosen_word_logratio is None or rejected_word_logratio is None:
             raise ValueError("Give both chosen_word_logratio and rejected_word_logratio, or neither.")
-        word = chosen_word_logratio - rejected_word_logratio
+        word = (beta if word_beta is None else word_beta) * (chosen_word_logratio - rejected_word_logratio)
     choice = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
-    return -F.logsigmoid(beta * (word + choice))
+    return -F.logsigmoid(word + beta * choice)
 
 
 def latent_logratio(head_log_probs: torch.Tensor, token_choice_logps: torch.Tensor, mask: torch.Tensor,

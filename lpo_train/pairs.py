@@ -151,9 +151,11 @@ class SideFeatures:
     hidden: torch.Tensor  # [decisions, H]: one row per head decision (1 for a sequence-level head)
     choices: torch.Tensor  # [decisions] long: grid index chosen at each decision
     token_logps: torch.Tensor | None = None  # [tokens, K]: log P(y_t | choice k), for lpo_latent
+    input_ids: torch.Tensor | None = None  # [prompt + response] long: the joint (LoRA) loss teacher-forces them
+    prompt_length: int = 0  # where the response starts in input_ids
 
     def nbytes(self) -> int:
-        return sum(x.numel() * x.element_size() for x in (self.hidden, self.choices, self.token_logps)
+        return sum(x.numel() * x.element_size() for x in (self.hidden, self.choices, self.token_logps, self.input_ids)
                    if x is not None)
 
 

@@ -68,6 +68,18 @@ def test_joint_loss_word_term_gives_the_head_no_gradient():
         lpo_joint_loss(c, r, 0.3, zero, None)
 
 
+def test_joint_loss_separate_word_beta_by_hand():
+    # choice log-ratio margin (-1) - (-2) = 1 at beta 0.3; word margin 0.5 - 0.1 = 0.4 at word_beta 2
+    c, r = torch.tensor([-1.0]), torch.tensor([-2.0])
+    loss = lpo_joint_loss(c, r, 0.3, torch.tensor([0.5]), torch.tensor([0.1]), word_beta=2.0)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-(2.0 * 0.4 + 0.3 * 1.0))))
+    # with uniform references over 3 and 5 decisions (K = 6), the choice margin is (-1 + 3 ln 6) - (-2 + 5 ln 6)
+    ref_c, ref_r = torch.tensor([-3 * math.log(6)]), torch.tensor([-5 * math.log(6)])
+    loss = lpo_joint_loss(c, r, 0.3, torch.tensor([0.5]), torch.tensor([0.1]), ref_c, ref_r, word_beta=2.0)
+    margin = 2.0 * 0.4 + 0.3 * ((-1 + 3 * math.log(6)) - (-2 + 5 * math.log(6)))
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-margin)), rel=1e-6)
+
+
 def test_one_step_raises_chosen_and_lowers_rejected():
     from lpo_train import AdaptiveDecoderConfig, AdaptiveDecoderHead
 

@@ -32,6 +32,7 @@ from lpo_train.pairs import (
 )
 from lpo_train.rewards import reward_name, resolve_rewards, score_traces
 from lpo_train.trainers.lpo_config import LPOConfig
+from lpo_train.trainers.lpo_joint import JointHeadLM, load_adapter_weights, peft_lm_for_joint, save_adapter, word_batch
 from lpo_train.trainers.lpo_io import (
     check_output_dir, model_card_rows, pad, pair_record, plot_choices, stored_features, write_completions,
 )
@@ -48,7 +49,7 @@ class LPOTrainingFailed(RuntimeError):
 
 
 def model_grid(trainer) -> tuple[float, ...]:
-    return trainer.accelerator.unwrap_model(trainer.model).config.grid
+    return trainer.bare_head().config.grid
 
 
 class LPOTrainer(Trainer):
@@ -89,10 +90,14 @@ class LPOTrainer(Trainer):
                                                  num_layers=args.head_num_layers, input_norm=args.head_input_norm)
         head.check_compatible(self.lm)
         train_dataset = self._drop_long_prompts(train_dataset, args)
-        super().__init__(model=head, args=args, train_dataset=train_dataset, data_collator=lambda rows: rows,
+        if args.use_peft:  # Eq. 9 with a trainable LM: the Trainer optimises the head and a LoRA adapter together
+            self.lm = peft_lm_for_joint(self.lm, args)
+        super().__init__(model=JointHeadLM(head, self.lm) if args.use_peft else head, args=args, train_dataset=train_dataset, data_collator=lambda rows: rows,
                          callbacks=callbacks)
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's pair count
         self.lm.to(self.accelerator.device)
+        self.word_pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+            else self.tokenizer.eos_token_id
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._completions: list[dict] = []
         self._steps_without_pairs = 0
@@ -286,11 +291,16 @@ class LPOTrainer(Trainer):
             self._references[key] = SampleFeatures(side, math.nan, 0.0, row.get("family"))
         return self._references[key]
 
+    def bare_head(self) -> AdaptiveDecoderHead:
+        """The head, unwrapped (from DDP / DeepSpeed, and from the joint head + LoRA module)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.head if isinstance(model, JointHeadLM) else model
+
     @contextmanager
     def _head_for_generation(self):
         """The bare head. Under DeepSpeed ZeRO-3, transformers partitions the frozen LM at load
         time and the engine partitions the head: both are gathered for the duration."""
-        head = self.accelerator.unwrap_model(self.model)
+        head = self.bare_head()
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         if plugin is not None and plugin.zero_stage == 3:
             import deepspeed
@@ -307,8 +317,9 @@ class LPOTrainer(Trainer):
     def _sample(self, rows, head):
         args = self.args
         seeds = [self._prompt_seed(r) for r in rows]
-        was_training = head.training
+        was_training, lm_was_training = head.training, self.lm.training
         head.eval()
+        self.lm.eval()  # no LoRA dropout while sampling (the Trainer puts the joint module in train mode)
         rule = AdaptiveDecoderRule(head, args.selection, exploration=args.exploration, epsilon=args.exploration_epsilon)
         # traces keep their hidden states on the device: only the paired rows' are ever copied off it
         traces = generate(self.lm, self.tokenizer, [r["prompt"] for r in rows], rule,
@@ -317,11 +328,15 @@ class LPOTrainer(Trainer):
                                          batch_size=args.generation_batch_size, trace_hidden=True,
                                          trace_choice_logps=args.loss_type == "lpo_latent"))
         head.train(was_training)
+        self.lm.train(lm_was_training)
         return traces
 
     def _side(self, trace) -> SideFeatures:
         choices = trace.choices if self.args.level == "token" else trace.choices[:1]
-        return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps)
+        if not self.args.use_peft:
+            return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps)
+        return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps,  # the word term's ids
+                            torch.tensor(trace.prompt_ids + trace.token_ids), len(trace.prompt_ids))
 
     def _collate(self, features: list, total_pairs: int) -> dict:
         """One batch of training units: pairs (``PairFeatures``: chosen / rejected sides) or, for the
@@ -343,28 +358,50 @@ class LPOTrainer(Trainer):
                 out[f"{side}_token_logps"] = pad([x.token_logps for x in sides], 0.0).to(device)
                 out[f"{side}_token_mask"] = pad([torch.ones(len(x.token_logps)) for x in sides]).to(device)
             out[f"{side}_reward"] = torch.tensor([getattr(f, f"{side}_reward") for f in features], device=device)
+        if self.args.use_peft:  # chosen rows then rejected rows, teacher-forced in one LM forward
+            out["words"] = word_batch([f.chosen for f in features] + [f.rejected for f in features],
+                                      self.word_pad_id, device)
         return out
+
+    def create_optimizer(self):
+        """Joint (use_peft): one AdamW over two groups, the head at ``learning_rate`` and the LoRA adapter at
+        ``lora_learning_rate``; otherwise Trainer's."""
+        model = self.model
+        if not isinstance(model, JointHeadLM) or self.optimizer is not None:
+            return super().create_optimizer()
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        groups = [{"params": [p for p in part.parameters() if p.requires_grad], "weight_decay": self.args.weight_decay,
+                   **extra} for part, extra in ((model.head, {}), (model.lm, {"lr": self.args.lora_learning_rate}))]
+        self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
 
     def _prepare_inputs(self, inputs):
         return inputs  # already on device (built in _collate)
 
     # --- loss ------------------------------------------------------------------------------
 
-    def _side_logps(self, model, inputs, side):
-        log_probs = torch.log_softmax(model(inputs[f"{side}_hidden"]).float(), dim=-1)  # [P, T, K]
+    def _side_logps(self, model, inputs, side, logits=None):
+        logits = model(inputs[f"{side}_hidden"]) if logits is None else logits
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [P, T, K]
         return log_probs, choice_logps(log_probs, inputs[f"{side}_choices"], inputs[f"{side}_mask"])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if inputs["num_pairs"] == 0:  # keep every rank's graph identical (DDP) when no pair was formed
-            loss = sum(p.sum() for p in model.parameters()) * 0.0
+            loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
         args = self.args
         if args.loss_type == "group_relative":
             return self._group_relative_loss(model, inputs, return_outputs)
         if args.loss_type == "likelihood":
             return self._likelihood_loss(model, inputs, return_outputs)
-        lp_c_all, logp_c = self._side_logps(model, inputs, "chosen")
-        lp_r_all, logp_r = self._side_logps(model, inputs, "rejected")
+        word, logits = {}, {}
+        if args.use_peft:  # Eq. 9's word terms: the LM teacher-forced on both responses, adapter on and off
+            (logits["chosen"], logits["rejected"]), (policy, reference) = model(
+                inputs["chosen_hidden"], inputs["rejected_hidden"], words=inputs["words"])
+            p = len(inputs["chosen_hidden"])
+            word = {"policy": policy, "ratio_c": (policy - reference)[:p], "ratio_r": (policy - reference)[p:]}
+        lp_c_all, logp_c = self._side_logps(model, inputs, "chosen", logits.get("chosen"))
+        lp_r_all, logp_r = self._side_logps(model, inputs, "rejected", logits.get("rejected"))
         k = lp_c_all.shape[-1]
         if args.choice_reference == "uniform":
             ref_c, ref_r = (uniform_reference_logps(inputs[f"{s}_mask"], k) for s in ("chosen", "rejected"))
@@ -373,8 +410,8 @@ class LPOTrainer(Trainer):
         if args.loss_type in ("lpo", "lpo_joint", "nll_chosen"):
             ratio_c, ratio_r = logp_c - ref_c, logp_r - ref_r
             per_pair = {"lpo": lambda: lpo_loss(logp_c, logp_r, args.beta, ref_c, ref_r),
-                        "lpo_joint": lambda: lpo_joint_loss(logp_c, logp_r, args.beta, ref_chosen_logps=ref_c,
-                                                            ref_rejected_logps=ref_r),
+                        "lpo_joint": lambda: lpo_joint_loss(logp_c, logp_r, args.beta, word.get("ratio_c"),
+                                                            word.get("ratio_r"), ref_c, ref_r, args.word_beta),
                         "nll_chosen": lambda: nll_chosen_loss(logp_c)}[args.loss_type]()
         else:
             ratios = []
@@ -387,6 +424,12 @@ class LPOTrainer(Trainer):
         loss = per_pair.sum() / inputs["num_pairs_in_step"]
         with torch.no_grad():
             chosen, rejected = args.beta * ratio_c, args.beta * ratio_r
+            if word:  # TRL's implicit reward of the whole (words, choices) response: both terms
+                p = len(logp_c)
+                chosen, rejected = chosen + args.word_beta * word["ratio_c"], rejected + args.word_beta * word["ratio_r"]
+                self._record({"word_logps/chosen": word["policy"][:p].mean(),
+                              "word_logps/rejected": word["policy"][p:].mean(),
+                              "word_rewards/margins": (args.word_beta * (word["ratio_c"] - word["ratio_r"])).mean()})
             self._record({"logps/chosen": logp_c.mean(), "logps/rejected": logp_r.mean(),
                           "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
                           "rewards/margins": (chosen - rejected).mean(),
@@ -395,8 +438,8 @@ class LPOTrainer(Trainer):
                           "pairs/reward_rejected": inputs["rejected_reward"].mean()})
             if args.protocol == "offline":  # the choice metrics of the stored pairs, and of the head on them
                 self._record(pair_choice_metrics(inputs, lp_c_all, lp_r_all, model_grid(self)))
-        if model.training and not self.is_deepspeed_enabled:
-            self._record(family_grad_norms(model, per_pair, inputs["family"], inputs["num_pairs_in_step"]))
+        if model.training and not self.is_deepspeed_enabled:  # the head's share (never a backward through the LM)
+            self._record(family_grad_norms(self.bare_head(), per_pair, inputs["family"], inputs["num_pairs_in_step"]))
         return (loss, None) if return_outputs else loss
 
     def _likelihood_loss(self, model, inputs, return_outputs):
@@ -429,7 +472,7 @@ class LPOTrainer(Trainer):
             self._metrics[k].append(float(v))
 
     def _log_generation(self, rows, traces, rewards, per_func, roles, stats) -> None:
-        head = self.accelerator.unwrap_model(self.model)
+        head = self.bare_head()
         grid = head.config.grid
         entropies, expected = [], []
         if traces:
@@ -466,12 +509,23 @@ class LPOTrainer(Trainer):
     # --- saving -----------------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the head artifact only (never the frozen LM), with a model card."""
+        """Save the head artifact (never the frozen LM), with a model card; with ``use_peft`` the LoRA adapter
+        too, beside the head in the same folder (one card: the head's), which then loads as both."""
         output_dir = output_dir or self.args.output_dir
         state = self.accelerator.get_state_dict(self.model_wrapped)  # collective: gathers ZeRO-3 shards
         if self.is_world_process_zero():
-            head = self.accelerator.unwrap_model(self.model)
+            head = self.bare_head()
             head.config.base_model = head.config.base_model or self.lm.config.name_or_path
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            if self.args.use_peft:
+                split = {side: {k[len(side) + 1:]: v for k, v in state.items() if k.startswith(side + ".")}
+                         for side in ("head", "lm")}
+                save_adapter(self.lm, split["lm"], output_dir)
+                head.config.extra = {**head.config.extra, "adapter_in_repo": True}
+                state = split["head"]
+            else:  # a head-only artifact never sits beside another run's adapter
+                for name in ("adapter_config.json", "adapter_model.safetensors"):
+                    (Path(output_dir) / name).unlink(missing_ok=True)
             head.save_pretrained(output_dir, state_dict=state,  # the gathered state (ZeRO-3 shards)
                                  model_card_kwargs={"extra_sections": self._card_rows()})
             if not _internal_call:  # a checkpoint's trainer_state.json is Trainer's, written last (its "complete" mark)
@@ -481,7 +535,7 @@ class LPOTrainer(Trainer):
     def create_model_card(self, *args, **kwargs) -> None:
         """Called by ``push_to_hub``: keep lpo-train's head card rather than Trainer's LM card."""
         if self.is_world_process_zero():
-            head = self.accelerator.unwrap_model(self.model)
+            head = self.bare_head()
             head.generate_model_card(extra_sections=self._card_rows()).save(Path(self.args.output_dir) / "README.md")
 
     def train(self, resume_from_checkpoint=None, **kwargs):
@@ -502,8 +556,11 @@ class LPOTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from lpo_train.heads import load_head_weights
 
-        head = self.accelerator.unwrap_model(model or self.model)
+        model = self.accelerator.unwrap_model(model or self.model)
+        head = model.head if isinstance(model, JointHeadLM) else model
         head.load_state_dict(load_head_weights(Path(resume_from_checkpoint) / "model.safetensors"))
+        if isinstance(model, JointHeadLM):
+            load_adapter_weights(model.lm, resume_from_checkpoint)
 
     def _card_rows(self) -> str:
         return model_card_rows(self.args, self.state.log_history, [reward_name(f) for f in self.reward_funcs],

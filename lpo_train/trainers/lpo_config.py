@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from lpo_train.config import PromptDataArguments, SamplingArguments
+from lpo_train.config import LoraArguments, PromptDataArguments, SamplingArguments
 from lpo_train.decoding.adaptive import EXPLORATIONS
 from lpo_train.heads import GRID_PRESETS, INPUT_NORMS, KNOBS, LEVELS, SELECTIONS
 from lpo_train.losses import LOSS_TYPES, SCALE_REWARDS
@@ -17,7 +17,7 @@ from lpo_train.cli_args import help_field as _help
 
 
 @dataclass
-class LPOConfig(PromptDataArguments, SamplingArguments, TrainingArguments):
+class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingArguments):
     # --- model and data (the dataset fields and the sampling fields are lpo_train.config's) --------
     model_name_or_path: str | None = _help(
         "The frozen causal LM: a local path, a Hub id, 'toy:small' / 'toy:base' (the toy world's LM) "
@@ -60,7 +60,13 @@ class LPOConfig(PromptDataArguments, SamplingArguments, TrainingArguments):
                                "advantage by its group's reward std, 'none' keeps r - mean (Dr. GRPO).", "group")
     latent_form: str = _help("lpo_latent: marginalise per 'token' (Eq. 11) or over the whole 'sequence'.",
                              "token")
-    beta: float = _help("The DPO temperature beta of the LPO losses (> 0).", 0.1)
+    beta: float = _help("The DPO temperature beta of the LPO losses (> 0); in lpo_joint, of the choice term.", 0.1)
+    word_beta: float = _help(
+        "lpo_joint with use_peft: the beta of the word term log pi(y)/pi_ref(y) (> 0). Default 0.1, TRL's DPO "
+        "default: the word log-ratio is a sum over every response token and moves far faster than the choice "
+        "term's (at most a few nats per decision), so it gets its own, usually smaller, beta.", 0.1)
+    lora_learning_rate: float = _help("use_peft: AdamW learning rate of the LoRA adapter (the head keeps "
+                                      "learning_rate; the schedule scales both).", 1e-4)
     choice_reference: str = _help(
         "The reference over choices in Eq. 9/10: 'omitted' (the paper's literal Eq. 10, no reference term) or "
         "'uniform' (log P_ref = -decisions x log K; differs from 'omitted' for token-level heads when the chosen "
@@ -112,6 +118,13 @@ class LPOConfig(PromptDataArguments, SamplingArguments, TrainingArguments):
         if self.loss_type == "group_relative" and self.protocol == "offline":
             raise ValueError("loss_type 'group_relative' needs protocol 'online': the offline protocol stores pairs, "
                              "and this loss trains on every response of a group.")
+        if self.use_peft and (self.loss_type != "lpo_joint" or self.protocol != "online"):
+            raise ValueError(f"use_peft trains a LoRA adapter on the LM jointly with the head, under loss_type "
+                             f"'lpo_joint' and protocol 'online' (generation uses the current adapter); got loss_type "
+                             f"{self.loss_type!r}, protocol {self.protocol!r}.")
+        if self.use_peft and not (self.word_beta > 0 and self.lora_learning_rate > 0):
+            raise ValueError(f"word_beta and lora_learning_rate must be > 0 with use_peft, got {self.word_beta} and "
+                             f"{self.lora_learning_rate}.")
         if self.protocol == "offline" and not self.pairs_path:
             raise ValueError("protocol 'offline' needs pairs_path (where the pairs dataset is built or read).")
         self.check_decoding()

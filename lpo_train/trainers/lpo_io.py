@@ -53,7 +53,8 @@ def check_output_dir(args) -> None:
 
     if args.process_index != 0:  # one process clears the folder (every rank checked it above)
         return
-    for name in ("completions", "choice_histogram.png", "trainer_state.json", "model.safetensors", *previous):
+    for name in ("completions", "choice_histogram.png", "trainer_state.json", "model.safetensors",
+                 "adapter_config.json", "adapter_model.safetensors", *previous):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

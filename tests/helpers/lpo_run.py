@@ -1,4 +1,4 @@
-"""Test helper: an LPO run that saves every rank's head, and can sleep after each step
+"""Test helper: an LPO run that saves every rank's head (and LoRA adapter, with use_peft), and can sleep after each step
 (``LPO_TEST_SLEEP``) so a test can kill it mid-run."""
 
 import os
@@ -26,7 +26,13 @@ def main():
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     with trainer._head_for_generation() as head:  # gathers ZeRO-3 shards on every rank
         state = {k: v.detach().clone().contiguous().cpu() for k, v in head.state_dict().items()}
+        if config.use_peft:  # the jointly trained LoRA adapter too
+            from peft import get_peft_model_state_dict
+
+            adapter = {k: v.detach().clone().contiguous().cpu() for k, v in get_peft_model_state_dict(trainer.lm, save_embedding_layers=False).items()}
     save_file(state, str(Path(config.output_dir) / f"head_rank{rank}.safetensors"))
+    if config.use_peft:
+        save_file(adapter, str(Path(config.output_dir) / f"adapter_rank{rank}.safetensors"))
     if trainer.accelerator.num_processes > 1:
         import torch.distributed as dist
 

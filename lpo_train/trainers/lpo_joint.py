@@ -1,0 +1,116 @@
+"""Joint LPO (Eq. 9 with a trainable LM): the head and a LoRA adapter on the LM, one loss, one optimizer.
+
+``JointHeadLM`` is the module the Trainer optimises (and DDP / DeepSpeed wrap): the head plus the PEFT
+LM. Called with ``hidden`` it is the head; called with token ids it teacher-forces the paired responses
+and returns log pi(y) with the adapter on (with gradient) and log pi_ref(y) with the adapter disabled
+(no gradient, no second copy of the LM), each summed over the response tokens. The word terms use the
+LM's own distribution (temperature 1): the head's temperature is the choice term's business, and a
+temperature-scaled word term would be degenerate at the grid's T = 0 (greedy: log P is 0 or -inf).
+
+The artifact is one folder: the head (``config.json``, ``model.safetensors``, the card) and the adapter
+(``adapter_config.json``, ``adapter_model.safetensors``) side by side, so the folder (or Hub repo) is
+both a head and a PEFT adapter: ``AdaptiveDecoderForCausalLM.from_pretrained(folder)`` loads the base
+model the adapter names, the adapter on it, and the head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lpo_train.losses import masked_sum
+
+
+class JointHeadLM(nn.Module):
+    def __init__(self, head: nn.Module, lm: nn.Module):
+        super().__init__()
+        self.head, self.lm = head, lm
+
+    @property
+    def config(self):
+        return self.head.config
+
+    def forward(self, *hidden: torch.Tensor, words: dict | None = None):
+        """One hidden-state tensor -> the head's logits. With ``words`` (``input_ids``, ``attention_mask``,
+        ``completion_mask`` [B, L]): ``(head logits per hidden tensor, (policy, reference))``, the word log-probs
+        [B] of the tokens where ``completion_mask`` is 1, each predicted from its prefix. Everything the loss
+        needs comes from this one call, so DDP sees every trainable parameter in one forward."""
+        if words is None:
+            (h,) = hidden
+            return self.head(h)
+        policy = response_logps(self.lm, **words)
+        with torch.no_grad(), self.lm.disable_adapter():
+            reference = response_logps(self.lm, **words)
+        return tuple(self.head(h) for h in hidden), (policy, reference)
+
+
+def response_logps(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   completion_mask: torch.Tensor) -> torch.Tensor:
+    """sum_t log P(y_t | y_<t) over the masked (response) tokens of each row, [B], float32."""
+    logits = lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    labels = input_ids[:, 1:]
+    picked = logits.gather(-1, labels[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    return masked_sum(picked, completion_mask[:, 1:])
+
+
+def word_batch(sides: list, pad_id: int, device) -> dict:
+    """Right-padded ``input_ids`` / ``attention_mask`` / ``completion_mask`` [B, L] of the sides' prompt +
+    response ids (``SideFeatures.input_ids`` and ``prompt_length``)."""
+    width = max(len(s.input_ids) for s in sides)
+    ids = torch.full((len(sides), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sides), width), dtype=torch.long)
+    completion = torch.zeros((len(sides), width), dtype=torch.long)
+    for i, s in enumerate(sides):
+        n = len(s.input_ids)
+        ids[i, :n] = s.input_ids
+        attention[i, :n] = 1
+        completion[i, s.prompt_length:n] = 1
+    return {"input_ids": ids.to(device), "attention_mask": attention.to(device),
+            "completion_mask": completion.to(device)}
+
+
+def peft_lm_for_joint(lm, args):
+    """The frozen LM with a fresh LoRA adapter (``args.peft_config()``) whose saved config names the base by
+    its portable spec (never a local cache path)."""
+    from peft import get_peft_model
+
+    from lpo_train.models.adapters import is_peft_model
+
+    if is_peft_model(lm):
+        raise ValueError("use_peft trains a new LoRA adapter jointly with the head, but the model is already a PEFT "
+                         "adapter; merge it into its base first (peft's merge_and_unload, then save_pretrained) and "
+                         "give that folder as model_name_or_path.")
+    base_name = lm.config.name_or_path
+    lm.requires_grad_(False)
+    model = get_peft_model(lm, args.peft_config())
+    model.peft_config["default"].base_model_name_or_path = base_name
+    return model
+
+
+def save_adapter(lm, lm_state: dict | None, output_dir: str | Path) -> None:
+    """The adapter beside the head (``lm_state``: the gathered full state of the PEFT LM under ZeRO-3).
+    PEFT's own card is dropped: the head's card, written next, is the folder's one card."""
+    out = Path(output_dir)
+    lm.save_pretrained(str(out), state_dict=lm_state, save_embedding_layers=False)  # LoRA only: no vocab change
+    card = out / "README.md"
+    if card.exists():
+        card.unlink()
+
+
+def load_adapter_weights(lm, folder: str | Path) -> None:
+    """Restore a checkpoint's adapter weights into the PEFT LM (strict on the adapter's keys)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the checkpoint {folder} was not written by a joint (use_peft) "
+                                "run, or was only partly written. Resume from another checkpoint.")
+    result = set_peft_model_state_dict(lm, load_file(str(path)))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"{path} does not fit this run's adapter (unexpected keys {unexpected[:3]}); check "
+                         "lora_r and lora_target_modules against the checkpoint's adapter_config.json.")
+

@@ -1,0 +1,233 @@
+"""Joint LPO (Eq. 9 with a trainable LM): the head and a LoRA adapter trained together (use_peft)."""
+
+import copy
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from lpo_train import AdaptiveDecoderForCausalLM, AdaptiveDecoderHead
+from lpo_train.trainers import LPOTrainer
+from lpo_train.trainers.lpo_joint import JointHeadLM, word_batch
+from lpo_train.pairs import SideFeatures
+from tests.helpers.configs import toy_lpo_config
+
+
+def _joint(tmp_path, **overrides):
+    base = dict(use_peft=True, loss_type="lpo_joint", lora_learning_rate=1e-2, lora_dropout=0.0, max_steps=2)
+    base.update(overrides)
+    return toy_lpo_config(tmp_path, **base)
+
+
+@pytest.fixture(scope="module")
+def trained(toy_lm_folder, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("joint")
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_joint(tmp, level="token", max_steps=3))
+    base = {k: v.clone() for k, v in trainer.lm.named_parameters() if not v.requires_grad}
+    lora = {k: v.clone() for k, v in trainer.lm.named_parameters() if v.requires_grad}
+    trainer.train()
+    trainer.save_model()
+    return trainer, base, lora, tmp / "out"
+
+
+def test_trains_head_and_adapter_not_the_base(trained):
+    trainer, base, lora, _ = trained
+    assert isinstance(trainer.model, JointHeadLM) and trainer.lm is trainer.model.lm
+    params = dict(trainer.lm.named_parameters())
+    assert all(torch.equal(v, params[k]) for k, v in base.items())  # the base weights are frozen
+    assert lora and all("lora_" in k for k in lora)
+    assert any(not torch.equal(v, params[k]) for k, v in lora.items() if "lora_B" in k)  # B starts at 0
+    groups = trainer.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == [1e-2, 1e-2] and len(groups[1]["params"]) == len(lora)
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    for key in ("word_logps/chosen", "word_logps/rejected", "word_rewards/margins", "rewards/margins"):
+        assert all(key in e for e in logs), key
+    assert logs[0]["word_rewards/margins"] == 0.0  # LoRA B = 0: adapter on equals adapter off at the start
+    assert any(e["word_rewards/margins"] != 0.0 for e in logs[1:])
+    for e in logs:  # TRL's meaning: the implicit reward of the whole response, word and choice terms
+        assert e["rewards/margins"] == pytest.approx(e["rewards/chosen"] - e["rewards/rejected"], abs=1e-4)
+
+
+def test_word_logps_equal_a_plain_forward_of_the_merged_and_the_base_model(trained, toy_lm_folder):
+    """The word terms against an independent reference: HF forwards of the merged adapter (pi) and of a fresh
+    base model (pi_ref), one unpadded sequence at a time, while the joint module gets a padded batch."""
+    from transformers import AutoModelForCausalLM
+
+    trainer = trained[0]
+    sides = [SideFeatures(torch.zeros(1, 1), torch.zeros(1), None, torch.tensor(ids), n)
+             for ids, n in (([5, 9, 17, 30, 41, 7], 3), ([12, 8, 99, 3], 1), ([1, 2, 3, 4, 5, 6, 7, 8], 6))]
+    batch = word_batch(sides, pad_id=0, device="cpu")
+    trainer.lm.eval()
+    with torch.no_grad():
+        (_,), (policy, reference) = trainer.model(torch.zeros(1, trainer.bare_head().config.hidden_size),
+                                                  words=batch)
+    merged = copy.deepcopy(trainer.lm).merge_and_unload().eval()
+    fresh = AutoModelForCausalLM.from_pretrained(str(toy_lm_folder)).eval()
+    for i, side in enumerate(sides):
+        for model, got in ((merged, policy[i]), (fresh, reference[i])):
+            ids = side.input_ids[None]
+            logits = model(ids).logits[0, :-1].log_softmax(-1)
+            want = sum(logits[t - 1, ids[0, t]].item() for t in range(side.prompt_length, len(side.input_ids)))
+            assert got.item() == pytest.approx(want, abs=1e-4)
+    assert not torch.allclose(policy, reference)  # the trained adapter changed the LM
+
+
+def test_generation_uses_the_current_adapter(trained):
+    trainer = trained[0]
+    rows = [{"prompt": p} for p in trainer.train_dataset["prompt"][:2]]
+    head = trainer.bare_head()
+    saved = {k: v.clone() for k, v in trainer.lm.named_parameters() if v.requires_grad}
+    with torch.no_grad():  # make the adapter matter for sure (restored below: the fixture is shared)
+        for name, p in trainer.lm.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5 * torch.randn_like(p))
+    trainer.lm.train()
+    adapted = trainer._sample(rows, head)  # sampled in eval mode (no LoRA dropout), then the mode is restored
+    assert trainer.lm.training
+    lm = trainer.lm
+    try:
+        trainer.lm = copy.deepcopy(lm).merge_and_unload()
+        merged = trainer._sample(rows, head)
+        with lm.disable_adapter():
+            trainer.lm = lm
+            base = trainer._sample(rows, head)
+    finally:
+        trainer.lm = lm
+        with torch.no_grad():
+            for name, p in lm.named_parameters():
+                if name in saved:
+                    p.copy_(saved[name])
+    assert [t.token_ids for t in adapted] == [t.token_ids for t in merged]
+    assert [t.token_ids for t in adapted] != [t.token_ids for t in base]
+
+
+def test_one_folder_holds_head_and_adapter_and_loads_in_one_call(trained):
+    trainer, _, _, out = trained
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "adapter_config.json", "adapter_model.safetensors", "README.md"} <= names
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == trainer.lm.config.name_or_path
+    card = (out / "README.md").read_text()
+    assert card.count("# AdaptiveDecoder head") == 1 and "LoRA adapter" in card and "lpo_joint" in card
+    assert "AdaptiveDecoderForCausalLM.from_pretrained" in card
+    loaded = AdaptiveDecoderForCausalLM.from_pretrained(out)
+    from peft import get_peft_model_state_dict
+
+    want = get_peft_model_state_dict(trainer.lm)
+    got = get_peft_model_state_dict(loaded.model)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k].cpu()) for k in want)
+    head_state = trainer.bare_head().state_dict()
+    assert all(torch.equal(loaded.head.state_dict()[k], v) for k, v in head_state.items())
+    inputs = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "Write a story about a fox."}],
+                                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    assert loaded.generate(**inputs, max_new_tokens=8).shape == (1, inputs["input_ids"].shape[1] + 8)
+
+
+def test_a_joint_head_on_the_bare_base_model_warns(trained, toy_lm_folder, caplog):
+    from lpo_train.models.loading import load_causal_lm
+
+    head = AdaptiveDecoderHead.from_pretrained(trained[3])
+    with caplog.at_level(logging.WARNING, logger="lpo_train.heads"):
+        head.check_compatible(load_causal_lm(str(toy_lm_folder))[0])
+    assert "trained jointly with the LoRA adapter" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lpo_train.heads"):
+        head.check_compatible(load_causal_lm(str(trained[3]))[0])  # the folder as the model: base + adapter
+    assert "trained jointly" not in caplog.text
+
+
+def test_checkpoint_restores_the_adapter(trained, tmp_path):
+    from peft import get_peft_model_state_dict
+
+    trainer = trained[0]
+    trainer.save_model(str(tmp_path / "ckpt"), _internal_call=True)
+    want = {k: v.clone() for k, v in get_peft_model_state_dict(trainer.lm).items()}
+    head = {k: v.clone() for k, v in trainer.bare_head().state_dict().items()}
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.zero_()
+    trainer._load_from_checkpoint(str(tmp_path / "ckpt"))
+    got = get_peft_model_state_dict(trainer.lm)
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    assert all(torch.equal(trainer.bare_head().state_dict()[k], v) for k, v in head.items())
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "model.safetensors").write_bytes((tmp_path / "ckpt" / "model.safetensors").read_bytes())
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
+        trainer._load_from_checkpoint(str(tmp_path / "empty"))
+
+
+def test_joint_loss_equals_eq9_from_independent_forwards(trained, toy_lm_folder):
+    """compute_loss on a real step's pairs equals Eq. 9 recomputed by hand: the head's choice log-probs summed
+    over each response's decisions, and the word log-ratios from plain HF forwards of the merged adapter
+    (pi) and a fresh base model (pi_ref) on each unpadded response, with beta and word_beta apart."""
+    from transformers import AutoModelForCausalLM
+
+    trainer = trained[0]
+    args = trainer.args
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    features = trainer._make_pairs(rows)[0]
+    assert features
+    inputs = trainer._collate(features, len(features))
+    trainer.args.word_beta = 0.37  # apart from beta (1.0), so a swapped beta would show
+    try:
+        loss = trainer.compute_loss(trainer.model, inputs).item()
+    finally:
+        trainer.args.word_beta = args.word_beta if args.word_beta != 0.37 else 0.1
+    merged = copy.deepcopy(trainer.lm).merge_and_unload().eval()
+    fresh = AutoModelForCausalLM.from_pretrained(str(toy_lm_folder)).eval()
+    head = trainer.bare_head()
+
+    def word_ratio(side):
+        ids = side.input_ids[None]
+        out = []
+        for model in (merged, fresh):
+            lp = model(ids).logits[0, :-1].log_softmax(-1)
+            out.append(sum(lp[t - 1, ids[0, t]].item() for t in range(side.prompt_length, ids.shape[1])))
+        return out[0] - out[1]
+
+    def choice_logp(side):
+        lp = head(side.hidden.float()).log_softmax(-1)
+        return lp.gather(-1, side.choices[:, None]).sum().item()
+
+    want = []
+    with torch.no_grad():
+        for f in features:
+            margin = 0.37 * (word_ratio(f.chosen) - word_ratio(f.rejected)) \
+                + args.beta * (choice_logp(f.chosen) - choice_logp(f.rejected))
+            want.append(math.log1p(math.exp(-margin)))
+    assert loss == pytest.approx(sum(want) / len(want), abs=1e-4)
+
+
+def test_an_adapter_as_the_model_is_rejected_for_joint_training(trained, tmp_path):
+    with pytest.raises(ValueError, match="merge it into its base"):
+        LPOTrainer(model=str(trained[3]), args=_joint(tmp_path))
+
+
+# these build new configs and trainers (which reset the accelerator state the shared fixture's trainer uses):
+# last
+@pytest.mark.parametrize("overrides, match", [
+    (dict(loss_type="lpo"), "lpo_joint"),
+    (dict(protocol="offline", pairs_path="x.parquet"), "online"),
+    (dict(word_beta=0.0), "word_beta"),
+    (dict(lora_learning_rate=-1.0), "lora_learning_rate"),
+])
+def test_bad_joint_configs_are_rejected(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _joint(tmp_path, **overrides)
+
+
+def test_a_head_only_save_never_sits_beside_a_stale_adapter(toy_lm_folder, tmp_path, trained):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(trained[3], out)
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=toy_lpo_config(tmp_path, max_steps=1,
+                                                                      overwrite_output_dir=True))
+    assert not (out / "adapter_config.json").exists()  # cleared with the other run's head
+    trainer.train()
+    (out / "adapter_config.json").write_text("{}")  # e.g. copied in by hand
+    trainer.save_model()
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").exists()
