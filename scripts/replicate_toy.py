@@ -6,6 +6,7 @@
     python scripts/replicate_toy.py loss_ablation --seeds 0 1 2    # (d) -> docs/results/loss_ablation.json
     python scripts/replicate_toy.py rules --seeds 0 1 2            # (e) -> docs/results/rules.json
     python scripts/replicate_toy.py objectives --seeds 0 1 2       # losses compared -> docs/results/objectives_toy.json
+    python scripts/replicate_toy.py joint_lora --seeds 0 1 2       # head + LoRA vs head only -> docs/results/joint_lora_toy.json
 
 Seed s means: the small toy LM pretrained with seed s (``toy:small:s``), the head trained with
 seed s (its initialisation, training prompts and samples), held-out evaluation prompts drawn
@@ -55,12 +56,18 @@ REPLICATIONS = {
         "likelihood": ["--loss_type", "likelihood", "--dataset_name", str(RECIPES / "data" / "references.jsonl"),
                        "--max_completion_length", "40", "--num_train_epochs", "4", "--learning_rate", "1e-2"],
     }),
+    # Eq. 9 with a trainable LM (use_peft) vs the same recipe with the LM frozen (Eq. 9 = Eq. 10), the same
+    # budget (prompts, N, steps); the joint head is evaluated on its own adapted LM
+    "joint_lora": ("lpo_joint_lora.yaml", "eval_sentiment_joint.yaml", {
+        "head only (frozen LM)": ["--use_peft", "false"],
+        "head + LoRA (joint)": [],
+    }),
 }
 SAMPLED_TOO = {"mixed_seq", "constrained_tok"}  # also evaluate the heads with sampled selection (paper Table 5)
 OUT_JSON = {"mixed_seq": "mixed_seq.json", "repetition": "repetition_tok.json",
             "repetition_wide_grid": "repetition_tok_wide_grid.json",
             "constrained_tok": "constrained_tok.json", "loss_ablation": "loss_ablation.json", "rules": "rules.json",
-            "objectives": "objectives_toy.json"}
+            "objectives": "objectives_toy.json", "joint_lora": "joint_lora_toy.json"}
 
 
 def _slug(label: str) -> str:
@@ -184,7 +191,7 @@ def headline(name: str, agg: dict) -> dict:
         return {"mean_reward": {k: v["mean_reward"]["mean"] for k, v in s.items()},
                 "mean_temperature": {k: v["mean_value_by_family"]["arith"]["mean"] for k, v in s.items()
                                      if v["mean_value_by_family"]["arith"] is not None}}
-    if name == "objectives":
+    if name in ("objectives", "joint_lora"):
         fixed = {k: v["mean_reward"]["mean"] for k, v in s.items() if k.startswith("T=")}
         best = max(fixed, key=fixed.get)
         return {"seeds": agg["seeds"], "best_fixed_temperature": best,

@@ -141,23 +141,27 @@ def evidence_free_prompts(rows: list[dict], column: str = "evidence") -> list:
 
 
 def build_rules(config: EvalConfig, model, rows: list[dict]) -> dict[str, tuple]:
-    """``{name: (rule, sampling overrides)}`` for the fixed grid and every extra strategy."""
+    """``{name: (rule, sampling overrides, model)}`` for the fixed grid and every extra strategy. The model is
+    the run's, except for a head trained jointly with a LoRA adapter (``use_peft``): it runs on its own adapted
+    LM, loaded from its folder (base + the adapter saved beside the head)."""
     from lpo_train.heads import AdaptiveDecoderHead
+    from lpo_train.models.loading import load_causal_lm
 
-    rules = {f"T={t:g}": (FixedTemperature(t), {}) for t in config.temperatures}
+    rules = {f"T={t:g}": (FixedTemperature(t), {}, model) for t in config.temperatures}
     for spec in config.strategies:
         kind, o = parse_strategy(spec)
         if kind == "edt":
-            rules[spec] = (EDT(o["T0"], o["theta"], o.get("N", 0.8)), {})
+            rules[spec] = (EDT(o["T0"], o["theta"], o.get("N", 0.8)), {}, model)
         elif kind == "dynatemp":
-            rules[spec] = (Dynatemp(o["temp"], o["range"], o["exponent"]), {})
+            rules[spec] = (Dynatemp(o["temp"], o["range"], o["exponent"]), {}, model)
         elif kind == "min_p":
-            rules[spec] = (FixedTemperature(1.0), {"min_p": o["min_p"]})
+            rules[spec] = (FixedTemperature(1.0), {"min_p": o["min_p"]}, model)
         elif kind == "kld":
-            rules[spec] = (KLD(evidence_free_prompts(rows, config.evidence_column), o["T0"], o["sigma"]), {})
+            rules[spec] = (KLD(evidence_free_prompts(rows, config.evidence_column), o["T0"], o["sigma"]), {}, model)
         else:
             head = AdaptiveDecoderHead.from_pretrained(o["path"])
-            rules[spec] = (AdaptiveDecoderRule(head, o["selection"], model=model), {})
+            own = load_causal_lm(o["path"])[0] if head.config.extra.get("adapter_in_repo") else model
+            rules[spec] = (AdaptiveDecoderRule(head, o["selection"], model=own), {}, own)
     return rules
 
 
@@ -383,7 +387,9 @@ def strategy_fingerprint(base: dict, name: str, overrides: dict) -> str:
     extra = {"strategy": name, "overrides": overrides}
     if name.startswith("head:"):
         folder = Path(parse_strategy(name)[1]["path"])
-        extra["head"] = file_fingerprint(folder / "config.json", folder / "model.safetensors")
+        extra["head"] = file_fingerprint(folder / "config.json", folder / "model.safetensors",
+                                         *([folder / "adapter_model.safetensors"]  # a jointly trained adapter
+                                           if (folder / "adapter_model.safetensors").exists() else []))
     return hashlib.blake2b(json.dumps({**base, **extra}, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
@@ -408,7 +414,7 @@ def evaluate(config: EvalConfig) -> dict:
         tqdm = lambda x, **k: x  # noqa: E731
     base = run_fingerprint(config, model, rows, funcs)
     reused = []
-    for name, (rule, overrides) in tqdm(rules.items(), desc="strategies"):
+    for name, (rule, overrides, strategy_model) in tqdm(rules.items(), desc="strategies"):
         file = out / "strategies" / f"{_safe_name(name)}.json"
         key = strategy_fingerprint(base, name, overrides)
         if file.exists():  # finished earlier: reused only if everything that determines it is unchanged
@@ -419,7 +425,7 @@ def evaluate(config: EvalConfig) -> dict:
                 continue
             print(f"{file}: computed with other settings (model, head, suite, N, seed, tokens, truncation or "
                   "rewards changed); recomputing it", flush=True)
-        raw[name] = {**run_strategy(model, tokenizer, rows, rule, overrides, funcs, weights, config),
+        raw[name] = {**run_strategy(strategy_model, tokenizer, rows, rule, overrides, funcs, weights, config),
                      "fingerprint": key}
         _write_atomic(file, json.dumps(raw[name]))  # a half-written file is never taken for a finished one
     if reused:
