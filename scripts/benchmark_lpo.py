@@ -10,6 +10,13 @@ never runs again, so the target is <= 1.15x the sampling time.
     python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 6 --new-tokens 32 --level sequence
     python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 6 --new-tokens 32 --trl-grpo
 
+``--joint`` (joint LPO, Eq. 9 with a LoRA on the LM) adds a third call, the joint step (sampling with the
+current adapter + the LM teacher-forced on both paired responses, adapter on with gradient and off, + the
+head and adapter update), beside the head-only step on the same trainer (its adapter disabled, the word
+term skipped), and prints joint / head-only:
+
+    python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 4 --new-tokens 32 --level sequence --joint
+
 ``--trl-grpo`` times TRL's ``GRPOTrainer`` instead, on the same model, prompts, reward, N and completion
 length: it updates the LM (ours trains a head on traced features); the median of its optimizer steps
 after the first is printed, to set beside the LPO step.
@@ -31,6 +38,7 @@ def main() -> None:
     parser.add_argument("--level", default="token", choices=["token", "sequence"])
     parser.add_argument("--loss-type", default="lpo")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--joint", action="store_true", help="also time the joint head + LoRA step (use_peft)")
     parser.add_argument("--trl-grpo", action="store_true", help="time TRL's GRPOTrainer step instead")
     args = parser.parse_args()
     if args.trl_grpo:
@@ -47,22 +55,42 @@ def main() -> None:
                        toy_prompts_per_family=args.prompts, reward_funcs=["smollm2_mix" if real else "toy"],
                        level=args.level, num_generations=args.num_generations,
                        max_completion_length=args.new_tokens, per_device_train_batch_size=args.prompts,
-                       loss_type=args.loss_type, use_cpu=True, report_to="none", save_strategy="no",
+                       loss_type="lpo_joint" if args.joint else args.loss_type, use_peft=args.joint, use_cpu=True, report_to="none", save_strategy="no",
                        overwrite_output_dir=True, max_steps_without_pairs=10**6)
     trainer = LPOTrainer(args=config)
     trainer.create_optimizer_and_scheduler(num_training_steps=100)
     head, rows = trainer.model, [trainer.train_dataset[i] for i in range(args.prompts)]
 
+    from contextlib import contextmanager
+
+    @contextmanager
+    def head_only():
+        """--joint: the same trainer with its adapter off and no word term, i.e. the head-only step."""
+        if not args.joint:
+            yield
+            return
+        config.use_peft = False
+        try:
+            with trainer.lm.disable_adapter():
+                yield
+        finally:
+            config.use_peft = True
+
     def sample_only():
         rule = AdaptiveDecoderRule(head, "sample", exploration=config.exploration, epsilon=config.exploration_epsilon)
-        generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,  # the same responses as the step
-                 SamplingParams(max_new_tokens=args.new_tokens, num_samples=args.num_generations,
-                                batch_size=config.generation_batch_size,
-                                prompt_seeds=[trainer._prompt_seed(r) for r in rows]))
+        with head_only():
+            generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,  # the same responses as the step
+                     SamplingParams(max_new_tokens=args.new_tokens, num_samples=args.num_generations,
+                                    batch_size=config.generation_batch_size,
+                                    prompt_seeds=[trainer._prompt_seed(r) for r in rows]))
 
     last_bytes = []
 
     def lpo_step():
+        with head_only():
+            step()
+
+    def step():
         features, _, counts = trainer._make_pairs(rows)
         trainer._check_progress(counts)
         inputs = trainer._collate(features, max(len(features), 1))
@@ -73,7 +101,7 @@ def main() -> None:
         last_bytes.extend(trainer._metrics.get("features/bytes_per_pair", []))
         trainer.log({})  # logging every step (the metrics' reduction, the completions file) is part of the cost
 
-    calls = {"sample_only": sample_only, "lpo_step": lpo_step}
+    calls = {"sample_only": sample_only, "lpo_step": lpo_step, **({"joint_step": step} if args.joint else {})}
     for call in calls.values():
         call()
     times = {k: [] for k in calls}
@@ -92,6 +120,8 @@ def main() -> None:
         print(f"| {k} | {med[k]:.3f} | {spread[k]:.0%} |")
     print(f"LPO step / sampling only: {med['lpo_step'] / med['sample_only']:.3f}x "
           f"(traced features: {bytes_per_pair:.0f} bytes per pair)")
+    if args.joint:
+        print(f"joint step (head + LoRA) / head-only LPO step: {med['joint_step'] / med['lpo_step']:.2f}x")
     torch.set_grad_enabled(True)
 
 

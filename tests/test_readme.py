@@ -27,3 +27,13 @@ def test_quick_start_blocks_run(toy_lm_folder, tmp_path, monkeypatch):
         exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
     assert (tmp_path / "my-head" / "config.json").exists()
     assert (tmp_path / "outputs" / "toy_lpo_seq" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_joint_lora_block_runs(toy_lm_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (code,) = [b for b in _blocks() if "use_peft=True" in b]
+    namespace: dict = {}
+    exec(compile(code.replace("max_steps=64", "max_steps=2"), str(README), "exec"), namespace)  # noqa: S102
+    assert (tmp_path / "outputs" / "toy_lpo_joint" / "adapter_model.safetensors").exists()
+    assert type(namespace["model"].model).__name__.startswith("PeftModel")
