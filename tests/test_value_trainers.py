@@ -124,3 +124,31 @@ def test_explicit_value_rejects_a_sampler_with_another_tokenizer(tiny_lm_path, t
     args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), use_cpu=True, report_to="none")
     with pytest.raises(ValueError, match="different tokenizers"):
         train_explicit_value(data, args)
+
+
+def test_explicit_value_on_a_lora_backbone_saves_a_plain_value_model(tiny_lm_path, tmp_path):
+    """--use_peft for the explicit value: a LoRA backbone, the value head fully trained beside it, merged into
+    one plain value-model checkpoint (loadable as before), the backbone's other weights unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    from lpo_train.config import LoraArguments
+    from lpo_train.guidance.value_model import load_value_model
+    from lpo_train.trainers.value import train_explicit_value
+
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"story number {i}"}) + "\n" for i in range(16)))
+    data = ValueDataArguments(model_name_or_path=str(tiny_lm_path), dataset_name=str(tmp_path / "p.jsonl"),
+                              reward_funcs=["tests.helpers.my_rewards:length_reward"], num_generations=4,
+                              max_completion_length=8, eval_fraction=0.25)
+    args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), value_loss="mse", learning_rate=1e-2,
+                               num_train_epochs=2, per_device_train_batch_size=8, use_cpu=True, report_to="none",
+                               save_strategy="no")
+    lora = LoraArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    metrics = train_explicit_value(data, args, lora.peft_config())
+    assert metrics["lora_backbone"] is True and metrics["eval_pairwise_accuracy"] is not None
+    value, _ = load_value_model(tmp_path / "v")  # a plain checkpoint: no adapter files, the flag in its config
+    assert not (tmp_path / "v" / "adapter_config.json").exists()
+    assert value.get_output_embeddings().weight.abs().sum() > 0  # the zero head was trained (modules_to_save)
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
+    assert torch.equal(value.model.embed_tokens.weight, base.model.embed_tokens.weight)  # not a LoRA target
+    assert not torch.equal(value.model.layers[0].self_attn.q_proj.weight,  # LoRA merged into its target
+                           base.model.layers[0].self_attn.q_proj.weight)

@@ -251,7 +251,10 @@ def pairwise_accuracy(scores: list[float], rewards: list[float], groups: list) -
 # --- entry points --------------------------------------------------------------------------------
 
 
-def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig) -> dict:
+def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, peft_config=None) -> dict:
+    """A token value model (``args``: ``ExplicitValueConfig``) on the sampler's scored responses. ``peft_config``:
+    a LoRA backbone with the (new, zero) value head fully trained beside it (PEFT's ``modules_to_save``), merged
+    into a plain value-model checkpoint when saved, so every reader loads it as before."""
     from lpo_train.guidance.value_model import make_value_model
     from lpo_train.models.loading import load_causal_lm, trainable_lm
 
@@ -266,10 +269,19 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig) ->
     records = sample_responses(data)
     train, held = split_by_prompt(records, data.eval_fraction, data.dataset_seed)
     model = make_value_model(trainable_lm(data.model_name_or_path))
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
+        peft_config.modules_to_save = [head_name.rsplit(".", 1)[-1]]
+        model = get_peft_model(model, peft_config)
     trainer = ExplicitValueTrainer(model, args, train, held or None, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if peft_config is not None:  # one plain value-model checkpoint: backbone + merged LoRA + the trained head
+        trainer.model = trainer.model_wrapped = model.merge_and_unload()
     trainer.save_model()
-    metrics = {"kind": "explicit", "value_loss": args.value_loss, "train_responses": len(train),
+    metrics = {"kind": "explicit", "value_loss": args.value_loss, "lora_backbone": peft_config is not None,
+               "train_responses": len(train),
                "eval_responses": len(held), "eval_pairwise_accuracy": trainer.pairwise_accuracy(held),
                "train_pairwise_accuracy": trainer.pairwise_accuracy(train[:2000])}
     trainer.log({k: v for k, v in metrics.items() if isinstance(v, float)})
@@ -389,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("lpo-train train-value needs --kind implicit (DPO of a small tuned model), --kind explicit "
                          "(a token value model) or --kind reward (a sequence reward model, TRL's RewardTrainer).")
     config_cls, train = kinds[kind]
-    classes = [ValueDataArguments, config_cls] + ([LoraArguments] if kind == "implicit" else [])
+    classes = [ValueDataArguments, config_cls] + ([LoraArguments] if kind in ("implicit", "explicit") else [])
     data, args, *lora = parse_config(classes, argv, f"lpo-train train-value --kind {kind}",
                                      "Train a guidance model for value-guided decoding.")
     metrics = train(data, args, lora[0].peft_config()) if lora else train(data, args)
