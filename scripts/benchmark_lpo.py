@@ -55,11 +55,12 @@ def main() -> None:
                        toy_prompts_per_family=args.prompts, reward_funcs=["smollm2_mix" if real else "toy"],
                        level=args.level, num_generations=args.num_generations,
                        max_completion_length=args.new_tokens, per_device_train_batch_size=args.prompts,
-                       loss_type="lpo_joint" if args.joint else args.loss_type, use_peft=args.joint, use_cpu=True, report_to="none", save_strategy="no",
+                       loss_type="lpo_joint" if args.joint else args.loss_type, use_peft=args.joint, lora_dropout=0.0,
+                       lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"] if args.joint else None, use_cpu=True, report_to="none", save_strategy="no",
                        overwrite_output_dir=True, max_steps_without_pairs=10**6)
     trainer = LPOTrainer(args=config)
     trainer.create_optimizer_and_scheduler(num_training_steps=100)
-    head, rows = trainer.model, [trainer.train_dataset[i] for i in range(args.prompts)]
+    head, rows = trainer.bare_head(), [trainer.train_dataset[i] for i in range(args.prompts)]
 
     from contextlib import contextmanager
 
@@ -94,7 +95,7 @@ def main() -> None:
         features, _, counts = trainer._make_pairs(rows)
         trainer._check_progress(counts)
         inputs = trainer._collate(features, max(len(features), 1))
-        loss = trainer.compute_loss(head, inputs)
+        loss = trainer.compute_loss(trainer.model, inputs)
         loss.backward()
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()

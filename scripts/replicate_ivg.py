@@ -8,6 +8,13 @@ continuation. The search methods share one budget: W*K = N rows per prompt; forw
 base model are reported for every method. Resumable: finished trainings and methods are reused.
 
     python scripts/replicate_ivg.py --seeds 0 1 2
+
+``--world smollm2``: the same grid on the real SmolLM2-135M-Instruct (base), the implicit value a LoRA DPO
+adapter on SmolLM2 (recipes/smollm2-135m/value_implicit_lora.yaml; untuned = the adapter off, one set of
+weights), the explicit value a token value model on a LoRA SmolLM2 backbone
+(recipes/smollm2-135m/value_explicit_lora.yaml), review prompts, VADER gold reward:
+
+    python scripts/replicate_ivg.py --world smollm2 --seeds 0 1 2      # docs/results/ivg_smollm2.json
 """
 
 from __future__ import annotations
@@ -30,11 +37,26 @@ METHODS = {  # name -> GenerateConfig overrides
 }
 
 
-def _train(kind: str, out: Path, seed: int, extra: list[str]) -> dict:
+WORLDS = {  # world -> recipes of the two guidance models, and the decoding models
+    "toy": {"implicit": "toy/value_implicit.yaml", "explicit": "toy/value_explicit.yaml",
+            "base": "toy:base", "untuned": "toy:small",
+            "setup": {"base": "toy:base", "tuned": "toy:small after DPO", "untuned": "toy:small",
+                      "value_model": "toy:small backbone, mse per-prefix"},
+            "defaults": {"prompts": 64, "wkl": [4, 4, 5], "max_new_tokens": 48}},
+    "smollm2": {"implicit": "smollm2-135m/value_implicit_lora.yaml", "explicit": "smollm2-135m/value_explicit_lora.yaml",
+                "base": "smollm2", "untuned": "",  # "": the tuned model is a LoRA adapter; untuned = adapter off
+                "setup": {"base": "SmolLM2-135M-Instruct", "tuned": "a LoRA DPO adapter on SmolLM2",
+                          "untuned": "the same weights, adapter off",
+                          "value_model": "LoRA SmolLM2 backbone + token value head, mse per-prefix"},
+                "defaults": {"prompts": 32, "wkl": [2, 2, 8], "max_new_tokens": 32}},
+}
+
+
+def _train(kind: str, out: Path, seed: int, extra: list[str], world: str = "toy") -> dict:
     from lpo_train.trainers.value import main as train_value
 
     if not (out / "value_metrics.json").exists():
-        train_value(["--kind", kind, "--config", str(ROOT / "recipes" / "toy" / f"value_{kind}.yaml"),
+        train_value(["--kind", kind, "--config", str(ROOT / "recipes" / WORLDS[world][kind]),
                      "--output_dir", str(out), "--dataset_seed", str(seed), "--seed", str(seed), *extra])
     return json.loads((out / "value_metrics.json").read_text())
 
@@ -43,16 +65,17 @@ def run_seed(seed: int, args, models: dict) -> dict:
     from lpo_train.guidance.run import GenerateConfig, run
 
     out = Path(args.output_dir) / f"seed{seed}"
-    implicit = _train("implicit", out / "tuned", seed, [])
-    explicit = _train("explicit", out / "value", seed, [])
+    world = WORLDS[args.world]
+    implicit = _train("implicit", out / "tuned", seed, [], args.world)
+    explicit = _train("explicit", out / "value", seed, [], args.world)
     results = {}
     for name in args.methods:
         overrides = METHODS[name]
         file = out / ("generate" + (f"_beta{args.beta_token:g}" if args.beta_token != 1.0 else "")) / f"{name}.jsonl"
         meta = file.with_name(file.stem + ".meta.json")
         if not (file.exists() and meta.exists()):
-            config = GenerateConfig(model_name_or_path="toy:base", tuned_model=str(out / "tuned"),
-                                    untuned_model="toy:small", value_model=str(out / "value"),
+            config = GenerateConfig(model_name_or_path=world["base"], tuned_model=str(out / "tuned"),
+                                    untuned_model=world["untuned"], value_model=str(out / "value"),
                                     gold_reward_funcs=["sentiment"], toy_families=["sentiment"],
                                     toy_prompts_per_family=args.prompts, dataset_seed=args.prompt_seed, seed=seed,
                                     beam_width=args.wkl[0], num_candidates=args.wkl[1], chunk_length=args.wkl[2],
@@ -86,9 +109,10 @@ def summarise(per_seed: dict, args) -> dict:
                                              for s in per_seed.values()]),
         "explicit_value_heldout_pairwise_accuracy": ms([s["explicit_value"]["eval_pairwise_accuracy"]
                                                         for s in per_seed.values()]),
+        "value_model_pairwise_accuracy": ms([s["explicit_value"]["eval_pairwise_accuracy"]
+                                             for s in per_seed.values()])["mean"],
         "per_seed": per_seed,
-        "setup": {"base": "toy:base", "tuned": "toy:small after DPO", "untuned": "toy:small",
-                  "value_model": "toy:small backbone, mse per-prefix", "gold": "VADER compound of the continuation",
+        "setup": {**WORLDS[args.world]["setup"], "gold": "VADER compound of the continuation",
                   "W_K_L": args.wkl, "best_of_n_N": args.wkl[0] * args.wkl[1], "temperature": args.temperature,
                   "max_new_tokens": args.max_new_tokens, "prompts": args.prompts, "prompt_seed": args.prompt_seed,
                   "beta_token": args.beta_token},
@@ -98,17 +122,26 @@ def summarise(per_seed: dict, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", default="toy", choices=sorted(WORLDS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=None, help="default: 64 (toy), 32 (smollm2)")
     parser.add_argument("--prompt-seed", type=int, default=4242)
-    parser.add_argument("--wkl", type=int, nargs=3, default=[4, 4, 5], metavar=("W", "K", "L"))
+    parser.add_argument("--wkl", type=int, nargs=3, default=None, metavar=("W", "K", "L"),
+                        help="default: 4 4 5 (toy), 2 2 8 (smollm2)")
     parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 48 (toy), 32 (smollm2)")
     parser.add_argument("--beta-token", type=float, default=1.0, help="EFT / IVG token-level weight")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--output-dir", default="outputs/ivg_sentiment")
-    parser.add_argument("--summary", default=str(ROOT / "docs" / "results" / "ivg_sentiment.json"))
+    parser.add_argument("--output-dir", default=None, help="default: outputs/ivg_sentiment (toy), outputs/ivg_smollm2")
+    parser.add_argument("--summary", default=None,
+                        help="default: docs/results/ivg_sentiment.json (toy), docs/results/ivg_smollm2.json")
     args = parser.parse_args()
+    for name, value in WORLDS[args.world]["defaults"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    smol = args.world == "smollm2"
+    args.output_dir = args.output_dir or ("outputs/ivg_smollm2" if smol else "outputs/ivg_sentiment")
+    args.summary = args.summary or str(ROOT / "docs" / "results" / ("ivg_smollm2.json" if smol else "ivg_sentiment.json"))
     start, models = time.time(), {}
     per_seed = {str(s): run_seed(s, args, models) for s in args.seeds}
     summary = summarise(per_seed, args)

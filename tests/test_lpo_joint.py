@@ -111,7 +111,7 @@ def test_one_folder_holds_head_and_adapter_and_loads_in_one_call(trained):
     assert adapter_config["base_model_name_or_path"] == trainer.lm.config.name_or_path
     card = (out / "README.md").read_text()
     assert card.count("# AdaptiveDecoder head") == 1 and "LoRA adapter" in card and "lpo_joint" in card
-    assert "AdaptiveDecoderForCausalLM.from_pretrained" in card
+    assert "AdaptiveDecoderForCausalLM.from_pretrained" in card and "| word_beta | 0.1 |" in card
     loaded = AdaptiveDecoderForCausalLM.from_pretrained(out)
     from peft import get_peft_model_state_dict
 

@@ -92,8 +92,8 @@ class LPOTrainer(Trainer):
         train_dataset = self._drop_long_prompts(train_dataset, args)
         if args.use_peft:  # Eq. 9 with a trainable LM: the Trainer optimises the head and a LoRA adapter together
             self.lm = peft_lm_for_joint(self.lm, args)
-        super().__init__(model=JointHeadLM(head, self.lm) if args.use_peft else head, args=args, train_dataset=train_dataset, data_collator=lambda rows: rows,
-                         callbacks=callbacks)
+        super().__init__(model=JointHeadLM(head, self.lm) if args.use_peft else head, args=args,
+                         train_dataset=train_dataset, data_collator=lambda rows: rows, callbacks=callbacks)
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's pair count
         self.lm.to(self.accelerator.device)
         self.word_pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \

@@ -94,6 +94,9 @@ def model_card_rows(args, log_history: list[dict], reward_names: list[str], step
     rows = [("loss", args.loss_type), ("beta", args.beta), ("data", args.dataset_name or "custom dataset"),
             ("rewards", ", ".join(reward_names)), ("num_generations", args.num_generations),
             ("exploration", args.exploration), ("steps", steps)]
+    if args.use_peft:  # joint LPO: the adapter's training, beside the head's
+        rows += [("word_beta", args.word_beta), ("LoRA", f"r {args.lora_r}, alpha {args.lora_alpha}, "
+                 f"targets {', '.join(args.lora_target_modules or ['PEFT default'])}, lr {args.lora_learning_rate}")]
     rows += [(f"final {k}", f"{v:.4g}") for k, v in last.items()]
     return "".join(f"| {k} | {v} |\n" for k, v in rows)
 
