@@ -36,7 +36,7 @@ def test_recipe_has_its_command_and_parses(recipe, tmp_path):
     assert f"lpo-train train-value --kind {kind} --config {rel}" in header
     cls = {"implicit": DPOConfig, "explicit": ExplicitValueConfig, "reward": RewardConfig}[kind]
     overrides = ["--output_dir", str(tmp_path), "--bf16", "false", "--use_cpu", "true", "--report_to", "none"]
-    classes = [ValueDataArguments, cls] + ([LoraArguments] if kind == "implicit" else [])
+    classes = [ValueDataArguments, cls] + ([LoraArguments] if kind in ("implicit", "explicit") else [])
     data, args, *lora = TrlParser(dataclass_types=classes).parse_args_and_config(["--config", str(recipe), *overrides])
     assert data.model_name_or_path and data.reward_funcs and data.num_generations >= 2
     if recipe.stem.endswith("_lora"):
