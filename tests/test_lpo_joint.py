@@ -24,7 +24,8 @@ def _joint(tmp_path, **overrides):
 @pytest.fixture(scope="module")
 def trained(toy_lm_folder, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("joint")
-    trainer = LPOTrainer(model=str(toy_lm_folder), args=_joint(tmp, level="token", max_steps=3))
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_joint(tmp, level="token", max_steps=3, lora_learning_rate=3e-3,
+                                                               weight_decay=0.01))
     base = {k: v.clone() for k, v in trainer.lm.named_parameters() if not v.requires_grad}
     lora = {k: v.clone() for k, v in trainer.lm.named_parameters() if v.requires_grad}
     trainer.train()
@@ -39,8 +40,14 @@ def test_trains_head_and_adapter_not_the_base(trained):
     assert all(torch.equal(v, params[k]) for k, v in base.items())  # the base weights are frozen
     assert lora and all("lora_" in k for k in lora)
     assert any(not torch.equal(v, params[k]) for k, v in lora.items() if "lora_B" in k)  # B starts at 0
-    groups = trainer.optimizer.param_groups
-    assert [g["initial_lr"] for g in groups] == [1e-2, 1e-2] and len(groups[1]["params"]) == len(lora)
+    groups = trainer.optimizer.param_groups  # head (decayed, not: biases), then the adapter at its own lr
+    head_ids = {id(p) for p in trainer.bare_head().parameters()}
+    for g in groups:
+        in_head = all(id(p) in head_ids for p in g["params"])
+        assert g["initial_lr"] == (1e-2 if in_head else 3e-3)
+        assert g["weight_decay"] in (0.0, 0.01)
+    assert sum(len(g["params"]) for g in groups if g["initial_lr"] == 3e-3) == len(lora)
+    assert any(g["weight_decay"] == 0.0 and all(id(p) in head_ids for p in g["params"]) for g in groups)  # biases
     logs = [e for e in trainer.state.log_history if "loss" in e]
     for key in ("word_logps/chosen", "word_logps/rejected", "word_rewards/margins", "rewards/margins"):
         assert all(key in e for e in logs), key
@@ -101,6 +108,18 @@ def test_generation_uses_the_current_adapter(trained):
                     p.copy_(saved[name])
     assert [t.token_ids for t in adapted] == [t.token_ids for t in merged]
     assert [t.token_ids for t in adapted] != [t.token_ids for t in base]
+
+
+def test_a_step_without_pairs_still_runs_every_trainable_parameter(trained):
+    """No pair on this rank: the zero loss goes through the joint forward (LM included), so every trainable
+    parameter gets a (zero) gradient, as DDP's reducer and ZeRO-3's gathering need on every rank."""
+    trainer = trained[0]
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, trainer._collate([], 1))
+    loss.backward()
+    trainable = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert loss.item() == 0.0 and all(p.grad is not None and not p.grad.any() for _, p in trainable)
+    trainer.model.zero_grad(set_to_none=True)
 
 
 def test_one_folder_holds_head_and_adapter_and_loads_in_one_call(trained):
@@ -258,3 +277,32 @@ def test_joint_training_beats_head_only_on_a_word_level_reward(toy_lm_folder, tm
     head = summary[f"head:{tmp_path / 'head'}"]["mean_reward"]
     best_fixed = max(summary["T=0"]["mean_reward"], summary["T=1"]["mean_reward"])
     assert joint > head + 0.03 and joint > best_fixed + 0.03, (joint, head, best_fixed)
+
+
+def test_sampling_runs_without_lora_dropout(toy_lm_folder, tmp_path):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_joint(tmp_path, lora_dropout=0.5))
+    with torch.no_grad():
+        for name, p in trainer.lm.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p))  # dropout on the adapter's input would now change the samples
+    rows = [{"prompt": p} for p in trainer.train_dataset["prompt"][:2]]
+    trainer.model.train()
+    first, second = (trainer._sample(rows, trainer.bare_head()) for _ in range(2))
+    assert [t.token_ids for t in first] == [t.token_ids for t in second]
+    assert trainer.lm.training  # restored
+
+
+def test_a_joint_head_as_the_start_continues_with_its_adapter_or_drops_the_claim(trained, toy_lm_folder, tmp_path):
+    from peft import get_peft_model_state_dict
+
+    folder = trained[3]
+    joint = LPOTrainer(model=str(toy_lm_folder), args=_joint(tmp_path / "a", head_name_or_path=str(folder)))
+    saved = AdaptiveDecoderForCausalLM.from_pretrained(folder).model
+    want, got = get_peft_model_state_dict(saved), get_peft_model_state_dict(joint.lm)
+    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)  # not a fresh B = 0 adapter
+    head_only = LPOTrainer(model=str(toy_lm_folder), args=toy_lpo_config(tmp_path / "b", max_steps=1,
+                                                                         head_name_or_path=str(folder)))
+    head_only.train()
+    head_only.save_model()
+    config = json.loads((tmp_path / "b" / "out" / "config.json").read_text())
+    assert "adapter_in_repo" not in config.get("extra", {}) and not (tmp_path / "b" / "out" / "adapter_config.json").exists()

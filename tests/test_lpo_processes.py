@@ -169,3 +169,26 @@ def test_joint_head_and_lora_over_two_processes(joint_one_process, tmp_path, lau
     saved_adapter = load_file(str(two / "checkpoint-3" / "adapter_model.safetensors"))
     assert set(saved_head) == set(head) and all(torch.equal(saved_head[k], head[k]) for k in head)
     assert set(saved_adapter) == set(adapter) and all(torch.equal(saved_adapter[k], adapter[k]) for k in adapter)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["ddp", "zero3"])
+def test_joint_run_where_one_rank_has_no_pair_does_not_hang(toy_lm_folder, tmp_path, launcher):
+    """Rank 1's rewards all tie (no pair there), rank 0 pairs: the pairless rank's zero loss still runs the joint
+    forward (LM included), so DDP's reducer and ZeRO-3's gathering see the same calls and the run finishes."""
+    out = tmp_path / launcher
+    args = [*_args(out, per_device_train_batch_size="2", max_steps="2", **JOINT),
+            "--reward_funcs", "tests.helpers.my_rewards:tied_on_rank_one", "--max_steps_without_pairs", "10"]
+    if launcher == "ddp":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", HELPER, *args]
+        env = _env(ACCELERATE_USE_CPU="1")
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "accelerate_configs" / "zero3_cpu2.yaml"), HELPER, *args, "--use_cpu", "true"]
+        env = _env(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"))
+        env.pop("ACCELERATE_USE_CPU", None)
+    run = subprocess.run(cmd, env=env, cwd=ROOT, timeout=400, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    ranks = list(_adapters(out).values())
+    assert len(ranks) == 2 and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in ranks[0].items())  # rank 0's pairs trained it

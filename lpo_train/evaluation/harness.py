@@ -388,8 +388,8 @@ def strategy_fingerprint(base: dict, name: str, overrides: dict) -> str:
     if name.startswith("head:"):
         folder = Path(parse_strategy(name)[1]["path"])
         extra["head"] = file_fingerprint(folder / "config.json", folder / "model.safetensors",
-                                         *([folder / "adapter_model.safetensors"]  # a jointly trained adapter
-                                           if (folder / "adapter_model.safetensors").exists() else []))
+                                         *([folder / "adapter_config.json", folder / "adapter_model.safetensors"]
+                                           if (folder / "adapter_model.safetensors").exists() else []))  # joint
     return hashlib.blake2b(json.dumps({**base, **extra}, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 

@@ -32,7 +32,9 @@ from lpo_train.pairs import (
 )
 from lpo_train.rewards import reward_name, resolve_rewards, score_traces
 from lpo_train.trainers.lpo_config import LPOConfig
-from lpo_train.trainers.lpo_joint import JointHeadLM, load_adapter_weights, peft_lm_for_joint, save_adapter, word_batch
+from lpo_train.trainers.lpo_joint import (
+    JointHeadLM, load_adapter_weights, peft_lm_for_joint, save_adapter, word_batch, zero_loss,
+)
 from lpo_train.trainers.lpo_io import (
     check_output_dir, model_card_rows, pad, pair_record, plot_choices, stored_features, write_completions,
 )
@@ -88,10 +90,17 @@ class LPOTrainer(Trainer):
             head = AdaptiveDecoderHead.for_model(self.lm, level=args.level, knob=args.knob, grid=args.grid,
                                                  head_hidden_size=args.head_hidden_size,
                                                  num_layers=args.head_num_layers, input_norm=args.head_input_norm)
-        head.check_compatible(self.lm)
         train_dataset = self._drop_long_prompts(train_dataset, args)
         if args.use_peft:  # Eq. 9 with a trainable LM: the Trainer optimises the head and a LoRA adapter together
             self.lm = peft_lm_for_joint(self.lm, args)
+            if head.config.extra.get("adapter_in_repo"):  # a jointly trained head continues with its own adapter
+                folder = Path(str(args.head_name_or_path or ""))
+                if not (folder / "adapter_model.safetensors").is_file():
+                    raise ValueError(f"The head {args.head_name_or_path!r} was trained jointly with a LoRA adapter, "
+                                     "which is not in a local folder here: download the repo and give its folder "
+                                     "as head_name_or_path, or continue the run with resume_from_checkpoint.")
+                load_adapter_weights(self.lm, folder)
+        head.check_compatible(self.lm)
         super().__init__(model=JointHeadLM(head, self.lm) if args.use_peft else head, args=args,
                          train_dataset=train_dataset, data_collator=lambda rows: rows, callbacks=callbacks)
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's pair count
@@ -370,8 +379,15 @@ class LPOTrainer(Trainer):
         if not isinstance(model, JointHeadLM) or self.optimizer is not None:
             return super().create_optimizer()
         optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        groups = [{"params": [p for p in part.parameters() if p.requires_grad], "weight_decay": self.args.weight_decay,
-                   **extra} for part, extra in ((model.head, {}), (model.lm, {"lr": self.args.lora_learning_rate}))]
+        decay = set(self.get_decay_parameter_names(model))  # Trainer's rule: no decay on biases and norms
+        groups = []
+        for prefix, extra in (("head.", {}), ("lm.", {"lr": self.args.lora_learning_rate})):
+            named = [(n, p) for n, p in model.named_parameters() if n.startswith(prefix) and p.requires_grad]
+            for decayed in (True, False):
+                params = [p for n, p in named if (n in decay) == decayed]
+                if params:
+                    groups.append({"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0,
+                                   **extra})
         self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
@@ -387,7 +403,10 @@ class LPOTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if inputs["num_pairs"] == 0:  # keep every rank's graph identical (DDP) when no pair was formed
-            loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            if self.args.use_peft:  # a forward through the LM too: ZeRO-3 gathers its weights collectively
+                loss = zero_loss(model, self.bare_head().config.hidden_size, self.word_pad_id, self.accelerator.device)
+            else:
+                loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
         args = self.args
         if args.loss_type == "group_relative":
@@ -523,7 +542,8 @@ class LPOTrainer(Trainer):
                 save_adapter(self.lm, split["lm"], output_dir)
                 head.config.extra = {**head.config.extra, "adapter_in_repo": True}
                 state = split["head"]
-            else:  # a head-only artifact never sits beside another run's adapter
+            else:  # a head-only artifact never sits beside another run's adapter, nor claims one
+                head.config.extra.pop("adapter_in_repo", None)
                 for name in ("adapter_config.json", "adapter_model.safetensors"):
                     (Path(output_dir) / name).unlink(missing_ok=True)
             head.save_pretrained(output_dir, state_dict=state,  # the gathered state (ZeRO-3 shards)

@@ -122,6 +122,9 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
             raise ValueError(f"use_peft trains a LoRA adapter on the LM jointly with the head, under loss_type "
                              f"'lpo_joint' and protocol 'online' (generation uses the current adapter); got loss_type "
                              f"{self.loss_type!r}, protocol {self.protocol!r}.")
+        if self.use_peft and (self.gradient_checkpointing or self.load_best_model_at_end):
+            raise ValueError("use_peft (joint LPO) supports neither gradient_checkpointing nor load_best_model_at_end "
+                             "(the trained module is the head plus the LoRA LM, not a transformers model).")
         if self.use_peft and not (self.word_beta > 0 and self.lora_learning_rate > 0):
             raise ValueError(f"word_beta and lora_learning_rate must be > 0 with use_peft, got {self.word_beta} and "
                              f"{self.lora_learning_rate}.")

@@ -41,9 +41,25 @@ class JointHeadLM(nn.Module):
             (h,) = hidden
             return self.head(h)
         policy = response_logps(self.lm, **words)
-        with torch.no_grad(), self.lm.disable_adapter():
-            reference = response_logps(self.lm, **words)
+        was_training = self.lm.training
+        self.lm.eval()  # the reference is deterministic (no dropout of a base model that has some)
+        try:
+            with torch.no_grad(), self.lm.disable_adapter():
+                reference = response_logps(self.lm, **words)
+        finally:
+            self.lm.train(was_training)
         return tuple(self.head(h) for h in hidden), (policy, reference)
+
+
+def zero_loss(model, hidden_size: int, pad_id: int, device) -> torch.Tensor:
+    """A zero loss that still runs every trainable parameter of ``model`` (a ``JointHeadLM``, maybe wrapped by DDP /
+    DeepSpeed) through its forward: a step with no pair on this rank then makes the same collective calls (DDP's
+    reducer, ZeRO-3's parameter gathering) as the ranks that have pairs."""
+    hidden = torch.zeros(1, 1, hidden_size, device=device)
+    ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device)
+    words = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": torch.zeros_like(ids)}
+    (chosen, rejected), (policy, _) = model(hidden, hidden, words=words)  # the real call's shape: ZeRO-3 traces it
+    return (chosen.sum() + rejected.sum() + policy.sum()) * 0.0
 
 
 def response_logps(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -109,8 +125,9 @@ def load_adapter_weights(lm, folder: str | Path) -> None:
         raise FileNotFoundError(f"{path} is missing: the checkpoint {folder} was not written by a joint (use_peft) "
                                 "run, or was only partly written. Resume from another checkpoint.")
     result = set_peft_model_state_dict(lm, load_file(str(path)))
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise ValueError(f"{path} does not fit this run's adapter (unexpected keys {unexpected[:3]}); check "
-                         "lora_r and lora_target_modules against the checkpoint's adapter_config.json.")
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if unexpected or missing:
+        raise ValueError(f"{path} does not fit this run's adapter (unexpected keys {unexpected[:3]}, missing "
+                         f"{missing[:3]}); check lora_r and lora_target_modules against its adapter_config.json.")
 

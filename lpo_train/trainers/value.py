@@ -272,6 +272,10 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
     if peft_config is not None:
         from peft import get_peft_model
 
+        if args.deepspeed or getattr(args, "fsdp", None):
+            raise ValueError("train-value --kind explicit --use_peft merges the LoRA into the value model when it "
+                             "saves, which is not supported under DeepSpeed / FSDP here; train it on one process, "
+                             "or without --use_peft.")
         head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
         peft_config.modules_to_save = [head_name.rsplit(".", 1)[-1]]
         model = get_peft_model(model, peft_config)
