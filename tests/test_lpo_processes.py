@@ -126,6 +126,18 @@ JOINT = {"use_peft": "true", "loss_type": "lpo_joint", "learning_rate": "0.001",
          "lora_dropout": "0.0"}  # dropout masks depend on the batch layout: off, so layouts can agree
 
 
+def _two_processes(launcher: str, args: list[str], tmp_path) -> tuple[list[str], dict]:
+    """The command and environment of a 2-process CPU run of the helper: DDP (torch.distributed.run) or DeepSpeed
+    ('zero2' / 'zero3', through accelerate with its CPU config; ACCELERATE_USE_CPU would fall back to DDP)."""
+    if launcher == "ddp":
+        return ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", HELPER, *args],
+                _env(ACCELERATE_USE_CPU="1"))
+    env = _env(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"))
+    env.pop("ACCELERATE_USE_CPU", None)
+    return ([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+             str(ROOT / "accelerate_configs" / f"{launcher}_cpu2.yaml"), HELPER, *args, "--use_cpu", "true"], env)
+
+
 @pytest.fixture(scope="module")
 def joint_one_process(toy_lm_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("joint") / "one"
@@ -143,15 +155,7 @@ def test_joint_head_and_lora_over_two_processes(joint_one_process, tmp_path, lau
     """Eq. 9 with a LoRA on the LM (use_peft): 2 processes (DDP, ZeRO-2, ZeRO-3) train the head and the adapter
     to what one process trains (same global batch), and the checkpoint holds both, gathered to full size."""
     two = tmp_path / launcher
-    args = [*_args(two, per_device_train_batch_size="2", **JOINT_RUN)]
-    if launcher == "ddp":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", HELPER, *args]
-        env = _env(ACCELERATE_USE_CPU="1")
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs" / f"{launcher}_cpu2.yaml"), HELPER, *args, "--use_cpu", "true"]
-        env = _env(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"))
-        env.pop("ACCELERATE_USE_CPU", None)
+    cmd, env = _two_processes(launcher, _args(two, per_device_train_batch_size="2", **JOINT_RUN), tmp_path)
     run = subprocess.run(cmd, env=env, cwd=ROOT, timeout=600, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-4000:]
     for weights in (_heads, _adapters):
@@ -179,14 +183,7 @@ def test_joint_run_where_one_rank_has_no_pair_does_not_hang(toy_lm_folder, tmp_p
     out = tmp_path / launcher
     args = [*_args(out, per_device_train_batch_size="2", max_steps="2", **JOINT),
             "--reward_funcs", "tests.helpers.my_rewards:tied_on_rank_one", "--max_steps_without_pairs", "10"]
-    if launcher == "ddp":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", HELPER, *args]
-        env = _env(ACCELERATE_USE_CPU="1")
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs" / "zero3_cpu2.yaml"), HELPER, *args, "--use_cpu", "true"]
-        env = _env(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"))
-        env.pop("ACCELERATE_USE_CPU", None)
+    cmd, env = _two_processes(launcher, args, tmp_path)
     run = subprocess.run(cmd, env=env, cwd=ROOT, timeout=400, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-4000:]
     ranks = list(_adapters(out).values())

@@ -342,10 +342,9 @@ class LPOTrainer(Trainer):
 
     def _side(self, trace) -> SideFeatures:
         choices = trace.choices if self.args.level == "token" else trace.choices[:1]
-        if not self.args.use_peft:
-            return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps)
-        return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps,  # the word term's ids
-                            torch.tensor(trace.prompt_ids + trace.token_ids), len(trace.prompt_ids))
+        words = (torch.tensor(trace.prompt_ids + trace.token_ids), len(trace.prompt_ids)) if self.args.use_peft \
+            else ()  # the joint loss's word term teacher-forces prompt + response
+        return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps, *words)
 
     def _collate(self, features: list, total_pairs: int) -> dict:
         """One batch of training units: pairs (``PairFeatures``: chosen / rejected sides) or, for the
@@ -417,8 +416,8 @@ class LPOTrainer(Trainer):
         if args.use_peft:  # Eq. 9's word terms: the LM teacher-forced on both responses, adapter on and off
             (logits["chosen"], logits["rejected"]), (policy, reference) = model(
                 inputs["chosen_hidden"], inputs["rejected_hidden"], words=inputs["words"])
-            p = len(inputs["chosen_hidden"])
-            word = {"policy": policy, "ratio_c": (policy - reference)[:p], "ratio_r": (policy - reference)[p:]}
+            p, ratio = len(inputs["chosen_hidden"]), policy - reference
+            word = {"policy_c": policy[:p], "policy_r": policy[p:], "ratio_c": ratio[:p], "ratio_r": ratio[p:]}
         lp_c_all, logp_c = self._side_logps(model, inputs, "chosen", logits.get("chosen"))
         lp_r_all, logp_r = self._side_logps(model, inputs, "rejected", logits.get("rejected"))
         k = lp_c_all.shape[-1]
@@ -444,10 +443,9 @@ class LPOTrainer(Trainer):
         with torch.no_grad():
             chosen, rejected = args.beta * ratio_c, args.beta * ratio_r
             if word:  # TRL's implicit reward of the whole (words, choices) response: both terms
-                p = len(logp_c)
                 chosen, rejected = chosen + args.word_beta * word["ratio_c"], rejected + args.word_beta * word["ratio_r"]
-                self._record({"word_logps/chosen": word["policy"][:p].mean(),
-                              "word_logps/rejected": word["policy"][p:].mean(),
+                self._record({"word_logps/chosen": word["policy_c"].mean(),
+                              "word_logps/rejected": word["policy_r"].mean(),
                               "word_rewards/margins": (args.word_beta * (word["ratio_c"] - word["ratio_r"])).mean()})
             self._record({"logps/chosen": logp_c.mean(), "logps/rejected": logp_r.mean(),
                           "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),

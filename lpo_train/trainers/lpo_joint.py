@@ -74,17 +74,12 @@ def response_logps(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 def word_batch(sides: list, pad_id: int, device) -> dict:
     """Right-padded ``input_ids`` / ``attention_mask`` / ``completion_mask`` [B, L] of the sides' prompt +
     response ids (``SideFeatures.input_ids`` and ``prompt_length``)."""
-    width = max(len(s.input_ids) for s in sides)
-    ids = torch.full((len(sides), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sides), width), dtype=torch.long)
-    completion = torch.zeros((len(sides), width), dtype=torch.long)
-    for i, s in enumerate(sides):
-        n = len(s.input_ids)
-        ids[i, :n] = s.input_ids
-        attention[i, :n] = 1
-        completion[i, s.prompt_length:n] = 1
-    return {"input_ids": ids.to(device), "attention_mask": attention.to(device),
-            "completion_mask": completion.to(device)}
+    from lpo_train.trainers.lpo_io import pad
+
+    ones = [torch.ones(len(s.input_ids), dtype=torch.long) for s in sides]
+    completion = [torch.cat([o[:s.prompt_length] * 0, o[s.prompt_length:]]) for s, o in zip(sides, ones)]
+    return {"input_ids": pad([s.input_ids for s in sides], pad_id).to(device),
+            "attention_mask": pad(ones).to(device), "completion_mask": pad(completion).to(device)}
 
 
 def peft_lm_for_joint(lm, args):
@@ -130,4 +125,3 @@ def load_adapter_weights(lm, folder: str | Path) -> None:
     if unexpected or missing:
         raise ValueError(f"{path} does not fit this run's adapter (unexpected keys {unexpected[:3]}, missing "
                          f"{missing[:3]}); check lora_r and lora_target_modules against its adapter_config.json.")
-
