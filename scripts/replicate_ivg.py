@@ -11,7 +11,7 @@ base model are reported for every method. Resumable: finished trainings and meth
 
 ``--world smollm2``: the same grid on the real SmolLM2-135M-Instruct (base), the implicit value a LoRA DPO
 adapter on SmolLM2 (recipes/smollm2-135m/value_implicit_lora.yaml; untuned = the adapter off, one set of
-weights), the explicit value a token value model on a LoRA SmolLM2 backbone
+weights), the explicit value a value model with a shared value head on a LoRA SmolLM2 backbone
 (recipes/smollm2-135m/value_explicit_lora.yaml), review prompts, VADER gold reward:
 
     python scripts/replicate_ivg.py --world smollm2 --seeds 0 1 2      # docs/results/ivg_smollm2.json
@@ -47,7 +47,7 @@ WORLDS = {  # world -> recipes of the two guidance models, and the decoding mode
                 "base": "smollm2", "untuned": "",  # "": the tuned model is a LoRA adapter; untuned = adapter off
                 "setup": {"base": "SmolLM2-135M-Instruct", "tuned": "a LoRA DPO adapter on SmolLM2",
                           "untuned": "the same weights, adapter off",
-                          "value_model": "LoRA SmolLM2 backbone + token value head, mse per-prefix"},
+                          "value_model": "LoRA SmolLM2 backbone + shared value head, mse per-prefix"},
                 "defaults": {"prompts": 32, "wkl": [2, 2, 8], "max_new_tokens": 32}},
 }
 

@@ -152,3 +152,97 @@ def test_explicit_value_on_a_lora_backbone_saves_a_plain_value_model(tiny_lm_pat
     assert torch.equal(value.model.embed_tokens.weight, base.model.embed_tokens.weight)  # not a LoRA target
     assert not torch.equal(value.model.layers[0].self_attn.q_proj.weight,  # LoRA merged into its target
                            base.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_shared_value_head_is_one_vector_and_saves_as_equal_rows():
+    """SharedValueHead(h) = w . h on every vocabulary entry; its saved Linear computes the same."""
+    from lpo_train.guidance.value_model import SharedValueHead
+
+    head = SharedValueHead(6, 11)
+    with torch.no_grad():
+        head.vector.copy_(torch.arange(6.0) - 2.5)
+    h = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(0))
+    by_hand = (h * head.vector).sum(-1)  # [2, 3]
+    out = head(h)
+    assert out.shape == (2, 3, 11)
+    assert torch.allclose(out, by_hand[..., None].expand(2, 3, 11), atol=1e-6)
+    layer = head.to_linear()
+    assert layer.bias is None and torch.equal(layer.weight, head.vector.detach().expand(11, 6))
+    assert torch.allclose(layer(h), out, atol=1e-5)
+
+
+def _prefix_rule_records(n_prompts=40):
+    """Completions of 4 tokens from {20, 21, 22, 23}; reward +1 when the second-to-last is 20 or 21: the
+    hidden state h_{T-1} (the input that predicts the last token) carries it, whatever the last token is."""
+    gen = torch.Generator().manual_seed(2)
+    recs = []
+    for i in range(4 * n_prompts):
+        ids = (20 + torch.randint(0, 4, (4,), generator=gen)).tolist()
+        recs.append({"prompt_index": i // 4, "prompt": "p", "completion": "", "prompt_ids": [5, 6, 7],
+                     "completion_ids": ids, "reward": 1.0 if ids[-2] in (20, 21) else -1.0})
+    return recs
+
+
+def test_shared_value_head_on_a_frozen_backbone_learns_a_prefix_rule(tiny_lm, tmp_path):
+    """value_head 'shared' trained as a probe on frozen hidden states: it ranks held-out responses, the backbone
+    is unchanged, and the saved checkpoint is a plain value model (all rows equal) whose end scores are the
+    trained ones; token-level explicit guidance refuses it."""
+    from lpo_train.guidance import ExplicitGuidance, end_scores, make_value_model
+    from lpo_train.guidance.value_model import finalize_value_model, load_value_model, value_head_kind
+
+    base, tok = tiny_lm
+    recs = _prefix_rule_records()
+    args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), value_loss="mse", learning_rate=5e-2,
+                               num_train_epochs=8, per_device_train_batch_size=16, use_cpu=True, report_to="none",
+                               save_strategy="no", logging_steps=50, value_head="shared")
+    model = make_value_model(base, head=args.value_head)
+    model.requires_grad_(False)
+    model.get_output_embeddings().requires_grad_(True)  # what freeze_backbone does in train_explicit_value
+    trainer = ExplicitValueTrainer(model, args, recs[:120], recs[120:], processing_class=tok)
+    assert trainer.pairwise_accuracy(recs[120:]) == 0.5  # zero head: every end score ties
+    trainer.train()
+    held = trainer.pairwise_accuracy(recs[120:])
+    assert held > 0.9
+    finalize_value_model(trainer.model)
+    trainer.save_model()
+    value, _ = load_value_model(tmp_path / "v")
+    assert value_head_kind(value) == "shared"
+    rows = value.get_output_embeddings().weight
+    assert rows.abs().sum() > 0 and torch.equal(rows, rows[:1].expand_as(rows))
+    for name, p in value.model.named_parameters():  # the backbone did not move
+        assert torch.equal(p, dict(base.model.named_parameters())[name]), name
+    ids = torch.tensor([[5, 6, 7] + r["completion_ids"] for r in recs[120:]])
+    scores = end_scores(value, ids, torch.ones_like(ids))
+    assert pairwise_accuracy(scores.tolist(), [r["reward"] for r in recs[120:]],
+                             [r["prompt_index"] for r in recs[120:]]) == pytest.approx(held)
+    with pytest.raises(ValueError, match="'shared' head"):
+        ExplicitGuidance(value, tokenizer=tok, prompts=["p"])
+
+
+def test_train_explicit_value_with_a_frozen_backbone_and_a_shared_head(tiny_lm_path, tmp_path):
+    """End to end through train_explicit_value: only the head trains; metrics name the head and the backbone;
+    the shared head and use_peft / freeze_backbone conflicts are clear errors."""
+    from transformers import AutoModelForCausalLM
+
+    from lpo_train.config import LoraArguments
+    from lpo_train.guidance.value_model import load_value_model
+    from lpo_train.trainers.value import train_explicit_value
+
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"story number {i}"}) + "\n" for i in range(16)))
+    data = ValueDataArguments(model_name_or_path=str(tiny_lm_path), dataset_name=str(tmp_path / "p.jsonl"),
+                              reward_funcs=["tests.helpers.my_rewards:length_reward"], num_generations=4,
+                              max_completion_length=8, eval_fraction=0.25)
+    args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), value_loss="mse", learning_rate=1e-2,
+                               num_train_epochs=1, per_device_train_batch_size=8, use_cpu=True, report_to="none",
+                               save_strategy="no", value_head="shared", freeze_backbone=True)
+    metrics = train_explicit_value(data, args)
+    assert metrics["value_head"] == "shared" and metrics["backbone"] == "frozen"
+    value, _ = load_value_model(tmp_path / "v")
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
+    assert all(torch.equal(p, dict(base.model.named_parameters())[n]) for n, p in value.model.named_parameters())
+    rows = value.get_output_embeddings().weight
+    assert rows.abs().sum() > 0 and torch.equal(rows, rows[:1].expand_as(rows))
+    with pytest.raises(ValueError, match="set one of them"):
+        train_explicit_value(data, args, LoraArguments(use_peft=True, lora_r=4).peft_config())
+    with pytest.raises(ValueError, match="value_head must be one of"):
+        ExplicitValueConfig(output_dir=str(tmp_path / "x"), value_head="scalar")

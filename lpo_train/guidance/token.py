@@ -16,6 +16,7 @@ import torch
 
 from lpo_train.decoding.rules import AuxStream, Rule, StepInput, StepOutput, check_temperature
 from lpo_train.decoding.sampling import truncate
+from lpo_train.guidance.value_model import value_head_kind
 
 
 class ImplicitGuidance(Rule):
@@ -67,6 +68,11 @@ class ExplicitGuidance(Rule):
 
     def __init__(self, value_model, weight: float = 1.0, temperature: float = 1.0, tokenizer=None,
                  prompts=None, chat_template: bool | None = None):
+        if value_head_kind(value_model) == "shared":
+            raise ValueError("This value model has a 'shared' head (one value per prefix, the same for every "
+                             "candidate token), so token-level explicit guidance would change nothing. Use it for "
+                             "chunk-level guidance (cbs / ivg / best-of-N), or train a token head: "
+                             "`lpo-train train-value --kind explicit --value_head token`.")
         self.value_model, self.weight = value_model, float(weight)
         self.temperature = check_temperature(temperature)
         self.tokenizer, self.prompts, self.chat_template = tokenizer, prompts, chat_template

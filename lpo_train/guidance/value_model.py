@@ -9,6 +9,15 @@ state h_{t-1} after x, y_<t:
 so one forward pass values every candidate next token (token-level guidance runs it as an
 auxiliary stream of the engine), and the *end score* of a sequence is V at its last real token.
 Saved with ``config.lpo_token_value_model = True`` and loaded with ``AutoModelForCausalLM``.
+
+Two heads (``make_value_model(..., head=...)``, recorded as ``config.lpo_value_head``):
+- ``"token"`` (FUDGE): one row per vocabulary token. It values every candidate next token, but a row learns
+  only where its token occurs, so on a large vocabulary and little data most rows stay untrained.
+- ``"shared"``: one trained vector w for every row, V(x, y_<=t) = w . h_{t-1}: a value per prefix read off
+  the backbone's hidden state (a linear probe), learned from every position. Trained as ``SharedValueHead``
+  and saved as the same bias-free hidden x vocabulary layer (all rows equal), so every reader loads it
+  unchanged. It ranks prefixes and finished sequences (best-of-N, chunk-level search, IVG), but gives
+  every candidate token the same value, so token-level explicit guidance refuses it.
 """
 
 from __future__ import annotations
@@ -18,13 +27,39 @@ import copy
 import torch
 
 FLAG = "lpo_token_value_model"
+HEAD_FLAG = "lpo_value_head"
+VALUE_HEADS = ("token", "shared")
 
 
-def make_value_model(backbone):
-    """A value model from a causal LM (a model or a path): its backbone, a fresh zero head.
+class SharedValueHead(torch.nn.Module):
+    """The ``"shared"`` head while it trains: one vector w [hidden], the output w . h broadcast over the
+    vocabulary (a view, no copy). ``to_linear()`` is the saved form: a bias-free Linear with every row w."""
 
-    A zero head makes every value 0 at the start, so untrained guidance changes nothing.
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.vector = torch.nn.Parameter(torch.zeros(in_features, device=device, dtype=dtype))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden @ self.vector)[..., None].expand(*hidden.shape[:-1], self.out_features)
+
+    def to_linear(self) -> torch.nn.Linear:
+        layer = torch.nn.Linear(self.in_features, self.out_features, bias=False,
+                                device=self.vector.device, dtype=self.vector.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(self.vector.detach().expand(self.out_features, -1))
+        return layer
+
+
+def make_value_model(backbone, head: str = "token"):
+    """A value model from a causal LM (a model or a path): its backbone, a fresh zero head (``head``:
+    one of ``VALUE_HEADS``, see the module docstring).
+
+    A zero head makes every value 0 at the start, so untrained guidance changes nothing. A ``"shared"``
+    head trains as ``SharedValueHead``; ``finalize_value_model`` turns it into the saved layer.
     """
+    if head not in VALUE_HEADS:
+        raise ValueError(f"value head must be one of {VALUE_HEADS}, got {head!r}.")
     from transformers import AutoModelForCausalLM
 
     from lpo_train.models.loading import resolve_model_path
@@ -34,15 +69,31 @@ def make_value_model(backbone):
     else:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(str(backbone)), dtype=torch.float32)
     old = model.get_output_embeddings()
-    head = torch.nn.Linear(old.in_features, old.out_features, bias=False,
-                           device=old.weight.device, dtype=old.weight.dtype)
-    torch.nn.init.zeros_(head.weight)
+    layout = dict(device=old.weight.device, dtype=old.weight.dtype)
+    if head == "shared":
+        layer = SharedValueHead(old.in_features, old.out_features, **layout)
+    else:
+        layer = torch.nn.Linear(old.in_features, old.out_features, bias=False, **layout)
+        torch.nn.init.zeros_(layer.weight)
     model.config.tie_word_embeddings = False
     if hasattr(model.config, "get_text_config"):
         model.config.get_text_config().tie_word_embeddings = False
-    model.set_output_embeddings(head)
+    model.set_output_embeddings(layer)
     setattr(model.config, FLAG, True)
+    setattr(model.config, HEAD_FLAG, head)
     return model
+
+
+def finalize_value_model(model):
+    """The value model in its saved form: a ``SharedValueHead`` becomes the plain layer (in place)."""
+    layer = model.get_output_embeddings()
+    if isinstance(layer, SharedValueHead):
+        model.set_output_embeddings(layer.to_linear())
+    return model
+
+
+def value_head_kind(model) -> str:
+    return getattr(model.config, HEAD_FLAG, "token")
 
 
 def is_value_model(model) -> bool:

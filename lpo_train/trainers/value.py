@@ -69,11 +69,21 @@ class ValueDataArguments(PromptDataArguments, SamplingArguments):
 class ExplicitValueConfig(TrainingArguments):
     value_loss: str = _help(f"Per-prefix loss: one of {VALUE_LOSSES} (see the module docstring).", "bce")
     label_threshold: float = _help("bce: a response is 'good' when its reward is above this.", 0.0)
+    value_head: str = _help("'token' (FUDGE: one row per vocabulary token, values every candidate token) or "
+                            "'shared' (one vector for every row: a value per prefix read off the hidden state, "
+                            "learned from every position; for best-of-N / chunk-level search / IVG, not token "
+                            "guidance). See lpo_train.guidance.value_model.", "token")
+    freeze_backbone: bool = _help("Train the value head only, on the frozen backbone's hidden states (with "
+                                  "value_head 'shared': a linear probe).", False)
 
     def __post_init__(self):
+        from lpo_train.guidance.value_model import VALUE_HEADS
+
         super().__post_init__()
         if self.value_loss not in VALUE_LOSSES:
             raise ValueError(f"value_loss must be one of {VALUE_LOSSES}, got {self.value_loss!r}.")
+        if self.value_head not in VALUE_HEADS:
+            raise ValueError(f"value_head must be one of {VALUE_HEADS}, got {self.value_head!r}.")
 
 
 def load_prompts(data: ValueDataArguments) -> list[dict]:
@@ -255,7 +265,7 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
     """A token value model (``args``: ``ExplicitValueConfig``) on the sampler's scored responses. ``peft_config``:
     a LoRA backbone with the (new, zero) value head fully trained beside it (PEFT's ``modules_to_save``), merged
     into a plain value-model checkpoint when saved, so every reader loads it as before."""
-    from lpo_train.guidance.value_model import make_value_model
+    from lpo_train.guidance.value_model import finalize_value_model, make_value_model
     from lpo_train.models.loading import load_causal_lm, trainable_lm
 
     _, tokenizer = load_causal_lm(data.model_name_or_path)
@@ -268,7 +278,14 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
                              "sampler's token ids, so pick a sampler of the same tokenizer family.")
     records = sample_responses(data)
     train, held = split_by_prompt(records, data.eval_fraction, data.dataset_seed)
-    model = make_value_model(trainable_lm(data.model_name_or_path))
+    if args.freeze_backbone and peft_config is not None:
+        raise ValueError("freeze_backbone trains the value head alone, use_peft a LoRA on the backbone beside it: "
+                         "set one of them.")
+    model = make_value_model(trainable_lm(data.model_name_or_path), head=args.value_head)
+    if args.freeze_backbone:
+        head = model.get_output_embeddings()
+        model.requires_grad_(False)
+        head.requires_grad_(True)
     if peft_config is not None:
         from peft import get_peft_model
 
@@ -283,8 +300,11 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     if peft_config is not None:  # one plain value-model checkpoint: backbone + merged LoRA + the trained head
         trainer.model = trainer.model_wrapped = model.merge_and_unload()
+    finalize_value_model(trainer.model)  # a shared head is saved as the plain layer (all rows equal)
     trainer.save_model()
-    metrics = {"kind": "explicit", "value_loss": args.value_loss, "lora_backbone": peft_config is not None,
+    metrics = {"kind": "explicit", "value_loss": args.value_loss, "value_head": args.value_head,
+               "backbone": "lora" if peft_config is not None else "frozen" if args.freeze_backbone else "full",
+               "lora_backbone": peft_config is not None,
                "train_responses": len(train),
                "eval_responses": len(held), "eval_pairwise_accuracy": trainer.pairwise_accuracy(held),
                "train_pairwise_accuracy": trainer.pairwise_accuracy(train[:2000])}
