@@ -14,14 +14,15 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = str(ROOT / "tests" / "helpers" / "lpo_run.py")
 RECIPE = str(ROOT / "recipes" / "toy" / "lpo_seq.yaml")
+LIKELIHOOD_RECIPE = str(ROOT / "recipes" / "toy" / "lpo_tok_likelihood.yaml")
 
 
-def _args(out, **overrides):
+def _args(out, recipe=RECIPE, **overrides):
     base = {"toy_families": "story", "toy_prompts_per_family": "16", "max_steps": "3", "num_generations": "4",
             "max_completion_length": "40", "learning_rate": "0.01", "logging_steps": "1", "save_strategy": "no",
             "output_dir": str(out)}
     base.update(overrides)
-    args = ["--config", RECIPE]
+    args = ["--config", recipe]
     for k, v in base.items():
         args += [f"--{k}"] + (v.split() if k == "toy_families" else [v])
     return args
@@ -116,6 +117,27 @@ def test_uneven_prompts_over_two_processes_do_not_hang(toy_lm_folder, tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     ranks = list(_heads(out).values())
     assert len(ranks) == 2 and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["group_relative", "likelihood"])
+def test_group_relative_and_likelihood_over_two_processes_match_one_process(toy_lm_folder, tmp_path, loss):
+    """Both losses divide by the step's global count (samples of informative groups; references), so two DDP
+    ranks of half the batch each take the same step as one process on the whole batch."""
+    recipe = LIKELIHOOD_RECIPE if loss == "likelihood" else RECIPE
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, HELPER, *_args(one, recipe, loss_type=loss, per_device_train_batch_size="4")],
+                   check=True, env=_env(), cwd=ROOT, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    HELPER, *_args(two, recipe, loss_type=loss, per_device_train_batch_size="2")],
+                   check=True, env=_env(ACCELERATE_USE_CPU="1"), cwd=ROOT, timeout=300)
+    (single,) = _heads(one).values()
+    ranks = list(_heads(two).values())
+    assert len(ranks) == 2
+    for k in single:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+        assert torch.allclose(ranks[0][k], single[k], atol=1e-4), k  # float summation order, as above
+    assert any(single[k].abs().sum() > 0 for k in single if "mlp.4" in k)  # the zero-initialised layer trained
 
 
 def _adapters(out):
