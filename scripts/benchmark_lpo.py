@@ -17,6 +17,12 @@ term skipped), and prints joint / head-only:
 
     python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 4 --new-tokens 32 --level sequence --joint
 
+``--loss-type likelihood`` (no reward; the suite's ``answer`` column as the reference) times the step twice:
+``lpo_step`` with the reference cache cleared (the first epoch: each reference teacher-forced through the LM
+once) and ``lpo_step_cached`` (later epochs: the head on cached features only):
+
+    python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 6 --new-tokens 32 --level sequence --loss-type likelihood
+
 ``--trl-grpo`` times TRL's ``GRPOTrainer`` instead, on the same model, prompts, reward, N and completion
 length: it updates the LM (ours trains a head on traced features); the median of its optimizer steps
 after the first is printed, to set beside the LPO step.
@@ -57,7 +63,9 @@ def main() -> None:
                        max_completion_length=args.new_tokens, per_device_train_batch_size=args.prompts,
                        loss_type="lpo_joint" if args.joint else args.loss_type, use_peft=args.joint, lora_dropout=0.0,
                        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"] if args.joint else None, use_cpu=True, report_to="none", save_strategy="no",
-                       overwrite_output_dir=True, max_steps_without_pairs=10**6)
+                       overwrite_output_dir=True, max_steps_without_pairs=10**6,
+                       **({"reference_column": "answer"} if args.loss_type == "likelihood" else {}))
+    likelihood = args.loss_type == "likelihood"
     trainer = LPOTrainer(args=config)
     trainer.create_optimizer_and_scheduler(num_training_steps=100)
     head, rows = trainer.bare_head(), [trainer.train_dataset[i] for i in range(args.prompts)]
@@ -91,8 +99,14 @@ def main() -> None:
         with head_only():
             step()
 
-    def step():
-        features, _, counts = trainer._make_pairs(rows)
+    def step(cached=False):
+        if likelihood:  # as get_batch_samples: the references' teacher-forced features (cached after the first)
+            if not cached:
+                trainer._references.clear()
+            features = [trainer._reference_features(r) for r in rows]
+            counts = torch.tensor([len(features)] * 3, dtype=torch.float64)
+        else:
+            features, _, counts = trainer._make_pairs(rows)
         trainer._check_progress(counts)
         inputs = trainer._collate(features, max(len(features), 1))
         loss = trainer.compute_loss(trainer.model, inputs)
@@ -102,7 +116,8 @@ def main() -> None:
         last_bytes.extend(trainer._metrics.get("features/bytes_per_pair", []))
         trainer.log({})  # logging every step (the metrics' reduction, the completions file) is part of the cost
 
-    calls = {"sample_only": sample_only, "lpo_step": lpo_step, **({"joint_step": step} if args.joint else {})}
+    calls = {"sample_only": sample_only, "lpo_step": lpo_step, **({"joint_step": step} if args.joint else {}),
+             **({"lpo_step_cached": lambda: step(cached=True)} if likelihood else {})}
     for call in calls.values():
         call()
     times = {k: [] for k in calls}

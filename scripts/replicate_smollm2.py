@@ -12,6 +12,12 @@ Per seed s:
 The headroom is measured on the fixed-temperature results of all seeds: the mean over families of each
 family's best fixed T, minus the best single fixed T (families are balanced, so the overall mean is the
 mean of the family means). Every step resumes from its outputs (evaluate checks a fingerprint).
+
+``--objectives LOSS ...`` (the objectives issue's SmolLM2 half): online heads of each loss type with the same
+recipe, prompts, exploration, budget and seeds, evaluated beside the
+same fixed-temperature runs -> docs/results/objectives_smollm2.json (every head trained afresh, named by its loss):
+
+    python scripts/replicate_smollm2.py --seeds 0 1 2 --objectives lpo lpo_latent group_relative likelihood
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "lpo_seq.yaml"
 TEMPS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+# --objectives: the likelihood objective (no reward, no sampled response) fits one reference per train prompt
+# (scripts/make_smollm2_references.py), 4 epochs at lr 1e-2 over cached features, as in the toy comparison
+LOSS_ARGS = {"likelihood": ["--dataset_name", str(ROOT / "recipes" / "smollm2-135m" / "data" / "references.jsonl"),
+                            "--reference_column", "completion", "--num_train_epochs", "4", "--learning_rate", "1e-2"]}
 
 
 def headroom(fixed_by_family: dict[str, dict[float, float]]) -> dict:
@@ -57,6 +67,67 @@ def train_head(protocol: str, seed: int, out: Path, extra: list[str], tag: str =
     return head_dir, time.time() - start
 
 
+def evaluate_heads(heads, seed: int, out: Path, args) -> dict:
+    """Every fixed temperature and the heads (argmax) on the held-out split; cached runs are reused."""
+    from lpo_train.evaluation.harness import EvalConfig, evaluate
+
+    config = EvalConfig(model_name_or_path="smollm2", dataset_name="smollm2_mix:eval", reward_funcs=["smollm2_mix"],
+                        temperatures=TEMPS, strategies=[f"head:{h}" for h in heads],
+                        num_generations=args.num_generations, max_completion_length=args.max_completion_length,
+                        generation_batch_size=128, answer_extractor="last_number", seed=seed, n_boot=1000,
+                        output_dir=str(out / f"eval_seed{seed}"))
+    return evaluate(config)
+
+
+def objectives(args) -> dict:
+    """Online heads of each loss in ``args.objectives`` on the same recipe, prompts, exploration and seeds; their
+    held-out reward and win rate vs the best fixed T (by the mean over seeds)."""
+    import yaml
+
+    from lpo_train.data import load_prompt_dataset
+
+    out, per_seed, timings = Path(args.output_dir), {}, {}
+    for seed in args.seeds:
+        heads = {}
+        for loss in args.objectives:
+            extra = ["--loss_type", loss, *LOSS_ARGS.get(loss, []), *args.train_args]
+            heads[loss], timings[f"train_{loss}_seed{seed}"] = train_head("online", seed, out, extra, loss)
+        per_seed[seed] = {"summary": evaluate_heads(heads.values(), seed, out, args),
+                          "heads": {k: f"head:{v}" for k, v in heads.items()}}
+    fixed = {t: statistics.fmean(per_seed[s]["summary"][f"T={t:g}"]["mean_reward"] for s in args.seeds) for t in TEMPS}
+    best = max(TEMPS, key=lambda t: (fixed[t], -t))
+    settings = yaml.safe_load(RECIPE.read_text())
+    prompts = len(load_prompt_dataset(settings["dataset_name"], "train"))
+    budget = prompts * settings["num_train_epochs"] * settings["num_generations"]
+    heads = {loss: [per_seed[s]["summary"][per_seed[s]["heads"][loss]] for s in args.seeds] for loss in args.objectives}
+    result = {
+        "seeds": len(args.seeds), "budget_responses": budget,
+        "budget_note": "generated responses the reward-based losses train on (train prompts x epochs x N); the "
+                       "likelihood objective generates none: it fits one reference per train prompt",
+        "mean_reward": {loss: statistics.fmean(h["mean_reward"] for h in hs) for loss, hs in heads.items()},
+        "mean_reward_per_seed": {loss: [h["mean_reward"] for h in hs] for loss, hs in heads.items()},
+        "best_fixed_temperature": {f"T={best:g}": fixed[best]},
+        "fixed_mean_reward": {f"T={t:g}": v for t, v in fixed.items()},
+        "win_rate_vs_best_fixed": {loss: statistics.fmean(h["win_rate_vs_fixed"][f"{best:g}"]["win_rate"] for h in hs)
+                                   for loss, hs in heads.items()},
+        "win_rate_vs_best_fixed_per_seed": {loss: [{"win_rate": h["win_rate_vs_fixed"][f"{best:g}"]["win_rate"],
+                                                    "ci95": h["win_rate_vs_fixed"][f"{best:g}"].get("ci95")}
+                                                   for h in hs] for loss, hs in heads.items()},
+        "mean_temperature_by_family": {loss: {f: statistics.fmean(h["mean_value_by_family"][f] for h in hs)
+                                              for f in hs[0]["mean_value_by_family"]} for loss, hs in heads.items()},
+        "settings": {"recipe": str(RECIPE.relative_to(ROOT)), "protocol": "online", "train_prompts": prompts,
+                     "num_generations": args.num_generations, "max_completion_length": args.max_completion_length,
+                     "train_args": args.train_args, "held_out": "smollm2_mix:eval, argmax heads"},
+        "timings_seconds": timings,
+        "command": "python scripts/replicate_smollm2.py --seeds " + " ".join(map(str, args.seeds))
+                   + " --objectives " + " ".join(args.objectives),
+    }
+    Path(args.json_dir, "objectives_smollm2.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("mean_reward", "best_fixed_temperature", "win_rate_vs_best_fixed",
+                                             "mean_temperature_by_family")}, indent=1), flush=True)
+    return result
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -68,8 +139,11 @@ def main(argv=None) -> dict:
     p.add_argument("--tag", default="", help="names a variant's heads and JSON files (e.g. 'n6_all')")
     p.add_argument("--output-dir", default=str(ROOT / "outputs" / "replicate" / "smollm2_mix"))
     p.add_argument("--json-dir", default=str(ROOT / "docs" / "results"))
+    p.add_argument("--objectives", nargs="+", default=None, metavar="LOSS",
+                   help="compare online heads of these loss types (see the module docstring)")
     args = p.parse_args(argv)
-    from lpo_train.evaluation.harness import EvalConfig, evaluate
+    if args.objectives:
+        return objectives(args)
 
     out = Path(args.output_dir)
     per_seed, timings = {}, {}
@@ -79,13 +153,7 @@ def main(argv=None) -> dict:
             heads[protocol], timings[f"train_{protocol}_seed{seed}"] = train_head(protocol, seed, out, args.train_args,
                                                                                   args.tag)
         start = time.time()
-        config = EvalConfig(model_name_or_path="smollm2", dataset_name="smollm2_mix:eval", reward_funcs=["smollm2_mix"],
-                            temperatures=TEMPS, strategies=[f"head:{h}" for h in heads.values()],
-                            num_generations=args.num_generations, max_completion_length=args.max_completion_length,
-                            generation_batch_size=128,
-                            answer_extractor="last_number", seed=seed, n_boot=1000,
-                            output_dir=str(out / f"eval_seed{seed}"))
-        summary = evaluate(config)
+        summary = evaluate_heads(heads.values(), seed, out, args)
         timings[f"evaluate_seed{seed}"] = time.time() - start
         print((out / f"eval_seed{seed}" / "report.md").read_text(), flush=True)
         per_seed[seed] = {"summary": summary, "heads": {k: f"head:{v}" for k, v in heads.items()}}

@@ -52,3 +52,23 @@ def test_splits_are_disjoint_balanced_and_usable_by_name():
     assert set(only["family"]) == {"arith", "pick"}
     with pytest.raises(ValueError, match="Unknown smollm2_mix families"):
         make_rows("smollm2_mix:eval:poems")
+
+
+def test_shipped_references_are_the_train_split_with_correct_answers():
+    """recipes/smollm2-135m/data/references.jsonl (the likelihood objective's SmolLM2 data) is what
+    scripts/make_smollm2_references.py writes: one reference per train prompt, each earning full credit."""
+    import importlib.util
+    import json
+    import random
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_refs", root / "scripts" / "make_smollm2_references.py")
+    make_refs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_refs)
+    shipped = [json.loads(line) for line in (root / "recipes/smollm2-135m/data/references.jsonl").read_text().splitlines()]
+    rng = random.Random("smollm2-references")
+    assert shipped == [{**r, "completion": make_refs.reference(r, rng)} for r in make_rows("smollm2_mix")]
+    reward = resolve_reward("smollm2_mix")
+    for row in shipped:  # each alone in its group, so a valid pick earns 1 too
+        assert reward([row["prompt"]], [row["completion"]], family=[row["family"]], answer=[row["answer"]]) == [1.0], row
