@@ -17,7 +17,8 @@ term skipped), and prints joint / head-only:
 
     python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 4 --new-tokens 32 --level sequence --joint
 
-``--loss-type likelihood`` (no reward; the suite's ``answer`` column as the reference) times the step twice:
+``--loss-type likelihood`` (no reward; the references of recipes/smollm2-135m/data/references.jsonl, or of
+recipes/toy/data/references.jsonl with a toy model) times the step twice:
 ``lpo_step`` with the reference cache cleared (the first epoch: each reference teacher-forced through the LM
 once) and ``lpo_step_cached`` (later epochs: the head on cached features only):
 
@@ -49,6 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.trl_grpo:
         return trl_grpo_steps(args)
+    if args.joint and args.loss_type != "lpo":
+        parser.error("--joint times the lpo_joint loss beside head-only lpo: it takes no --loss-type.")
 
     import torch
 
@@ -56,15 +59,15 @@ def main() -> None:
     from lpo_train.trainers import LPOConfig, LPOTrainer
 
     real = args.model == "smollm2"  # the SmolLM2 suite and its reward; the toy world's otherwise
-    config = LPOConfig(output_dir="/tmp/lpo_benchmark", model_name_or_path=args.model,
-                       dataset_name="smollm2_mix" if real else "toy", toy_families=["arith", "story"],
+    data = likelihood_data(real) if args.loss_type == "likelihood" else {"dataset_name": "smollm2_mix" if real else "toy"}
+    config = LPOConfig(output_dir="/tmp/lpo_benchmark", model_name_or_path=args.model, **data,
+                       toy_families=["arith", "story"],
                        toy_prompts_per_family=args.prompts, reward_funcs=["smollm2_mix" if real else "toy"],
                        level=args.level, num_generations=args.num_generations,
                        max_completion_length=args.new_tokens, per_device_train_batch_size=args.prompts,
                        loss_type="lpo_joint" if args.joint else args.loss_type, use_peft=args.joint, lora_dropout=0.0,
                        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"] if args.joint else None, use_cpu=True, report_to="none", save_strategy="no",
-                       overwrite_output_dir=True, max_steps_without_pairs=10**6,
-                       **({"reference_column": "answer"} if args.loss_type == "likelihood" else {}))
+                       overwrite_output_dir=True, max_steps_without_pairs=10**6)
     likelihood = args.loss_type == "likelihood"
     trainer = LPOTrainer(args=config)
     trainer.create_optimizer_and_scheduler(num_training_steps=100)
@@ -139,6 +142,14 @@ def main() -> None:
     if args.joint:
         print(f"joint step (head + LoRA) / head-only LPO step: {med['joint_step'] / med['lpo_step']:.2f}x")
     torch.set_grad_enabled(True)
+
+
+def likelihood_data(real: bool) -> dict:
+    """The likelihood objective's prompts + references: the shipped JSONL of the SmolLM2 suite or the toy world."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "recipes" / ("smollm2-135m" if real else "toy") / "data"
+    return {"dataset_name": str(folder / "references.jsonl"), "reference_column": "completion"}
 
 
 def trl_grpo_steps(args) -> None:

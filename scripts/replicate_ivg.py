@@ -53,11 +53,24 @@ WORLDS = {  # world -> recipes of the two guidance models, and the decoding mode
 
 
 def _train(kind: str, out: Path, seed: int, extra: list[str], world: str = "toy") -> dict:
+    """Train a guidance model, or reuse the one in ``out`` when it was trained from the same recipe text (a
+    stamp next to it); a model from another recipe is a clear error, since the decoding runs built on it
+    would be reused too."""
+    import hashlib
+
     from lpo_train.trainers.value import main as train_value
 
-    if not (out / "value_metrics.json").exists():
-        train_value(["--kind", kind, "--config", str(ROOT / "recipes" / WORLDS[world][kind]),
+    recipe = ROOT / "recipes" / WORLDS[world][kind]
+    stamp = hashlib.sha256(recipe.read_bytes() + repr(extra).encode()).hexdigest()[:16]
+    stamp_file = out / "replicate_recipe.sha"
+    if (out / "value_metrics.json").exists():
+        if stamp_file.exists() and stamp_file.read_text().strip() != stamp:
+            raise SystemExit(f"{out} was trained from another version of {recipe.relative_to(ROOT)}: delete "
+                             f"{out} and the decoding runs next to it ({out.parent / 'generate*'}) to rerun.")
+    else:
+        train_value(["--kind", kind, "--config", str(recipe),
                      "--output_dir", str(out), "--dataset_seed", str(seed), "--seed", str(seed), *extra])
+    stamp_file.write_text(stamp + "\n")
     return json.loads((out / "value_metrics.json").read_text())
 
 

@@ -15,7 +15,8 @@ mean of the family means). Every step resumes from its outputs (evaluate checks 
 
 ``--objectives LOSS ...`` (the objectives issue's SmolLM2 half): online heads of each loss type with the same
 recipe, prompts, exploration, budget and seeds, evaluated beside the
-same fixed-temperature runs -> docs/results/objectives_smollm2.json (every head trained afresh, named by its loss):
+same fixed-temperature runs -> docs/results/objectives_smollm2.json (every head trained afresh, named by its loss;
+the evaluation shares eval_seed<s>/ with the main mode, whose report.md / results.json show the last run):
 
     python scripts/replicate_smollm2.py --seeds 0 1 2 --objectives lpo lpo_latent group_relative likelihood
 """
@@ -97,6 +98,9 @@ def objectives(args) -> dict:
     fixed = {t: statistics.fmean(per_seed[s]["summary"][f"T={t:g}"]["mean_reward"] for s in args.seeds) for t in TEMPS}
     best = max(TEMPS, key=lambda t: (fixed[t], -t))
     settings = yaml.safe_load(RECIPE.read_text())
+    for key in ("num_train_epochs", "num_generations"):  # as trained: --train-args override the recipe
+        if f"--{key}" in args.train_args:
+            settings[key] = int(args.train_args[args.train_args.index(f"--{key}") + 1])
     prompts = len(load_prompt_dataset(settings["dataset_name"], "train"))
     budget = prompts * settings["num_train_epochs"] * settings["num_generations"]
     heads = {loss: [per_seed[s]["summary"][per_seed[s]["heads"][loss]] for s in args.seeds] for loss in args.objectives}
@@ -143,6 +147,8 @@ def main(argv=None) -> dict:
                    help="compare online heads of these loss types (see the module docstring)")
     args = p.parse_args(argv)
     if args.objectives:
+        if args.tag or args.protocols != ["online", "offline"]:
+            p.error("--objectives trains online heads named by their loss: it takes no --tag or --protocols.")
         return objectives(args)
 
     out = Path(args.output_dir)

@@ -275,7 +275,7 @@ def test_value_model_end_scores_and_round_trip(models, tmp_path):
     assert end_scores(loaded, ids, torch.ones_like(ids)).item() == pytest.approx(
         end_scores(value, ids, torch.ones_like(ids)).item(), abs=1e-5)
     base.save_pretrained(tmp_path / "lm")
-    with pytest.raises(ValueError, match="not a token value model"):
+    with pytest.raises(ValueError, match="not a value model"):
         load_value_model(tmp_path / "lm")
 
 

@@ -81,7 +81,7 @@ def test_generate_bad_config_names_the_fix(guidance_folders, tiny_lm_path, tmp_p
         cli(["generate", "--method", "eft", "--model_name_or_path", str(tiny_lm_path)])
     with pytest.raises(ValueError, match="method must be one of"):
         cli(["generate", "--method", "beam"])
-    with pytest.raises(ValueError, match="not a token value model"):
+    with pytest.raises(ValueError, match="not a value model"):
         cli(_args(guidance_folders, tiny_lm_path, "ivg", tmp_path / "x.jsonl", "--value_model",
                   str(guidance_folders / "tuned")))
 

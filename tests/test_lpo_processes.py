@@ -122,8 +122,10 @@ def test_uneven_prompts_over_two_processes_do_not_hang(toy_lm_folder, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["group_relative", "likelihood"])
 def test_group_relative_and_likelihood_over_two_processes_match_one_process(toy_lm_folder, tmp_path, loss):
-    """Both losses divide by the step's global count (samples of informative groups; references), so two DDP
-    ranks of half the batch each take the same step as one process on the whole batch."""
+    """Each rank divides its loss by its own count (samples of informative groups; references) and DDP averages
+    the ranks, as for the LPO loss: with equal counts per rank (2 prompts each; the continuous story reward
+    leaves every group informative) two ranks of half the batch take the same step as one process on the
+    whole batch. (A rank with fewer informative groups would weigh its samples more, as in the LPO test.)"""
     recipe = LIKELIHOOD_RECIPE if loss == "likelihood" else RECIPE
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, HELPER, *_args(one, recipe, loss_type=loss, per_device_train_batch_size="4")],

@@ -64,7 +64,7 @@ def test_explicit_value_trainer_learns_a_token_rule(tiny_lm, tmp_path):
     after = trainer.pairwise_accuracy(recs[:120])
     assert before == 0.5  # zero head: every end score ties
     assert after > 0.9
-    with pytest.raises(ValueError, match="token value model"):
+    with pytest.raises(ValueError, match="needs a value model"):
         ExplicitValueTrainer(base, args, recs, processing_class=tok)
 
 
@@ -126,13 +126,15 @@ def test_explicit_value_rejects_a_sampler_with_another_tokenizer(tiny_lm_path, t
         train_explicit_value(data, args)
 
 
-def test_explicit_value_on_a_lora_backbone_saves_a_plain_value_model(tiny_lm_path, tmp_path):
+@pytest.mark.parametrize("value_head", ["token", "shared"])
+def test_explicit_value_on_a_lora_backbone_saves_a_plain_value_model(tiny_lm_path, tmp_path, value_head):
     """--use_peft for the explicit value: a LoRA backbone, the value head fully trained beside it, merged into
-    one plain value-model checkpoint (loadable as before), the backbone's other weights unchanged."""
+    one plain value-model checkpoint (loadable as before), the backbone's other weights unchanged. With the
+    shared head (the SmolLM2 recipe) the saved rows are all equal and the flag names the head."""
     from transformers import AutoModelForCausalLM
 
     from lpo_train.config import LoraArguments
-    from lpo_train.guidance.value_model import load_value_model
+    from lpo_train.guidance.value_model import load_value_model, value_head_kind
     from lpo_train.trainers.value import train_explicit_value
 
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"story number {i}"}) + "\n" for i in range(16)))
@@ -141,13 +143,17 @@ def test_explicit_value_on_a_lora_backbone_saves_a_plain_value_model(tiny_lm_pat
                               max_completion_length=8, eval_fraction=0.25)
     args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), value_loss="mse", learning_rate=1e-2,
                                num_train_epochs=2, per_device_train_batch_size=8, use_cpu=True, report_to="none",
-                               save_strategy="no")
+                               save_strategy="no", value_head=value_head)
     lora = LoraArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
     metrics = train_explicit_value(data, args, lora.peft_config())
     assert metrics["lora_backbone"] is True and metrics["eval_pairwise_accuracy"] is not None
+    assert metrics["value_head"] == value_head and metrics["backbone"] == "lora"
     value, _ = load_value_model(tmp_path / "v")  # a plain checkpoint: no adapter files, the flag in its config
     assert not (tmp_path / "v" / "adapter_config.json").exists()
-    assert value.get_output_embeddings().weight.abs().sum() > 0  # the zero head was trained (modules_to_save)
+    assert value_head_kind(value) == value_head
+    rows = value.get_output_embeddings().weight
+    assert rows.abs().sum() > 0  # the zero head was trained (modules_to_save)
+    assert torch.equal(rows, rows[:1].expand_as(rows)) == (value_head == "shared")
     base = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
     assert torch.equal(value.model.embed_tokens.weight, base.model.embed_tokens.weight)  # not a LoRA target
     assert not torch.equal(value.model.layers[0].self_attn.q_proj.weight,  # LoRA merged into its target
@@ -188,16 +194,14 @@ def test_shared_value_head_on_a_frozen_backbone_learns_a_prefix_rule(tiny_lm, tm
     is unchanged, and the saved checkpoint is a plain value model (all rows equal) whose end scores are the
     trained ones; token-level explicit guidance refuses it."""
     from lpo_train.guidance import ExplicitGuidance, end_scores, make_value_model
-    from lpo_train.guidance.value_model import finalize_value_model, load_value_model, value_head_kind
+    from lpo_train.guidance.value_model import finalize_value_model, freeze_to_head, load_value_model, value_head_kind
 
     base, tok = tiny_lm
     recs = _prefix_rule_records()
     args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), value_loss="mse", learning_rate=5e-2,
                                num_train_epochs=8, per_device_train_batch_size=16, use_cpu=True, report_to="none",
                                save_strategy="no", logging_steps=50, value_head="shared")
-    model = make_value_model(base, head=args.value_head)
-    model.requires_grad_(False)
-    model.get_output_embeddings().requires_grad_(True)  # what freeze_backbone does in train_explicit_value
+    model = freeze_to_head(make_value_model(base, head=args.value_head))
     trainer = ExplicitValueTrainer(model, args, recs[:120], recs[120:], processing_class=tok)
     assert trainer.pairwise_accuracy(recs[120:]) == 0.5  # zero head: every end score ties
     trainer.train()
@@ -246,3 +250,33 @@ def test_train_explicit_value_with_a_frozen_backbone_and_a_shared_head(tiny_lm_p
         train_explicit_value(data, args, LoraArguments(use_peft=True, lora_r=4).peft_config())
     with pytest.raises(ValueError, match="value_head must be one of"):
         ExplicitValueConfig(output_dir=str(tmp_path / "x"), value_head="scalar")
+
+
+def test_shared_head_checkpoints_load_as_value_models_and_resume(tiny_lm, tmp_path):
+    """A mid-training checkpoint of a shared head holds the plain layer (rows equal), loads with load_value_model,
+    and resuming from it ends where the uninterrupted run ends."""
+    from lpo_train.guidance import end_scores, make_value_model
+    from lpo_train.guidance.value_model import load_value_model
+
+    base, tok = tiny_lm
+    recs = _prefix_rule_records(16)
+
+    def run(out, max_steps, resume=None):
+        args = ExplicitValueConfig(output_dir=str(out), value_loss="mse", learning_rate=5e-2, max_steps=max_steps,
+                                   per_device_train_batch_size=16, use_cpu=True, report_to="none",
+                                   save_strategy="steps", save_steps=2, value_head="shared", seed=0,
+                                   lr_scheduler_type="constant")
+        model = make_value_model(base, head="shared")
+        trainer = ExplicitValueTrainer(model, args, recs, processing_class=tok)
+        trainer.train(resume_from_checkpoint=resume)
+        return model.get_output_embeddings().vector.detach().clone()
+
+    full = run(tmp_path / "full", 4)
+    value, _ = load_value_model(tmp_path / "full" / "checkpoint-4")
+    rows = value.get_output_embeddings().weight
+    assert torch.allclose(rows, full.expand_as(rows), atol=1e-6)  # the checkpoint is the trained head, all rows
+    ids = torch.tensor([[5, 6, 7] + r["completion_ids"] for r in recs])
+    assert end_scores(value, ids, torch.ones_like(ids)).abs().sum() > 0
+    run(tmp_path / "cut", 2)
+    resumed = run(tmp_path / "cut", 4, resume=str(tmp_path / "cut" / "checkpoint-2"))
+    assert torch.allclose(resumed, full, atol=1e-6)

@@ -242,7 +242,8 @@ class SharedImplicitScorer(ChunkScorer):
 
 
 class ExplicitScorer(_ModelScorer):
-    """beta * the token value model's end score V(x, y_<=T) = Q(x, y_<T)[y_T]."""
+    """beta * the value model's end score V(x, y_<=T) = Q(x, y_<T)[y_T] (a shared head: w . h_{T-1}, which
+    does not see the last token)."""
 
     def __init__(self, value_model, beta: float = 1.0, tokenizer=None, prompts=None, chat_template=None,
                  incremental: bool = True):

@@ -1,4 +1,4 @@
-"""Token-level explicit value models (IVG's ``*ModelForTokenScore``, FUDGE layout).
+"""Explicit value models (IVG's ``*ModelForTokenScore``, FUDGE layout), with a token or a shared head.
 
 A value model is an ordinary causal-LM checkpoint whose output layer is reinterpreted: a
 bias-free linear head hidden -> vocabulary, untied from the input embeddings. For the hidden
@@ -15,9 +15,10 @@ Two heads (``make_value_model(..., head=...)``, recorded as ``config.lpo_value_h
   only where its token occurs, so on a large vocabulary and little data most rows stay untrained.
 - ``"shared"``: one trained vector w for every row, V(x, y_<=t) = w . h_{t-1}: a value per prefix read off
   the backbone's hidden state (a linear probe), learned from every position. Trained as ``SharedValueHead``
-  and saved as the same bias-free hidden x vocabulary layer (all rows equal), so every reader loads it
-  unchanged. It ranks prefixes and finished sequences (best-of-N, chunk-level search, IVG), but gives
-  every candidate token the same value, so token-level explicit guidance refuses it.
+  and saved as the same bias-free hidden x vocabulary layer (all rows equal; checkpoints too), so every
+  reader loads it unchanged. It ranks prefixes and finished sequences (best-of-N, chunk-level search, IVG),
+  but gives every candidate token the same value, so token-level explicit guidance refuses it. Its value
+  lags one token: V(x, y_<=t) reads h_{t-1}, so the end score of a sequence does not see its last token.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ import copy
 
 import torch
 
-FLAG = "lpo_token_value_model"
+FLAG = "lpo_token_value_model"  # marks any value model of this layout (token or shared head)
 HEAD_FLAG = "lpo_value_head"
 VALUE_HEADS = ("token", "shared")
 
 
 class SharedValueHead(torch.nn.Module):
     """The ``"shared"`` head while it trains: one vector w [hidden], the output w . h broadcast over the
-    vocabulary (a view, no copy). ``to_linear()`` is the saved form: a bias-free Linear with every row w."""
+    vocabulary (a view, no copy). ``to_linear()`` is the saved form: a bias-free Linear with every row w. Its
+    state dict is that form too (``weight`` [vocabulary, hidden], rows equal; loaded back from row 0), so a
+    mid-training checkpoint is a loadable value model and resumes."""
 
     def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
         super().__init__()
@@ -42,6 +45,20 @@ class SharedValueHead(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return (hidden @ self.vector)[..., None].expand(*hidden.shape[:-1], self.out_features)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        vector = self.vector if keep_vars else self.vector.detach()
+        destination[prefix + "weight"] = vector.expand(self.out_features, -1).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "weight"
+        if key not in state_dict:
+            if strict:
+                missing_keys.append(key)
+            return
+        with torch.no_grad():
+            self.vector.copy_(state_dict[key][0])
 
     def to_linear(self) -> torch.nn.Linear:
         layer = torch.nn.Linear(self.in_features, self.out_features, bias=False,
@@ -96,6 +113,13 @@ def value_head_kind(model) -> str:
     return getattr(model.config, HEAD_FLAG, "token")
 
 
+def freeze_to_head(model):
+    """Only the value head trains (``freeze_backbone``): a probe on the frozen backbone's hidden states."""
+    model.requires_grad_(False)
+    model.get_output_embeddings().requires_grad_(True)
+    return model
+
+
 def is_value_model(model) -> bool:
     return bool(getattr(model.config, FLAG, False))
 
@@ -106,7 +130,7 @@ def load_value_model(path, dtype: torch.dtype = torch.float32):
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     if not is_value_model(model):
-        raise ValueError(f"{path} is not a token value model (config has no {FLAG}); train one with "
+        raise ValueError(f"{path} is not a value model (config has no {FLAG}); train one with "
                          "`lpo-train train-value --kind explicit` or build one with make_value_model().")
     return model.eval().requires_grad_(False), AutoTokenizer.from_pretrained(str(path))
 

@@ -4,8 +4,8 @@
   them, ``build_preference_pairs`` makes pairs (Bradley-Terry sampled labels as in weak-to-strong
   search, or deterministic best vs worst), and TRL's ``DPOTrainer`` tunes a copy of the model.
   tuned vs untuned then give the implicit value beta * log pi_tuned / pi_untuned.
-- **Explicit value**: ``ExplicitValueTrainer`` fits a token value model (``guidance.value_model``:
-  backbone + bias-free hidden x vocabulary head) on every prefix of the sampled responses. Loss
+- **Explicit value**: ``ExplicitValueTrainer`` fits a value model (``guidance.value_model``:
+  backbone + bias-free hidden x vocabulary head, a token or a shared head) on every prefix of the sampled responses. Loss
   (the IVG authors never released theirs; documented choice): ``bce`` - FUDGE-style, every prefix
   value is a logit for "the finished response scores above ``label_threshold``"; or ``mse`` -
   every prefix value regresses onto the final reward (CD-FUDGE). Reported: held-out pairwise
@@ -183,7 +183,7 @@ class _ValueCollator:
 
 
 class ExplicitValueTrainer(Trainer):
-    """Trains a token value model on every prefix of scored responses (see the module docstring).
+    """Trains a value model (token or shared head) on every prefix of scored responses (see the module docstring).
 
     ``train_dataset`` / ``eval_dataset``: records from ``sample_responses`` (lists of dicts).
     """
@@ -193,7 +193,7 @@ class ExplicitValueTrainer(Trainer):
         from lpo_train.guidance.value_model import is_value_model
 
         if not is_value_model(model):
-            raise ValueError("ExplicitValueTrainer needs a token value model; build one with "
+            raise ValueError("ExplicitValueTrainer needs a value model; build one with "
                              "lpo_train.guidance.make_value_model(backbone).")
         args.remove_unused_columns = False
         pad = processing_class.pad_token_id if processing_class is not None and processing_class.pad_token_id is not None else 0
@@ -262,11 +262,15 @@ def pairwise_accuracy(scores: list[float], rewards: list[float], groups: list) -
 
 
 def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, peft_config=None) -> dict:
-    """A token value model (``args``: ``ExplicitValueConfig``) on the sampler's scored responses. ``peft_config``:
+    """A value model (``args``: ``ExplicitValueConfig``; token or shared head) on the sampler's scored responses. ``peft_config``:
     a LoRA backbone with the (new, zero) value head fully trained beside it (PEFT's ``modules_to_save``), merged
     into a plain value-model checkpoint when saved, so every reader loads it as before."""
-    from lpo_train.guidance.value_model import finalize_value_model, make_value_model
+    from lpo_train.guidance.value_model import finalize_value_model, freeze_to_head, make_value_model
     from lpo_train.models.loading import load_causal_lm, trainable_lm
+
+    if args.freeze_backbone and peft_config is not None:
+        raise ValueError("freeze_backbone trains the value head alone, use_peft a LoRA on the backbone beside it: "
+                         "set one of them.")
 
     _, tokenizer = load_causal_lm(data.model_name_or_path)
     if data.sampler_model:
@@ -278,14 +282,9 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
                              "sampler's token ids, so pick a sampler of the same tokenizer family.")
     records = sample_responses(data)
     train, held = split_by_prompt(records, data.eval_fraction, data.dataset_seed)
-    if args.freeze_backbone and peft_config is not None:
-        raise ValueError("freeze_backbone trains the value head alone, use_peft a LoRA on the backbone beside it: "
-                         "set one of them.")
     model = make_value_model(trainable_lm(data.model_name_or_path), head=args.value_head)
     if args.freeze_backbone:
-        head = model.get_output_embeddings()
-        model.requires_grad_(False)
-        head.requires_grad_(True)
+        freeze_to_head(model)
     if peft_config is not None:
         from peft import get_peft_model
 
@@ -423,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
               "--kind reward TRL's RewardConfig)\n")
     if kind not in kinds:
         raise SystemExit("lpo-train train-value needs --kind implicit (DPO of a small tuned model), --kind explicit "
-                         "(a token value model) or --kind reward (a sequence reward model, TRL's RewardTrainer).")
+                         "(a value model) or --kind reward (a sequence reward model, TRL's RewardTrainer).")
     config_cls, train = kinds[kind]
     classes = [ValueDataArguments, config_cls] + ([LoraArguments] if kind in ("implicit", "explicit") else [])
     data, args, *lora = parse_config(classes, argv, f"lpo-train train-value --kind {kind}",
