@@ -126,6 +126,18 @@ def test_explicit_value_rejects_a_sampler_with_another_tokenizer(tiny_lm_path, t
         train_explicit_value(data, args)
 
 
+def _story_value_run(tiny_lm_path, tmp_path, **config):
+    """Data and config of a small train_explicit_value run: 16 prompts x 4 samples of the tiny LM, length reward."""
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"story number {i}"}) + "\n" for i in range(16)))
+    data = ValueDataArguments(model_name_or_path=str(tiny_lm_path), dataset_name=str(tmp_path / "p.jsonl"),
+                              reward_funcs=["tests.helpers.my_rewards:length_reward"], num_generations=4,
+                              max_completion_length=8, eval_fraction=0.25)
+    args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), value_loss="mse", learning_rate=1e-2,
+                               per_device_train_batch_size=8, use_cpu=True, report_to="none", save_strategy="no",
+                               **config)
+    return data, args
+
+
 @pytest.mark.parametrize("value_head", ["token", "shared"])
 def test_explicit_value_on_a_lora_backbone_saves_a_plain_value_model(tiny_lm_path, tmp_path, value_head):
     """--use_peft for the explicit value: a LoRA backbone, the value head fully trained beside it, merged into
@@ -137,13 +149,7 @@ def test_explicit_value_on_a_lora_backbone_saves_a_plain_value_model(tiny_lm_pat
     from lpo_train.guidance.value_model import load_value_model, value_head_kind
     from lpo_train.trainers.value import train_explicit_value
 
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"story number {i}"}) + "\n" for i in range(16)))
-    data = ValueDataArguments(model_name_or_path=str(tiny_lm_path), dataset_name=str(tmp_path / "p.jsonl"),
-                              reward_funcs=["tests.helpers.my_rewards:length_reward"], num_generations=4,
-                              max_completion_length=8, eval_fraction=0.25)
-    args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), value_loss="mse", learning_rate=1e-2,
-                               num_train_epochs=2, per_device_train_batch_size=8, use_cpu=True, report_to="none",
-                               save_strategy="no", value_head=value_head)
+    data, args = _story_value_run(tiny_lm_path, tmp_path, num_train_epochs=2, value_head=value_head)
     lora = LoraArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
     metrics = train_explicit_value(data, args, lora.peft_config())
     assert metrics["lora_backbone"] is True and metrics["eval_pairwise_accuracy"] is not None
@@ -232,13 +238,7 @@ def test_train_explicit_value_with_a_frozen_backbone_and_a_shared_head(tiny_lm_p
     from lpo_train.guidance.value_model import load_value_model
     from lpo_train.trainers.value import train_explicit_value
 
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"story number {i}"}) + "\n" for i in range(16)))
-    data = ValueDataArguments(model_name_or_path=str(tiny_lm_path), dataset_name=str(tmp_path / "p.jsonl"),
-                              reward_funcs=["tests.helpers.my_rewards:length_reward"], num_generations=4,
-                              max_completion_length=8, eval_fraction=0.25)
-    args = ExplicitValueConfig(output_dir=str(tmp_path / "v"), value_loss="mse", learning_rate=1e-2,
-                               num_train_epochs=1, per_device_train_batch_size=8, use_cpu=True, report_to="none",
-                               save_strategy="no", value_head="shared", freeze_backbone=True)
+    data, args = _story_value_run(tiny_lm_path, tmp_path, num_train_epochs=1, value_head="shared", freeze_backbone=True)
     metrics = train_explicit_value(data, args)
     assert metrics["value_head"] == "shared" and metrics["backbone"] == "frozen"
     value, _ = load_value_model(tmp_path / "v")
