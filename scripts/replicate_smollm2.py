@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -92,7 +93,9 @@ def objectives(args) -> dict:
         heads = {}
         for loss in args.objectives:
             extra = ["--loss_type", loss, *LOSS_ARGS.get(loss, []), *args.train_args]
-            heads[loss], timings[f"train_{loss}_seed{seed}"] = train_head("online", seed, out, extra, loss)
+            heads[loss], seconds = train_head("online", seed, out, extra, loss)
+            if not math.isnan(seconds):  # NaN: an existing head was reused
+                timings[f"train_{loss}_seed{seed}"] = seconds
         per_seed[seed] = {"summary": evaluate_heads(heads.values(), seed, out, args),
                           "heads": {k: f"head:{v}" for k, v in heads.items()}}
     fixed = {t: statistics.fmean(per_seed[s]["summary"][f"T={t:g}"]["mean_reward"] for s in args.seeds) for t in TEMPS}
