@@ -103,13 +103,9 @@ def main() -> None:
             step()
 
     def step(cached=False):
-        if likelihood:  # as get_batch_samples: the references' teacher-forced features (cached after the first)
-            if not cached:
-                trainer._references.clear()
-            features = [trainer._reference_features(r) for r in rows]
-            counts = torch.tensor([len(features)] * 3, dtype=torch.float64)
-        else:
-            features, _, counts = trainer._make_pairs(rows)
+        if likelihood and not cached:  # the first epoch: every reference teacher-forced again
+            trainer._references.clear()
+        features, counts = trainer._step_features(rows)  # as get_batch_samples
         trainer._check_progress(counts)
         inputs = trainer._collate(features, max(len(features), 1))
         loss = trainer.compute_loss(trainer.model, inputs)

@@ -84,9 +84,8 @@ def evaluate_heads(heads, seed: int, out: Path, args) -> dict:
 def objectives(args) -> dict:
     """Online heads of each loss in ``args.objectives`` on the same recipe, prompts, exploration and seeds; their
     held-out reward and win rate vs the best fixed T (by the mean over seeds)."""
-    import yaml
-
     from lpo_train.data import load_prompt_dataset
+    from lpo_train.train import parse_config
 
     out, per_seed, timings = Path(args.output_dir), {}, {}
     for seed in args.seeds:
@@ -100,12 +99,9 @@ def objectives(args) -> dict:
                           "heads": {k: f"head:{v}" for k, v in heads.items()}}
     fixed = {t: statistics.fmean(per_seed[s]["summary"][f"T={t:g}"]["mean_reward"] for s in args.seeds) for t in TEMPS}
     best = max(TEMPS, key=lambda t: (fixed[t], -t))
-    settings = yaml.safe_load(RECIPE.read_text())
-    for key in ("num_train_epochs", "num_generations"):  # as trained: --train-args override the recipe
-        if f"--{key}" in args.train_args:
-            settings[key] = int(args.train_args[args.train_args.index(f"--{key}") + 1])
-    prompts = len(load_prompt_dataset(settings["dataset_name"], "train"))
-    budget = prompts * settings["num_train_epochs"] * settings["num_generations"]
+    trained = parse_config(["--config", str(RECIPE), *args.train_args])  # the reward-based heads' settings
+    prompts = len(load_prompt_dataset(trained.dataset_name, "train"))
+    budget = prompts * int(trained.num_train_epochs) * trained.num_generations
     heads = {loss: [per_seed[s]["summary"][per_seed[s]["heads"][loss]] for s in args.seeds] for loss in args.objectives}
     result = {
         "seeds": len(args.seeds), "budget_responses": budget,

@@ -174,15 +174,20 @@ class LPOTrainer(Trainer):
             features = [[stored_features(row, self.lm.dtype) for row in batch] for batch in batches]
             total = max(sum(map(len, features)), 1)
             return [self._collate(f, total) for f in features], None
-        rows = [row for batch in batches for row in batch]
-        if self.args.loss_type == "likelihood":
-            features = [self._reference_features(row) for row in rows]
-            counts = torch.tensor([len(features)] * 3, dtype=torch.float64)
-        else:
-            features, _, counts = self._make_pairs(rows)
+        features, counts = self._step_features([row for batch in batches for row in batch])
         self._check_progress(counts)
         total = max(len(features), 1)
         return [self._collate(features[i::len(batches)], total) for i in range(len(batches))], None
+
+    def _step_features(self, rows: list[dict]) -> tuple[list, torch.Tensor]:
+        """An online step's training units and its (pairs, valid rewards, responses) counts: the references'
+        teacher-forced features for the likelihood objective (no reward: every reference counts), else the pairs
+        or groups of freshly sampled responses."""
+        if self.args.loss_type == "likelihood":
+            features = [self._reference_features(row) for row in rows]
+            return features, torch.tensor([len(features)] * 3, dtype=torch.float64)
+        features, _, counts = self._make_pairs(rows)
+        return features, counts
 
     def _check_progress(self, counts: torch.Tensor) -> None:
         """Stop loudly when the step had no valid reward, or when no pair has formed for
