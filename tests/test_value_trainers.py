@@ -200,7 +200,7 @@ def test_shared_value_head_on_a_frozen_backbone_learns_a_prefix_rule(tiny_lm, tm
     is unchanged, and the saved checkpoint is a plain value model (all rows equal) whose end scores are the
     trained ones; token-level explicit guidance refuses it."""
     from lpo_train.guidance import ExplicitGuidance, end_scores, make_value_model
-    from lpo_train.guidance.value_model import finalize_value_model, freeze_to_head, load_value_model, value_head_kind
+    from lpo_train.guidance.value_model import freeze_to_head, load_value_model, value_head_kind
 
     base, tok = tiny_lm
     recs = _prefix_rule_records()
@@ -213,8 +213,7 @@ def test_shared_value_head_on_a_frozen_backbone_learns_a_prefix_rule(tiny_lm, tm
     trainer.train()
     held = trainer.pairwise_accuracy(recs[120:])
     assert held > 0.9
-    finalize_value_model(trainer.model)
-    trainer.save_model()
+    trainer.save_model()  # a SharedValueHead saves as the plain layer
     value, _ = load_value_model(tmp_path / "v")
     assert value_head_kind(value) == "shared"
     rows = value.get_output_embeddings().weight

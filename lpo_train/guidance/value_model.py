@@ -73,7 +73,7 @@ def make_value_model(backbone, head: str = "token"):
     one of ``VALUE_HEADS``, see the module docstring).
 
     A zero head makes every value 0 at the start, so untrained guidance changes nothing. A ``"shared"``
-    head trains as ``SharedValueHead``; ``finalize_value_model`` turns it into the saved layer.
+    head is a ``SharedValueHead``, whose state dict is already the saved layer.
     """
     if head not in VALUE_HEADS:
         raise ValueError(f"value head must be one of {VALUE_HEADS}, got {head!r}.")
@@ -98,14 +98,6 @@ def make_value_model(backbone, head: str = "token"):
     model.set_output_embeddings(layer)
     setattr(model.config, FLAG, True)
     setattr(model.config, HEAD_FLAG, head)
-    return model
-
-
-def finalize_value_model(model):
-    """The value model in its saved form: a ``SharedValueHead`` becomes the plain layer (in place)."""
-    layer = model.get_output_embeddings()
-    if isinstance(layer, SharedValueHead):
-        model.set_output_embeddings(layer.to_linear())
     return model
 
 

@@ -265,7 +265,7 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
     """A value model (``args``: ``ExplicitValueConfig``; token or shared head) on the sampler's scored responses. ``peft_config``:
     a LoRA backbone with the (new, zero) value head fully trained beside it (PEFT's ``modules_to_save``), merged
     into a plain value-model checkpoint when saved, so every reader loads it as before."""
-    from lpo_train.guidance.value_model import finalize_value_model, freeze_to_head, make_value_model
+    from lpo_train.guidance.value_model import freeze_to_head, make_value_model
     from lpo_train.models.loading import load_causal_lm, trainable_lm
 
     if args.freeze_backbone and peft_config is not None:
@@ -299,7 +299,6 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     if peft_config is not None:  # one plain value-model checkpoint: backbone + merged LoRA + the trained head
         trainer.model = trainer.model_wrapped = model.merge_and_unload()
-    finalize_value_model(trainer.model)  # a shared head is saved as the plain layer (all rows equal)
     trainer.save_model()
     metrics = {"kind": "explicit", "value_loss": args.value_loss, "value_head": args.value_head,
                "backbone": "lora" if peft_config is not None else "frozen" if args.freeze_backbone else "full",
