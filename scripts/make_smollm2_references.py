@@ -1,9 +1,9 @@
-"""Write recipes/smollm2-135m/data/references.jsonl: the ``smollm2_mix`` train split (arith, capital, pick) with one
+"""Write recipes/smollm2-135m/data/references.jsonl: the ``smollm2_mix`` train split (its default families) with one
 reference completion per prompt, for the likelihood objective on SmolLM2 (``scripts/replicate_smollm2.py
 --objectives ... likelihood``). The references are correct answers written out, not model samples (so no
-temperature is built into them): arith "The answer is 12.", capital "The capital of Peru is Lima.", pick one
-item of the category (12 listed here, all in the reward's lexicon) drawn at random per prompt ("Giraffe."), as
-the prompt asks.
+temperature is built into them): arith "The answer is 12.", capital "The capital of Peru is Lima.", copy the
+sentence itself, pick and pick_fewshot one item of the category (12 listed here, all in the reward's lexicon)
+drawn at random per prompt ("Giraffe."), as the prompt asks.
 
     python scripts/make_smollm2_references.py
 """
@@ -28,13 +28,15 @@ assert all(w in LEXICONS[c] for c, words in ITEMS.items() for w in words.split()
 
 
 def reference(row: dict, rng: random.Random) -> str:
-    content = row["prompt"][0]["content"]
+    content = row["prompt"][-1]["content"]
     if row["family"] == "arith":
         return f"The answer is {row['answer']}."
     if row["family"] == "capital":
         country = re.search(r"of (.+?)[?.]$", content).group(1)
         return f"The capital of {country} is {row['answer']}."
-    if row["family"] == "pick":
+    if row["family"] == "copy":
+        return row["answer"]
+    if row["family"] in ("pick", "pick_fewshot"):
         return rng.choice(ITEMS[row["answer"]].split()).capitalize() + "."
     raise ValueError(f"No reference for family {row['family']!r}.")
 

@@ -7,7 +7,7 @@ Per seed s:
 1. LPO with the shipped recipe (recipes/smollm2-135m/lpo_seq.yaml: sequence level, Eq. 10, stratified
    exploration), online and offline (the paper's protocol: pairs sampled once from the initial head),
    training seed s, on the suite's train split.
-2. ``lpo-train evaluate`` on the held-out split (``smollm2_mix:eval``): every fixed temperature of the grid
+2. ``lpo-train evaluate`` on the held-out split (``smollm2_mix:eval``; ``--families`` picks other families): every fixed temperature of the grid
    and both heads (argmax), N samples per prompt, sampling seed s.
 The headroom is measured on the fixed-temperature results of all seeds: the mean over families of each
 family's best fixed T, minus the best single fixed T (families are balanced, so the overall mean is the
@@ -34,6 +34,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+from lpo_train.tasks.smollm2_mix import DEFAULT_FAMILIES  # noqa: E402
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "lpo_seq.yaml"
 TEMPS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 # --objectives: the likelihood objective (no reward, no sampled response) fits one reference per train prompt
@@ -54,26 +55,52 @@ def headroom(fixed_by_family: dict[str, dict[float, float]]) -> dict:
             "per_family_best_mean_reward": oracle, "fixed_mean_reward": {f"{t:.1f}": overall[t] for t in TEMPS}}
 
 
+def _stamp(args: list[str]) -> str:
+    """What a head was trained from: the recipe text, the flags, the train prompts and the suite's reward code."""
+    import hashlib
+    import inspect
+
+    from lpo_train.data import load_prompt_dataset
+    from lpo_train.tasks import smollm2_mix
+    from lpo_train.train import parse_config
+
+    rows = load_prompt_dataset(parse_config(args).dataset_name, "train").to_list()
+    text = RECIPE.read_text() + repr(args) + json.dumps(rows, sort_keys=True) + inspect.getsource(smollm2_mix)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def train_head(protocol: str, seed: int, out: Path, extra: list[str], tag: str = "") -> tuple[Path, float]:
+    """Train a head, or reuse the one in its folder when its stamp says it was trained from the same recipe,
+    flags, prompts and reward code; a head (and offline pairs) from anything else is retrained, never reused."""
     from lpo_train.train import main as train_main
 
     head_dir = out / f"head_{protocol}{'_' + tag if tag else ''}_seed{seed}"
-    if (head_dir / "model.safetensors").exists():
-        return head_dir, float("nan")
-    start = time.time()
+    pairs = out / f"pairs{'_' + tag if tag else ''}_seed{seed}.parquet"
     args = ["--config", str(RECIPE), "--seed", str(seed), "--output_dir", str(head_dir), "--save_strategy", "no",
             "--overwrite_output_dir", "true", *extra]
     if protocol == "offline":
-        args += ["--protocol", "offline", "--pairs_path", str(out / f"pairs{'_' + tag if tag else ''}_seed{seed}.parquet")]
+        args += ["--protocol", "offline", "--pairs_path", str(pairs)]
+    stamp, stamp_file = _stamp(args), head_dir / "replicate_stamp.sha"
+    if (head_dir / "model.safetensors").exists() and stamp_file.exists() and stamp_file.read_text().strip() == stamp:
+        return head_dir, float("nan")
+    if protocol == "offline" and pairs.exists():  # built from an older recipe or suite
+        pairs.unlink()
+    start = time.time()
     train_main(args)
+    stamp_file.write_text(stamp + "\n")
     return head_dir, time.time() - start
+
+
+def suite(args, split: str) -> str:
+    """The dataset name of ``args.families`` (the suite's defaults unless --families says otherwise)."""
+    return f"smollm2_mix:{split}" + ("" if tuple(args.families) == DEFAULT_FAMILIES else ":" + "+".join(args.families))
 
 
 def evaluate_heads(heads, seed: int, out: Path, args) -> dict:
     """Every fixed temperature and the heads (argmax) on the held-out split; cached runs are reused."""
     from lpo_train.evaluation.harness import EvalConfig, evaluate
 
-    config = EvalConfig(model_name_or_path="smollm2", dataset_name="smollm2_mix:eval", reward_funcs=["smollm2_mix"],
+    config = EvalConfig(model_name_or_path="smollm2", dataset_name=suite(args, "eval"), reward_funcs=["smollm2_mix"],
                         temperatures=TEMPS, strategies=[f"head:{h}" for h in heads],
                         num_generations=args.num_generations, max_completion_length=args.max_completion_length,
                         generation_batch_size=128, answer_extractor="last_number", seed=seed, n_boot=1000,
@@ -120,7 +147,7 @@ def objectives(args) -> dict:
                                               for f in hs[0]["mean_value_by_family"]} for loss, hs in heads.items()},
         "settings": {"recipe": str(RECIPE.relative_to(ROOT)), "protocol": "online", "train_prompts": prompts,
                      "num_generations": args.num_generations, "max_completion_length": args.max_completion_length,
-                     "train_args": args.train_args, "held_out": "smollm2_mix:eval, argmax heads"},
+                     "train_args": args.train_args, "held_out": f"{suite(args, 'eval')}, argmax heads"},
         "timings_seconds": timings,
         "command": "python scripts/replicate_smollm2.py --seeds " + " ".join(map(str, args.seeds))
                    + " --objectives " + " ".join(args.objectives),
@@ -139,12 +166,19 @@ def main(argv=None) -> dict:
     p.add_argument("--max-completion-length", type=int, default=32)
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="extra lpo-train train flags for every head (after everything else)")
+    p.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES), metavar="FAMILY",
+                   help="the smollm2_mix families (default: the suite's defaults; 'arith capital pick' is the suite "
+                        "of the first replication, docs/results.md 8.2-8.3)")
     p.add_argument("--tag", default="", help="names a variant's heads and JSON files (e.g. 'n6_all')")
     p.add_argument("--output-dir", default=str(ROOT / "outputs" / "replicate" / "smollm2_mix"))
     p.add_argument("--json-dir", default=str(ROOT / "docs" / "results"))
     p.add_argument("--objectives", nargs="+", default=None, metavar="LOSS",
                    help="compare online heads of these loss types (see the module docstring)")
     args = p.parse_args(argv)
+    if tuple(args.families) != DEFAULT_FAMILIES:  # train on the same families (later --train-args still override)
+        if args.objectives and "likelihood" in args.objectives:
+            p.error("the likelihood references (recipes/smollm2-135m/data/references.jsonl) are the default suite's.")
+        args.train_args = ["--dataset_name", suite(args, "train"), *args.train_args]
     if args.objectives:
         if args.tag or args.protocols != ["online", "offline"]:
             p.error("--objectives trains online heads named by their loss: it takes no --tag or --protocols.")
@@ -181,7 +215,7 @@ def main(argv=None) -> dict:
         result = {
             "method": f"AD-seq (LPO Eq. 10, {protocol}, stratified exploration), argmax selection, "
                       "SmolLM2-135M-Instruct (dequantised Q4_1 GGUF), CPU",
-            "seeds": len(args.seeds), "protocol": protocol, "suite": "smollm2_mix (arith, capital, pick)",
+            "seeds": len(args.seeds), "protocol": protocol, "suite": f"smollm2_mix ({', '.join(args.families)})",
             "headroom": room["headroom"], "headroom_detail": room,
             "win_rate_vs_fixed": {f"{t:.1f}": statistics.fmean(h["win_rate_vs_fixed"][f"{t:g}"]["win_rate"] for h in hs)
                                   for t in TEMPS},

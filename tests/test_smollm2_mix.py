@@ -4,7 +4,8 @@ import pytest
 
 from lpo_train.data import load_prompt_dataset
 from lpo_train.rewards import resolve_reward
-from lpo_train.tasks.smollm2_mix import all_rows, list_items, list_score, make_rows, named_item, pick_scores
+from lpo_train.tasks.smollm2_mix import (DEFAULT_FAMILIES, all_rows, copy_score, list_items, list_score, make_rows,
+                                         named_item, pick_scores)
 
 
 def test_list_reward_counts_distinct_valid_items():
@@ -29,6 +30,25 @@ def test_pick_reward_pays_for_valid_answers_that_differ_between_samples():
     assert named_item(late, "animals") is None and named_item("Sure! The zebra.", "animals") == "zebra"
 
 
+def test_copy_reward_needs_the_sentence_word_for_word():
+    sentence = "The small dog waits near the station every morning."
+    assert copy_score('Sure! "The small dog waits near the station every morning."', sentence) == 1.0  # quoted, framed
+    assert copy_score("the small dog waits near the station, every morning", sentence) == 1.0  # case, punctuation
+    assert copy_score("The small dog waits near the train station every morning.", sentence) == 0.0  # a sampled slip
+    assert copy_score("The small dog waits near the station.", sentence) == 0.0  # cut short
+    assert copy_score("The small dogs waits near the station every morning.", sentence) == 0.0  # whole words only
+
+
+def test_pick_fewshot_prompts_are_pick_requests_after_four_one_word_turns():
+    rows = {r["family"]: r for r in all_rows() if r["prompt"][-1]["content"] == "Name a random animal. Answer with one word."}
+    assert rows["pick"]["prompt"] == [{"role": "user", "content": "Name a random animal. Answer with one word."}]
+    turns = rows["pick_fewshot"]["prompt"]
+    assert [t["role"] for t in turns] == ["user", "assistant"] * 4 + ["user"] and turns[-1] == rows["pick"]["prompt"][0]
+    assert "Otter." not in [t["content"] for t in turns]  # the asked category's own example is left out
+    assert all(len(t["content"].split()) == 1 for t in turns[1:-1:2])  # the format taught: one word
+    assert rows["pick"]["split"] == rows["pick_fewshot"]["split"]  # a held-out request is held out in both forms
+
+
 def test_builtin_reward_dispatches_by_family():
     reward = resolve_reward("smollm2_mix")
     prompts = [[{"role": "user", "content": "What is 3 + 4?"}], [{"role": "user", "content": "Capital?"}],
@@ -36,18 +56,26 @@ def test_builtin_reward_dispatches_by_family():
     out = reward(prompts, ["3 + 4 = 7.", "It is Paris.", "Mango", "Mango!"], family=["arith", "capital", "pick", "pick"],
                  answer=["7", "Paris", "fruits", "fruits"])
     assert out == [1.0, 1.0, 0.5, 0.5]
+    fewshot = next(r for r in make_rows("smollm2_mix:eval:pick_fewshot") if r["answer"] == "animals")
+    copy = make_rows("smollm2_mix:eval:copy")[0]
+    out = reward([fewshot["prompt"]] * 3 + [copy["prompt"]], ["Lynx.", "Zarilla.", "Lynx", copy["answer"]],
+                 family=["pick_fewshot"] * 3 + ["copy"], answer=[fewshot["answer"]] * 3 + [copy["answer"]])
+    assert out == [0.5, 0.0, 0.5, 1.0]  # two lynxes share the credit, an invented animal earns nothing
     with pytest.raises(ValueError, match="no reward for family 'story'"):
         reward(None, ["x"], family=["story"], answer=[""])
 
 
 def test_splits_are_disjoint_balanced_and_usable_by_name():
+    import json
+
     train, held = make_rows("smollm2_mix"), make_rows("smollm2_mix:eval")
-    text = lambda rows: {r["prompt"][0]["content"] for r in rows}  # noqa: E731
+    text = lambda rows: {r["prompt"][-1]["content"] for r in rows}  # noqa: E731
     assert not text(train) & text(held)
+    assert set(DEFAULT_FAMILIES) == {"capital", "copy", "pick_fewshot"}
     for rows in (train, held):
-        counts = {f: sum(r["family"] == f for r in rows) for f in ("arith", "capital", "pick")}
-        assert len(set(counts.values())) == 1 and min(counts.values()) >= 19
-    assert len(all_rows()) == len({r["prompt"][0]["content"] for r in all_rows()})  # no duplicate prompt
+        counts = {f: sum(r["family"] == f for r in rows) for f in DEFAULT_FAMILIES}
+        assert sum(counts.values()) == len(rows) and len(set(counts.values())) == 1 and min(counts.values()) >= 19
+    assert len(all_rows()) == len({json.dumps(r["prompt"]) for r in all_rows()})  # no duplicate prompt
     only = load_prompt_dataset("smollm2_mix:eval:arith+pick")
     assert set(only["family"]) == {"arith", "pick"}
     with pytest.raises(ValueError, match="Unknown smollm2_mix families"):

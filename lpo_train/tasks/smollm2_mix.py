@@ -1,28 +1,37 @@
 """``smollm2_mix``: a mixed prompt suite for SmolLM2-135M-Instruct with measured temperature headroom.
 
-Three families, all scored offline, each with a reward that neither extreme can game:
+Families, all scored offline, each with a reward that neither extreme can game:
 
-- ``arith``: "What is a + b?" (single digits); 1 if the last number of the answer is the sum.
-  SmolLM2 is right most often greedily; sampling adds arithmetic slips.
 - ``capital``: "What is the capital of X?"; 1 if the capital is named as a whole word.
   Greedy is nearly always right; sampling drifts.
-- ``list``: "List 8 different animals, one per line." (animals, fruits, vegetables, colours,
-  countries, sports, instruments); reward = distinct *valid* items / requested count. Greedy
-  lists loop ("4. Fish 5. Fish 6. Fish ..."), so they score low on distinctness; hot samples
-  invent words ("Pomerpec", "Foxhawk") or derail into noise, which the category lexicon rejects.
-  The lexicon is the fluency/coherence signal, distinctness the diversity signal.
-- ``pick``: "Name a random animal. Answer with one word." A request for a *random* choice, asked
-  N times: each sample earns 1 / (how many samples of the same prompt named the same item) when
-  it names a lexicon item within its first 12 words, else 0. Greedy gives the same
-  answer N times (1 / N each); hot samples ramble or invent words, which earns nothing. This
+- ``copy``: "Repeat this sentence exactly: The small dog waits near the station every morning.";
+  1 if the answer contains the sentence word for word (case and punctuation aside). Greedy copies
+  most sentences; every sampled slip breaks the copy, so the reward falls fast with T.
+- ``pick_fewshot``: "Name a random animal. Answer with one word.", after four earlier turns that
+  answer other random requests with one word ("Name a random fruit. One word." -> "Mango."). A
+  request for a *random* choice, asked N times: each sample earns 1 / (how many samples of the
+  same prompt named the same item) when it names a category lexicon item within its first 12
+  words, else 0. Greedy gives the same answer N times (1 / N each); hot samples invent words
+  ("Zarilla", "Amarlek"), which earn nothing. Diversity and validity both count. The earlier turns
+  teach the one-word format, so hot samples stay real names more often than without them. This
   reward is a function of the prompt's group of samples (the trainer and ``evaluate`` score all N
   samples of a prompt in one call; it groups by prompt).
+- ``arith``: "What is a + b?" (single digits); 1 if the last number of the answer is the sum.
+  Right most often at T = 0-0.2, but nearly flat up to T = 0.6 (not a default: little
+  temperature signal).
+- ``pick``: ``pick_fewshot`` without the earlier turns (the first replication's hot family; most
+  answers are non-answers at every T, best about 0.27 at T = 0.4).
+- ``list``: "List 8 different animals, one per line." (animals, fruits, vegetables, colours,
+  countries, sports, instruments); reward = distinct *valid* items / requested count. Greedy
+  lists loop ("4. Fish 5. Fish 6. Fish ..."), hot samples invent words, which the lexicon
+  rejects. Not a default: greedy is already its best temperature.
 
 ``dataset_name: smollm2_mix`` (train split) and ``smollm2_mix:eval`` (held out) give disjoint
-prompts (split by a hash of the prompt text) of the default families (arith, capital, pick),
-optionally ``smollm2_mix:eval:FAMILY+FAMILY`` (``list`` is available, not a default: greedy is
-already its best temperature). Families are balanced: each contributes as many prompts as the
-smallest one, interleaved. The reward is the built-in ``smollm2_mix``.
+prompts (split by a hash of the last user turn) of the default families (capital, copy,
+pick_fewshot), optionally ``smollm2_mix:eval:FAMILY+FAMILY``
+(``smollm2_mix:train:arith+capital+pick`` is the suite of the first replication, docs/results.md
+8.2-8.3). Families are balanced: each contributes as many prompts as the smallest one,
+interleaved. The reward is the built-in ``smollm2_mix``.
 """
 
 from __future__ import annotations
@@ -35,8 +44,9 @@ from lpo_train.tasks.toy import arith_final_score
 from lpo_train.text import answer_mentioned, completion_text, long_non_repetitive
 
 NAME = "smollm2_mix"
-FAMILIES = ("arith", "capital", "list", "pick")
-DEFAULT_FAMILIES = ("arith", "capital", "pick")  # two where greedy wins, one where a higher T wins (measured)
+FAMILIES = ("arith", "capital", "copy", "list", "pick", "pick_fewshot")
+DEFAULT_FAMILIES = ("capital", "copy", "pick_fewshot")  # two where greedy wins, one where a higher T wins (measured)
+PICK_FAMILIES = ("pick", "pick_fewshot")  # one reward over the group of a prompt's samples
 
 _LEXICON_TEXT = {
     "animals": """
@@ -144,6 +154,20 @@ _PICK_TEMPLATES = ("Name a random {s}. Answer with one word.", "Pick any {s} at 
 _SINGULAR_WORDS = {"animals": "animal", "fruits": "fruit", "vegetables": "vegetable", "colors": "colour",
                    "countries": "country", "sports": "sport", "instruments": "musical instrument"}
 PICK_MAX_WORDS = 12
+# earlier turns of a pick_fewshot prompt: (category, request, answer); the four of other categories than the asked one
+_PICK_SHOTS = (("colors", "Name a random colour. One word.", "Teal."),
+               ("fruits", "Name a random fruit. One word.", "Mango."),
+               ("animals", "Name a random animal. One word.", "Otter."),
+               ("sports", "Name a random sport. One word.", "Rowing."),
+               ("countries", "Name a random country. One word.", "Peru."))
+_COPY_TEMPLATES = ("Repeat this sentence exactly: {x}", "Copy the following sentence word for word: {x}",
+                   "Write this sentence again, exactly as it is: {x}")
+_COPY_SUBJECTS = ("The small dog", "My old neighbour", "A tired teacher", "The red bus", "Her little brother",
+                  "The quiet student", "A young farmer", "The black cat")
+_COPY_ENDINGS = ("waits near the station every morning.", "walked slowly across the wet field.",
+                 "sings a song before going to bed.", "forgot the keys on the kitchen table.",
+                 "found a blue stone by the river.", "stopped to read the sign on the door.",
+                 "bought fresh bread at the corner shop.", "watched the rain from the open window.")
 _ARITH_TEMPLATES = ("What is {a} + {b}?", "Compute {a} + {b}.", "How much is {a} plus {b}?")
 
 _NUMBERING = re.compile(r"^\s*(?:[-*•]+|\(?\d+[.):]|[a-z][.)])\s*", re.IGNORECASE)
@@ -209,12 +233,21 @@ def pick_scores(texts: list[str], categories: list[str], groups: list) -> list[f
     return [0.0 if it is None else 1.0 / counts[(g, it)] for g, it in zip(groups, items)]
 
 
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def copy_score(text: str, sentence: str) -> float:
+    """1 if the answer contains ``sentence`` word for word (case, punctuation and spacing ignored), else 0."""
+    return float(f" {_words(sentence)} " in f" {_words(text)} ")
+
+
 def _list_reward(text: str, answer: str) -> float:
     category, _, count = answer.partition(":")
     return list_score(text, category, int(count))
 
 
-_SMOLLM2_MIX = {"arith": arith_final_score, "capital": answer_mentioned, "list": _list_reward}
+_SMOLLM2_MIX = {"arith": arith_final_score, "capital": answer_mentioned, "copy": copy_score, "list": _list_reward}
 _REAL_MIX = {"arith": arith_final_score, "capital": answer_mentioned, "story": lambda text, _: long_non_repetitive(text)}
 
 
@@ -227,7 +260,7 @@ def _per_sample(suite: str, scorers: dict, family: str, text: str, answer: str) 
 
 def smollm2_mix_reward(prompts, completions, family, answer, **kwargs) -> list[float]:
     """arith: the last number is the sum; capital: the capital is named; list: ``list_score``
-    (``answer`` is "CATEGORY:COUNT"); pick: ``pick_scores`` over the samples of each prompt
+    (``answer`` is "CATEGORY:COUNT"); pick and pick_fewshot: ``pick_scores`` over the samples of each prompt
     (``answer`` is the category)."""
     import json
 
@@ -235,9 +268,9 @@ def smollm2_mix_reward(prompts, completions, family, answer, **kwargs) -> list[f
     picks = []
     prompts = prompts if prompts is not None else [None] * len(completions)
     for i, (c, f, a) in enumerate(zip(completions, family, answer, strict=True)):
-        if f == "pick":
+        if f in PICK_FAMILIES:
             picks.append(i)
-        out.append(None if f == "pick" else _per_sample(NAME, _SMOLLM2_MIX, f, completion_text(c), a))
+        out.append(None if f in PICK_FAMILIES else _per_sample(NAME, _SMOLLM2_MIX, f, completion_text(c), a))
     if picks:
         scores = pick_scores([completion_text(completions[i]) for i in picks], [answer[i] for i in picks],
                              [json.dumps(prompts[i], sort_keys=True) for i in picks])
@@ -261,6 +294,10 @@ def all_rows() -> list[dict]:
         for j, template in enumerate(_CAPITAL_TEMPLATES):
             if (i + j) % 2 == 0:
                 rows.append(("capital", template.format(x=country), capital))
+    for i, subject in enumerate(_COPY_SUBJECTS):
+        for j, ending in enumerate(_COPY_ENDINGS):
+            sentence = f"{subject} {ending}"
+            rows.append(("copy", _COPY_TEMPLATES[(i + j) % len(_COPY_TEMPLATES)].format(x=sentence), sentence))
     for category, words in _CATEGORY_WORDS.items():
         for k in _LIST_COUNTS:
             for template in _LIST_TEMPLATES:
@@ -268,8 +305,17 @@ def all_rows() -> list[dict]:
     for category, word in _SINGULAR_WORDS.items():
         for template in _PICK_TEMPLATES:
             rows.append(("pick", template.format(s=word), category))
-    return [{"prompt": [{"role": "user", "content": content}], "family": family, "answer": answer,
-             "split": _split_of(content)} for family, content, answer in rows]
+            rows.append(("pick_fewshot", template.format(s=word), category))
+    return [{"prompt": _turns(family, answer) + [{"role": "user", "content": content}], "family": family,
+             "answer": answer, "split": _split_of(content)} for family, content, answer in rows]
+
+
+def _turns(family: str, category: str) -> list[dict]:
+    """The earlier turns of a prompt: none, or for ``pick_fewshot`` four one-word answers to other requests."""
+    if family != "pick_fewshot":
+        return []
+    shots = [(q, a) for c, q, a in _PICK_SHOTS if c != category][:4]
+    return [{"role": role, "content": text} for q, a in shots for role, text in (("user", q), ("assistant", a))]
 
 
 def make_rows(spec: str, seed: int = 0) -> list[dict]:
