@@ -35,7 +35,13 @@ def test_two_steps_train_only_the_head(toy_lm_folder, tmp_path, level):
     assert first["choice/kl_from_uniform"] == pytest.approx(0.0, abs=1e-4)
     assert first["rewards/margins"] == pytest.approx(first["rewards/chosen"] - first["rewards/rejected"], abs=1e-5)
     assert first["pairs/reward_chosen"] > first["pairs/reward_rejected"]
-    assert (tmp_path / "out" / "completions" / "completions_00001.parquet").exists()
+    import pandas as pd
+
+    written = pd.read_parquet(tmp_path / "out" / "completions" / f"completions_{trainer.state.global_step:05d}.parquet")
+    last = trainer._completions  # the last step's samples, labelled with the step they were sampled for
+    assert written.to_dict("records")[0] == {"step": 2, **last[0], "choices": pytest.approx(last[0]["choices"])}
+    assert len(written) == len(last) and set(written["step"]) == {2} and trainer.state.global_step == 2
+    assert set(written["pair_role"]) <= {"", "chosen", "rejected"} and "chosen" in set(written["pair_role"])
 
 
 def test_save_model_writes_only_the_head_with_a_card(toy_lm_folder, tmp_path):

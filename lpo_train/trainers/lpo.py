@@ -306,9 +306,13 @@ class LPOTrainer(Trainer):
         return self._references[key]
 
     def bare_head(self) -> AdaptiveDecoderHead:
-        """The head, unwrapped (from DDP / DeepSpeed, and from the joint head + LoRA module)."""
-        model = self.accelerator.unwrap_model(self.model)
-        return model.head if isinstance(model, JointHeadLM) else model
+        """The head, unwrapped (from DDP / DeepSpeed, and from the joint head + LoRA module); unwrapped once per
+        ``self.model`` (accelerate's unwrap costs milliseconds, and a step asks several times)."""
+        cached = getattr(self, "_bare_head", None)
+        if cached is None or cached[0] is not self.model:
+            model = self.accelerator.unwrap_model(self.model)
+            cached = self._bare_head = (self.model, model.head if isinstance(model, JointHeadLM) else model)
+        return cached[1]
 
     @contextmanager
     def _head_for_generation(self):
@@ -509,8 +513,8 @@ class LPOTrainer(Trainer):
                                      "samples" if self.args.loss_type == "group_relative" else "pairs")
         self._record(metrics)
         self._warn_on_collapse(metrics, len(grid))
-        self._completions = [{
-            "step": self.state.global_step, "prompt": str(rows[t.prompt_index]["prompt"]), "completion": t.text,
+        self._completions = [{  # their "step" is given when written: the optimizer step they were sampled for
+            "prompt": str(rows[t.prompt_index]["prompt"]), "completion": t.text,
             "reward": float(rewards[i]), "choices": [grid[c] for c in (t.choices or [])],
             "family": rows[t.prompt_index].get("family"), "pair_role": roles.get((t.prompt_index, t.sample_index), ""),
         } for i, t in enumerate(traces)]

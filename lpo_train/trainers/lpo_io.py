@@ -68,14 +68,17 @@ def pad(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
 
 def write_completions(completions: list[dict], output_dir: str, step: int, report_to) -> None:
     """``output_dir/completions/completions_<step>.parquet``, and a table for W&B / trackio."""
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     folder = Path(output_dir) / "completions"
     folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(completions)
-    frame.to_parquet(folder / f"completions_{step:05d}.parquet")
+    rows = pa.Table.from_pylist([{"step": step, **row} for row in completions])
+    pq.write_table(rows, folder / f"completions_{step:05d}.parquet")  # pyarrow, not pandas: cheaper every log
     trackers = report_to or []
-    table = frame.astype({"choices": str})
+    if not {"wandb", "trackio"} & set(trackers):
+        return
+    table = rows.to_pandas().astype({"choices": str})
     if "wandb" in trackers:
         import wandb
 
