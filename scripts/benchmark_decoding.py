@@ -10,6 +10,10 @@ per method in a fresh subprocess (CPU: peak RSS over RSS before the call; CUDA: 
     python scripts/benchmark_decoding.py --model smollm2 --batch 32 --new-tokens 128 --eos --split \
         --methods hf_generate fixed_T fixed_T_dynamic_cache
 
+``--lengths 64 128 256`` prints tokens/s per method at each length instead (is the cost per token flat?):
+
+    python scripts/benchmark_decoding.py --model smollm2 --batch 32 --lengths 64 128 256 --methods hf_generate fixed_T ad_token
+
 ``--eos`` keeps EOS active (engine and HF stop rows at EOS; tokens/s counts the tokens generated).
 ``--split`` adds, per engine method, the share of the call spent in the model's forward passes (body
 and LM head, timed around the engine's one forward call) and in everything else (the engine's own
@@ -180,11 +184,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--eos", action="store_true", help="keep EOS active (default: decode every token)")
     parser.add_argument("--split", action="store_true", help="time the model's forward passes inside engine calls")
+    parser.add_argument("--lengths", type=int, nargs="+",
+                        help="tokens/s of every method at each of these lengths (one process; no memory figures)")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         print(json.dumps({"peak_mib": peak_memory_mib(args.only, args)}))
         return
+    if args.lengths:
+        return by_length(args)
     tps, spread, shares = time_all(args)
     peaks = {}
     for method in args.methods:  # each method's peak memory in its own process
@@ -207,6 +215,22 @@ def main() -> None:
         print("\n| method | model forward | everything else (engine) |\n|---|---|---|")
         for m, share in shares.items():
             print(f"| {m} | {share:.1%} | {1 - share:.1%} |")
+
+
+def by_length(args) -> None:
+    """Tokens/s per method as the length grows (methods interleaved at each length): a flat row means a flat
+    cost per token."""
+    tps = {}
+    for n in args.lengths:
+        args.new_tokens = n
+        tps[n] = time_all(args)[0]
+    print(f"model={args.model} device={args.device} batch={args.batch} eos={'active' if args.eos else 'ignored'} "
+          f"repeats={args.repeats} (median tokens/s, methods interleaved at each length)")
+    print("| method | " + " | ".join(f"{n} tokens" for n in args.lengths) + f" | {args.lengths[-1]} / {args.lengths[0]} |")
+    print("|---|" + "---|" * (len(args.lengths) + 1))
+    for m in args.methods:
+        row = " | ".join(f"{tps[n][m]:.0f}" for n in args.lengths)
+        print(f"| {m} | {row} | {tps[args.lengths[-1]][m] / tps[args.lengths[0]][m]:.2f} |")
 
 
 if __name__ == "__main__":
