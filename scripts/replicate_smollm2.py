@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
                    help="extra lpo-train train flags for every head (after everything else)")
     p.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES), metavar="FAMILY",
                    help="the smollm2_mix families (default: the suite's defaults; 'arith capital pick' is the suite "
-                        "of the first replication, docs/results.md 8.2-8.3)")
+                        "of the first replication, docs/results.md 8.3-8.5)")
     p.add_argument("--tag", default="", help="names a variant's heads and JSON files (e.g. 'n6_all')")
     p.add_argument("--output-dir", default=str(ROOT / "outputs" / "replicate" / "smollm2_mix"))
     p.add_argument("--json-dir", default=str(ROOT / "docs" / "results"))

@@ -30,7 +30,7 @@ Families, all scored offline, each with a reward that neither extreme can game:
 prompts (split by a hash of the last user turn) of the default families (capital, copy,
 pick_fewshot), optionally ``smollm2_mix:eval:FAMILY+FAMILY``
 (``smollm2_mix:train:arith+capital+pick`` is the suite of the first replication, docs/results.md
-8.2-8.3). Families are balanced: each contributes as many prompts as the smallest one,
+8.3-8.5). Families are balanced: each contributes as many prompts as the smallest one,
 interleaved. The reward is the built-in ``smollm2_mix``.
 """
 
