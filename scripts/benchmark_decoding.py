@@ -218,8 +218,11 @@ def main() -> None:
 
 
 def by_length(args) -> None:
-    """Tokens/s per method as the length grows (methods interleaved at each length): a flat row means a flat
-    cost per token."""
+    """Tokens/s per method as the length grows (methods interleaved at each length; each length builds its calls
+    afresh: the same model weights and prompts, a fresh head): a flat row means a flat cost per token."""
+    if args.split:
+        raise SystemExit("--lengths prints tokens/s only; run --split at one --new-tokens.")
+    args.lengths = sorted(args.lengths)
     tps = {}
     for n in args.lengths:
         args.new_tokens = n

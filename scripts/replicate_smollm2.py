@@ -56,17 +56,19 @@ def headroom(fixed_by_family: dict[str, dict[float, float]]) -> dict:
 
 
 def _stamp(args: list[str]) -> str:
-    """What a head was trained from: the recipe text, the flags, the train prompts and the suite's reward code."""
-    import hashlib
-    import inspect
-
+    """What a head was trained from: every training setting (not where it is written), the train prompts and the
+    suite's module file (its rewards; an edit of it retrains, as it re-evaluates). The trainer's own code is not
+    covered: after a trainer change, delete the outputs folder."""
     from lpo_train.data import load_prompt_dataset
+    from lpo_train.evaluation.harness import file_fingerprint, rows_fingerprint
     from lpo_train.tasks import smollm2_mix
     from lpo_train.train import parse_config
 
-    rows = load_prompt_dataset(parse_config(args).dataset_name, "train").to_list()
-    text = RECIPE.read_text() + repr(args) + json.dumps(rows, sort_keys=True) + inspect.getsource(smollm2_mix)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    config = parse_config(args)
+    settings = {k: v for k, v in config.to_dict().items()
+                if k not in ("output_dir", "pairs_path", "logging_dir", "run_name", "overwrite_output_dir")}
+    rows = load_prompt_dataset(config.dataset_name, "train").to_list()
+    return rows_fingerprint([settings, rows_fingerprint(rows), file_fingerprint(Path(smollm2_mix.__file__))])
 
 
 def train_head(protocol: str, seed: int, out: Path, extra: list[str], tag: str = "") -> tuple[Path, float]:
@@ -83,6 +85,7 @@ def train_head(protocol: str, seed: int, out: Path, extra: list[str], tag: str =
     stamp, stamp_file = _stamp(args), head_dir / "replicate_stamp.sha"
     if (head_dir / "model.safetensors").exists() and stamp_file.exists() and stamp_file.read_text().strip() == stamp:
         return head_dir, float("nan")
+    stamp_file.unlink(missing_ok=True)
     if protocol == "offline" and pairs.exists():  # built from an older recipe or suite
         pairs.unlink()
     start = time.time()
@@ -150,7 +153,8 @@ def objectives(args) -> dict:
                      "train_args": args.train_args, "held_out": f"{suite(args, 'eval')}, argmax heads"},
         "timings_seconds": timings,
         "command": "python scripts/replicate_smollm2.py --seeds " + " ".join(map(str, args.seeds))
-                   + " --objectives " + " ".join(args.objectives),
+                   + " --objectives " + " ".join(args.objectives)
+                   + (" --train-args " + " ".join(args.train_args) if args.train_args else ""),
     }
     Path(args.json_dir, "objectives_smollm2.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("mean_reward", "best_fixed_temperature", "win_rate_vs_best_fixed",
@@ -175,10 +179,13 @@ def main(argv=None) -> dict:
     p.add_argument("--objectives", nargs="+", default=None, metavar="LOSS",
                    help="compare online heads of these loss types (see the module docstring)")
     args = p.parse_args(argv)
-    if tuple(args.families) != DEFAULT_FAMILIES:  # train on the same families (later --train-args still override)
-        if args.objectives and "likelihood" in args.objectives:
-            p.error("the likelihood references (recipes/smollm2-135m/data/references.jsonl) are the default suite's.")
-        args.train_args = ["--dataset_name", suite(args, "train"), *args.train_args]
+    if tuple(args.families) != DEFAULT_FAMILIES:
+        if args.objectives:
+            p.error("--objectives compares losses on the default families (its likelihood references and its "
+                    "output names are theirs); it takes no --families.")
+        if not args.tag:
+            p.error("--families other than the defaults needs a --tag, or its heads and JSON files would replace "
+                    "the default suite's (e.g. --tag first_suite).")
     if args.objectives:
         if args.tag or args.protocols != ["online", "offline"]:
             p.error("--objectives trains online heads named by their loss: it takes no --tag or --protocols.")
@@ -186,10 +193,12 @@ def main(argv=None) -> dict:
 
     out = Path(args.output_dir)
     per_seed, timings = {}, {}
+    train_args = ([] if tuple(args.families) == DEFAULT_FAMILIES  # train on the same families (--train-args override)
+                  else ["--dataset_name", suite(args, "train")]) + args.train_args
     for seed in args.seeds:
         heads = {}
         for protocol in args.protocols:
-            heads[protocol], timings[f"train_{protocol}_seed{seed}"] = train_head(protocol, seed, out, args.train_args,
+            heads[protocol], timings[f"train_{protocol}_seed{seed}"] = train_head(protocol, seed, out, train_args,
                                                                                   args.tag)
         start = time.time()
         summary = evaluate_heads(heads.values(), seed, out, args)
@@ -232,6 +241,11 @@ def main(argv=None) -> dict:
             "settings": {"recipe": str(RECIPE.relative_to(ROOT)), "num_generations": args.num_generations,
                          "max_completion_length": args.max_completion_length, "train_args": args.train_args},
             "timings_seconds": timings,
+            "command": " ".join(["python scripts/replicate_smollm2.py --seeds", *map(str, args.seeds)]
+                                + (["--protocols", *args.protocols] if args.protocols != ["online", "offline"] else [])
+                                + (["--families", *args.families] if tuple(args.families) != DEFAULT_FAMILIES else [])
+                                + (["--tag", args.tag] if args.tag else [])
+                                + (["--train-args", *args.train_args] if args.train_args else [])),
         }
         suffix = ("" if protocol == "online" else f"_{protocol}") + (f"_{args.tag}" if args.tag else "")
         name = f"smollm2_mixed_seq{suffix}.json"

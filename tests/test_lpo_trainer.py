@@ -42,6 +42,9 @@ def test_two_steps_train_only_the_head(toy_lm_folder, tmp_path, level):
     assert written.to_dict("records")[0] == {"step": 2, **last[0], "choices": pytest.approx(last[0]["choices"])}
     assert len(written) == len(last) and set(written["step"]) == {2} and trainer.state.global_step == 2
     assert set(written["pair_role"]) <= {"", "chosen", "rejected"} and "chosen" in set(written["pair_role"])
+    other = AdaptiveDecoderHead(trainer.bare_head().config)  # the unwrapped head follows a replaced model
+    trainer.model = other
+    assert trainer.bare_head() is other
 
 
 def test_save_model_writes_only_the_head_with_a_card(toy_lm_folder, tmp_path):
@@ -146,6 +149,12 @@ def test_offline_protocol_builds_pairs_once_then_trains_on_them(toy_lm_folder, t
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-4) and len(losses) == 3
+    import pandas as pd  # the samples the pairs came from: written once, as step 0 (before training), not per log
+
+    files = sorted(p.name for p in (tmp_path / "out" / "completions").iterdir())
+    written = pd.read_parquet(tmp_path / "out" / "completions" / "completions_00000.parquet")
+    assert files == ["completions_00000.parquet"] and set(written["step"]) == {0}
+    assert len(written) == 4 * len(set(written["prompt"])) and set(pairs["chosen_text"]) <= set(written["completion"])
     mtime = pairs_path.stat().st_mtime
     again = LPOTrainer(model=str(toy_lm_folder), args=args)  # reuses the stored pairs
     assert pairs_path.stat().st_mtime == mtime and len(again.train_dataset) == len(pairs)

@@ -61,6 +61,10 @@ def test_builtin_reward_dispatches_by_family():
     out = reward([fewshot["prompt"]] * 3 + [copy["prompt"]], ["Lynx.", "Zarilla.", "Lynx", copy["answer"]],
                  family=["pick_fewshot"] * 3 + ["copy"], answer=[fewshot["answer"]] * 3 + [copy["answer"]])
     assert out == [0.5, 0.0, 0.5, 1.0]  # two lynxes share the credit, an invented animal earns nothing
+    zero_shot = next(r for r in all_rows() if r["family"] == "pick" and r["prompt"][-1] == fewshot["prompt"][-1])
+    out = reward([fewshot["prompt"], zero_shot["prompt"]], ["Lynx.", "Lynx."], family=["pick_fewshot", "pick"],
+                 answer=["animals", "animals"])
+    assert out == [1.0, 1.0]  # the same request with and without the earlier turns: two prompts, two groups
     with pytest.raises(ValueError, match="no reward for family 'story'"):
         reward(None, ["x"], family=["story"], answer=[""])
 

@@ -109,6 +109,7 @@ class LPOTrainer(Trainer):
             else self.tokenizer.eos_token_id
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._completions: list[dict] = []
+        self._completions_step, self._completions_written = 0, None  # the step of _completions, the last written
         self._steps_without_pairs = 0
         self._warned_collapse = False
         if head.config.input_norm == "standardize" and not head.input_statistics_set:
@@ -215,16 +216,18 @@ class LPOTrainer(Trainer):
         import datasets
         from tqdm.auto import tqdm
 
-        records = []
+        records, completions = [], []
         starts = range(0, len(prompts), chunk_size)
         for start in tqdm(starts, desc="offline LPO: sampling and pairing", unit="chunk",
                           disable=not self.is_world_process_zero()):
             chunk = [prompts[i] for i in range(start, min(start + chunk_size, len(prompts)))]
             _, stored, _ = self._make_pairs(chunk, keep_records=True)
             records += stored
+            completions += self._completions
             logger.info("offline pairs: %d pairs from %d prompts", len(records), min(start + chunk_size, len(prompts)))
         if not records:
             raise LPOTrainingFailed("No pair could be built from the prompts: every group tied or had no valid reward.")
+        self._completions, self._completions_step = completions, 0  # every sample, once, as "step 0": before training
         dataset = datasets.Dataset.from_list(records)
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -513,7 +516,8 @@ class LPOTrainer(Trainer):
                                      "samples" if self.args.loss_type == "group_relative" else "pairs")
         self._record(metrics)
         self._warn_on_collapse(metrics, len(grid))
-        self._completions = [{  # their "step" is given when written: the optimizer step they were sampled for
+        self._completions_step = self.state.global_step + 1  # the optimizer step these samples are for
+        self._completions = [{
             "prompt": str(rows[t.prompt_index]["prompt"]), "completion": t.text,
             "reward": float(rewards[i]), "choices": [grid[c] for c in (t.choices or [])],
             "family": rows[t.prompt_index].get("family"), "pair_role": roles.get((t.prompt_index, t.sample_index), ""),
@@ -528,8 +532,10 @@ class LPOTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs.update(reduce_across_processes(self.accelerator, self._metrics))
         self._metrics.clear()
-        if self._completions and self.is_world_process_zero():
-            write_completions(self._completions, self.args.output_dir, self.state.global_step, self.args.report_to)
+        if self._completions and self._completions_step != self._completions_written and self.is_world_process_zero():
+            # each step's samples once, labelled with their step (the offline protocol's: step 0, before training)
+            write_completions(self._completions, self.args.output_dir, self._completions_step, self.args.report_to)
+            self._completions_written = self._completions_step
         super().log(logs, start_time)
 
     # --- saving -----------------------------------------------------------------------------

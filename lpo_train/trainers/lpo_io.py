@@ -75,10 +75,12 @@ def write_completions(completions: list[dict], output_dir: str, step: int, repor
     folder.mkdir(parents=True, exist_ok=True)
     rows = pa.Table.from_pylist([{"step": step, **row} for row in completions])
     pq.write_table(rows, folder / f"completions_{step:05d}.parquet")  # pyarrow, not pandas: cheaper every log
-    trackers = report_to or []
+    trackers = [report_to] if isinstance(report_to, str) else report_to or []
     if not {"wandb", "trackio"} & set(trackers):
         return
-    table = rows.to_pandas().astype({"choices": str})
+    import pandas as pd
+
+    table = pd.DataFrame([{"step": step, **row, "choices": str(row["choices"])} for row in completions])
     if "wandb" in trackers:
         import wandb
 
