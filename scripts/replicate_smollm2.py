@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--protocols", nargs="+", default=["online", "offline"], choices=["online", "offline"])
-    p.add_argument("--num-generations", type=int, default=4)
+    p.add_argument("--num-generations", type=int, default=6, help="samples per held-out prompt (the recipe trains with 6)")
     p.add_argument("--max-completion-length", type=int, default=32)
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="extra lpo-train train flags for every head (after everything else)")
