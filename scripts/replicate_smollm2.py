@@ -198,8 +198,9 @@ def main(argv=None) -> dict:
     for seed in args.seeds:
         heads = {}
         for protocol in args.protocols:
-            heads[protocol], timings[f"train_{protocol}_seed{seed}"] = train_head(protocol, seed, out, train_args,
-                                                                                  args.tag)
+            heads[protocol], seconds = train_head(protocol, seed, out, train_args, args.tag)
+            if not math.isnan(seconds):  # NaN: an existing head was reused (its time is that earlier run's)
+                timings[f"train_{protocol}_seed{seed}"] = seconds
         start = time.time()
         summary = evaluate_heads(heads.values(), seed, out, args)
         timings[f"evaluate_seed{seed}"] = time.time() - start
