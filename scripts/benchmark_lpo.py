@@ -112,6 +112,7 @@ def main() -> None:
         loss.backward()
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()
+        trainer.state.global_step += 1  # as Trainer does: each step's completions are new, so each log writes them
         last_bytes.extend(trainer._metrics.get("features/bytes_per_pair", []))
         trainer.log({})  # logging every step (the metrics' reduction, the completions file) is part of the cost
 
