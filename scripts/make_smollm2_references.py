@@ -13,7 +13,7 @@ import random
 import re
 from pathlib import Path
 
-from lpo_train.tasks.smollm2_mix import LEXICONS, make_rows
+from lpo_train.tasks.smollm2_mix import LEXICONS, PICK_FAMILIES, make_rows
 
 ITEMS = {  # one-word items of each pick category (every one is in the reward's lexicon; checked below)
     "animals": "giraffe zebra otter penguin koala falcon lizard dolphin badger camel owl rabbit",
@@ -36,7 +36,7 @@ def reference(row: dict, rng: random.Random) -> str:
         return f"The capital of {country} is {row['answer']}."
     if row["family"] == "copy":
         return row["answer"]
-    if row["family"] in ("pick", "pick_fewshot"):
+    if row["family"] in PICK_FAMILIES:
         return rng.choice(ITEMS[row["answer"]].split()).capitalize() + "."
     raise ValueError(f"No reference for family {row['family']!r}.")
 
