@@ -96,6 +96,23 @@ def test_sequence_level_traces_the_last_prompt_hidden_state(tiny_lm):
     assert torch.allclose(t.hidden[0], hidden[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_traced_choice_probs_are_the_heads_own_distribution_not_the_explorations(tiny_lm, level):
+    model, tok = tiny_lm
+    head = _head(model, level, scale=2.0)
+    rule = AdaptiveDecoderRule(head, "sample", exploration="uniform_mix", epsilon=0.5)
+    traces = generate(model, tok, PROMPTS, rule, SamplingParams(max_new_tokens=6, num_samples=2, seed=3,
+                                                                 trace_hidden=True))
+    for t in traces:  # one row per traced decision: every step (token level) or step 0 (sequence level)
+        assert t.choice_probs.shape == (len(t.token_ids) if level == "token" else 1, 3)
+        with torch.no_grad():
+            expected = head.log_probs(t.hidden).exp()
+        assert torch.allclose(t.choice_probs, expected, atol=1e-6)
+    assert max(float(t.choice_probs.max() - t.choice_probs.min()) for t in traces) > 0.1  # not uniform
+    untraced = generate(model, tok, PROMPTS[:1], rule, SamplingParams(max_new_tokens=3))
+    assert untraced[0].choice_probs is None  # kept only beside the hidden states
+
+
 def test_mixture_identity_exact_and_monte_carlo():
     torch.manual_seed(0)
     z = torch.randn(1, 6) * 2

@@ -202,3 +202,40 @@ def test_group_relative_with_every_group_tied_is_an_error_too(toy_lm_folder, tmp
     with pytest.raises(LPOTrainingFailed, match="No group with differing rewards formed for 2 consecutive"):
         trainer.train()
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("level,loss_type", [("token", "lpo"), ("sequence", "lpo"), ("token", "group_relative")])
+def test_family_grad_norms_equal_each_family_shares_own_autograd_gradient(toy_lm_folder, tmp_path, level,
+                                                                          loss_type):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, level=level, loss_type=loss_type,
+                                                                toy_prompts_per_family=6, num_generations=6))
+    head = trainer.bare_head()
+    torch.manual_seed(0)
+    with torch.no_grad():  # every layer's weights non-zero, so every layer gets a gradient
+        for p in head.parameters():
+            p.normal_(0.0, 0.3)
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    features, _, _ = trainer._make_pairs(rows)
+    families = sorted({f.family for f in features})
+    assert families == ["arith", "story"]
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, trainer._collate(features, len(features))).backward()
+    measured = trainer._family_grads.pop()
+    assert trainer._family_grads.pop() == {}  # popped once
+    trainer.model.eval()  # the reference: each family's share of the step's loss, its own backward
+    params = [p for p in head.parameters() if p.requires_grad]
+    for fam in families:
+        share = trainer.compute_loss(trainer.model, trainer._collate([f for f in features if f.family == fam],
+                                                                     len(features)))
+        grads = torch.autograd.grad(share, params)
+        expected = torch.sqrt(sum((g ** 2).sum() for g in grads)).item()
+        assert expected > 1e-4
+        assert measured[f"grad_norm/{fam}"] == pytest.approx(expected, rel=1e-4)
+    assert trainer._family_grads.pop() == {}  # nothing is measured outside training mode
+
+
+def test_family_grad_norms_are_logged_per_step_in_training(toy_lm_folder, tmp_path):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_steps=2))
+    trainer.train()
+    steps = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(steps) == 2 and all(log["grad_norm/arith"] >= 0 and log["grad_norm/story"] >= 0 for log in steps)

@@ -85,14 +85,14 @@ class AdaptiveDecoderRule(Rule):
                                                                self.base_temperature, inp.truncation)
                         for k in range(len(grid)))
             return StepOutput(temperature=self._applied_temperature(probs @ grid), probs=mixed, choice=choice,
-                              value=probs @ grid)
+                              value=probs @ grid, choice_probs=probs)
         values = grid[choice]
         if self.knob == "temperature":
-            return StepOutput(temperature=values, choice=choice)
+            return StepOutput(temperature=values, choice=choice, choice_probs=probs)
         return StepOutput(temperature=self._applied_temperature(values),
                           probs=knob_distribution(inp.logits, self.knob, values, self.base_temperature,
                                                   inp.truncation),
-                          choice=choice, value=values)
+                          choice=choice, value=values, choice_probs=probs)
 
     def _explore(self, probs: torch.Tensor, inp: StepInput) -> torch.Tensor:
         if self.exploration == "stratified" and self.level == "sequence" and inp.group_seeds is not None:

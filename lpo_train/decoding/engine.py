@@ -75,6 +75,8 @@ class Trace:
     entropies: list[float] | None  # entropy (nats) of softmax(raw logits) at each step (trace_entropy=True)
     choices: list[int] | None = None  # grid index per step (one entry for sequence rules)
     hidden: torch.Tensor | None = None  # [steps or 1, H] in the model's dtype, on the model's device
+    choice_probs: torch.Tensor | None = None  # [steps or 1, K] float32 beside ``hidden``: the rule's distribution
+    # over its grid at each traced decision (before exploration; rules that have one), on the model's device
     choice_logps: torch.Tensor | None = None  # [steps, K] float32, on the model's device
     score: float | None = None  # the search's final score (chunk-level guidance), when one ran
 
@@ -304,7 +306,7 @@ def _decode_batch(streams, tokenizer, chunk: _Chunk, rule, params, eos_ids, pad_
         rec.record(slice(None) if len(active) == batch else active,  # plain slices until a row finishes
                    step, token, out.value if out.value is not None else out.temperature,
                    inp.logits_entropy() if params.trace_entropy else None,
-                   out.choice if rule.level == "token" or step == 0 else None, main.hidden, lp)
+                   out.choice if rule.level == "token" or step == 0 else None, main.hidden, lp, out.choice_probs)
 
         # the step's one device-to-host copy: rows that produced EOS and rows that may have ended a stop string
         done = torch.isin(token, eos) & (not params.ignore_eos)

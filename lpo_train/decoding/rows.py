@@ -10,7 +10,7 @@ FINISH_REASONS = ("length", "eos", "stop")  # codes 0, 1, 2 of RowRecord.finish
 
 class RowRecord:
     """Per-row buffers [B, steps]: tokens, applied values, entropies, grid choices, and optionally the
-    hidden state the rule saw and log P(y_t | choice k); plus lengths, alive flags, finish reasons."""
+    hidden state the rule saw (with the rule's distribution over its grid there) and log P(y_t | choice k); plus lengths, alive flags, finish reasons."""
 
     def __init__(self, batch: int, steps: int, pad_id: int, device, hidden_like: torch.Tensor | None = None,
                  hidden_steps: int = 1, trace_entropy: bool = True):
@@ -25,8 +25,10 @@ class RowRecord:
         self.hidden = (torch.zeros((batch, hidden_steps, hidden_like.shape[-1]), dtype=hidden_like.dtype, device=device)
                        if hidden_like is not None else None)
         self.choice_logps: torch.Tensor | None = None
+        self.choice_probs: torch.Tensor | None = None  # [B, hidden_steps, K], beside the hidden states
 
-    def record(self, rows, step: int, token, value, entropy, choice=None, hidden=None, choice_logps=None) -> None:
+    def record(self, rows, step: int, token, value, entropy, choice=None, hidden=None, choice_logps=None,
+               choice_probs=None) -> None:
         """Step ``step`` of ``rows`` (a slice or an index tensor of the rows still decoding)."""
         self.tokens[rows, step] = token
         self.values[rows, step] = value.float()
@@ -37,6 +39,11 @@ class RowRecord:
             self.choices[rows, step] = choice
         if self.hidden is not None and hidden is not None and step < self.hidden_steps:
             self.hidden[rows, step] = hidden
+            if choice_probs is not None:
+                if self.choice_probs is None:
+                    self.choice_probs = torch.zeros((len(self.lengths), self.hidden_steps, choice_probs.shape[-1]),
+                                                    device=self.tokens.device)
+                self.choice_probs[rows, step] = choice_probs.float()
         if choice_logps is not None:
             if self.choice_logps is None:
                 self.choice_logps = torch.zeros((len(self.lengths), self.steps, choice_logps.shape[-1]),
@@ -52,7 +59,7 @@ class RowRecord:
     def reorder(self, src: torch.Tensor) -> None:
         """New row r continues old row ``src[r]`` (every buffer copied along)."""
         for name in ("tokens", "values", "entropies", "choices", "lengths", "alive", "finish", "hidden",
-                     "choice_logps"):
+                     "choice_logps", "choice_probs"):
             buf = getattr(self, name)
             if buf is not None:
                 setattr(self, name, buf[src])
@@ -80,6 +87,7 @@ class RowRecord:
                 choices=picked or None,
                 # left on the device (views): callers copy what they keep
                 hidden=None if self.hidden is None else self.hidden[r, :min(self.hidden_steps, n)],
+                choice_probs=None if self.choice_probs is None else self.choice_probs[r, :min(self.hidden_steps, n)],
                 choice_logps=None if self.choice_logps is None else self.choice_logps[r, :n],
                 score=None if scores is None else float(scores[r])))
         return out

@@ -56,6 +56,8 @@ class StepOutput:
     probs: torch.Tensor | None = None  # [B, V] sample from this directly (the rule applied inp.truncation)
     choice: torch.Tensor | None = None  # [B] long, index into the rule's grid
     value: torch.Tensor | None = None  # [B] knob value applied, traced (default: temperature)
+    choice_probs: torch.Tensor | None = None  # [B, K] the rule's own distribution over its grid (before any
+    # exploration), traced beside the hidden states (trace_hidden)
 
 
 @dataclass

@@ -39,7 +39,7 @@ from lpo_train.trainers.lpo_io import (
     check_output_dir, model_card_rows, pad, pair_record, plot_choices, stored_features, write_completions,
 )
 from lpo_train.trainers.lpo_metrics import (
-    choice_entropy, collapse_warning, family_grad_norms, generation_metrics, pair_choice_metrics,
+    FamilyGradNorms, choice_entropy, collapse_warning, generation_metrics, pair_choice_metrics,
     reduce_across_processes,
 )
 
@@ -112,6 +112,7 @@ class LPOTrainer(Trainer):
         self._completions_step, self._completions_written = 0, None  # the step of _completions, the last written
         self._steps_without_pairs = 0
         self._warned_collapse = False
+        self._family_grads = FamilyGradNorms(head)  # grad_norm/<family>, from the training backward itself
         if head.config.input_norm == "standardize" and not head.input_statistics_set:
             self._set_input_statistics(train_dataset)  # once, for a new head (a resumed checkpoint restores them)
         if args.protocol == "offline":
@@ -362,6 +363,7 @@ class LPOTrainer(Trainer):
         """One batch of training units: pairs (``PairFeatures``: chosen / rejected sides) or, for the
         group-relative loss, samples (``SampleFeatures``: one side and its advantage)."""
         device = self.accelerator.device
+        features = sorted(features, key=lambda f: str(f.family))  # each family's rows contiguous (grad_norm/<f>)
         out = {"num_pairs_in_step": total_pairs, "num_pairs": len(features),
                "family": [f.family for f in features]}
         if not features:
@@ -413,6 +415,14 @@ class LPOTrainer(Trainer):
         return log_probs, choice_logps(log_probs, inputs[f"{side}_choices"], inputs[f"{side}_mask"])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._record(self._family_grads.pop())  # the previous micro-step's, its backward done
+        measured = model.training and not self.is_deepspeed_enabled and inputs["num_pairs"] > 0
+        scaler = getattr(self.accelerator, "scaler", None)
+        with self._family_grads.watch(inputs["family"] if measured else [],
+                                      scaler.get_scale() if measured and scaler is not None else 1.0):
+            return self._compute_loss(model, inputs, return_outputs)
+
+    def _compute_loss(self, model, inputs, return_outputs=False):
         if inputs["num_pairs"] == 0:  # keep every rank's graph identical (DDP) when no pair was formed
             if self.args.use_peft:  # a forward through the LM too: ZeRO-3 gathers its weights collectively
                 loss = zero_loss(model, self.bare_head().config.hidden_size, self.word_pad_id, self.accelerator.device)
@@ -467,8 +477,6 @@ class LPOTrainer(Trainer):
                           "pairs/reward_rejected": inputs["rejected_reward"].mean()})
             if args.protocol == "offline":  # the choice metrics of the stored pairs, and of the head on them
                 self._record(pair_choice_metrics(inputs, lp_c_all, lp_r_all, model_grid(self)))
-        if model.training and not self.is_deepspeed_enabled:  # the head's share (never a backward through the LM)
-            self._record(family_grad_norms(self.bare_head(), per_pair, inputs["family"], inputs["num_pairs_in_step"]))
         return (loss, None) if return_outputs else loss
 
     def _likelihood_loss(self, model, inputs, return_outputs):
@@ -489,8 +497,6 @@ class LPOTrainer(Trainer):
             adv = inputs["advantage"]
             self._record({"logps/sample": logp.mean(), "advantages/abs_mean": adv.abs().mean(),
                           "logps/advantage_weighted": (adv * logp).sum() / adv.abs().sum().clamp(min=1e-12)})
-        if model.training and not self.is_deepspeed_enabled:
-            self._record(family_grad_norms(model, per_sample, inputs["family"], inputs["num_pairs_in_step"]))
         return (loss, None) if return_outputs else loss
 
     # --- metrics, logging ----------------------------------------------------------------------
@@ -504,13 +510,13 @@ class LPOTrainer(Trainer):
         head = self.bare_head()
         grid = head.config.grid
         entropies, expected = [], []
-        if traces:
-            with torch.no_grad():  # the head's own distribution (not the exploration's) on what it saw: one forward
-                lp = head.log_probs(torch.cat([t.hidden for t in traces]).to(self.accelerator.device))
-                per_decision = torch.stack([choice_entropy(lp), lp.exp() @ head.grid.to(lp.device)], -1)
-                counts = [len(t.hidden) for t in traces]
-                means = torch.stack([x.mean(0) for x in per_decision.split(counts)]).tolist()
-            entropies, expected = [m[0] for m in means], [m[1] for m in means]
+        if traces:  # the head's own distribution (not the exploration's) at each decision, as the engine traced it
+            probs = torch.cat([t.choice_probs for t in traces])
+            per_decision = torch.stack([choice_entropy(probs), probs @ head.grid.to(probs.device)], -1)
+            counts = torch.tensor([len(t.choice_probs) for t in traces], device=probs.device)
+            owner = torch.repeat_interleave(torch.arange(len(traces), device=probs.device), counts)
+            sums = per_decision.new_zeros(len(traces), 2).index_add_(0, owner, per_decision)
+            entropies, expected = (sums / counts[:, None]).T.tolist()
         metrics = generation_metrics(rows, traces, rewards, per_func, stats,
                                      [reward_name(f) for f in self.reward_funcs], grid, entropies, expected,
                                      "samples" if self.args.loss_type == "group_relative" else "pairs")
@@ -519,9 +525,9 @@ class LPOTrainer(Trainer):
         self._completions_step = self.state.global_step + 1  # the optimizer step these samples are for
         self._completions = [{
             "prompt": str(rows[t.prompt_index]["prompt"]), "completion": t.text,
-            "reward": float(rewards[i]), "choices": [grid[c] for c in (t.choices or [])],
+            "reward": reward, "choices": [grid[c] for c in (t.choices or [])],
             "family": rows[t.prompt_index].get("family"), "pair_role": roles.get((t.prompt_index, t.sample_index), ""),
-        } for i, t in enumerate(traces)]
+        } for t, reward in zip(traces, rewards.tolist())]
 
     def _warn_on_collapse(self, metrics: dict, k: int) -> None:
         message = collapse_warning(metrics, k, self.state.global_step)
@@ -530,6 +536,7 @@ class LPOTrainer(Trainer):
             logger.warning(message)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._record(self._family_grads.pop())  # the last micro-step's (its backward is done by now)
         logs.update(reduce_across_processes(self.accelerator, self._metrics))
         self._metrics.clear()
         if self._completions and self._completions_step != self._completions_written and self.is_world_process_zero():

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 
-def choice_entropy(head_log_probs: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of each decision's choice distribution, [...]."""
-    return -(head_log_probs.exp() * head_log_probs).sum(-1)
+def choice_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each decision's choice distribution (probabilities over the grid, last dim), [...]."""
+    return -torch.special.xlogy(probs, probs).sum(-1)
 
 
 def _mean(xs) -> float:
@@ -95,24 +97,75 @@ def pair_choice_metrics(inputs: dict, lp_chosen: torch.Tensor, lp_rejected: torc
     entropies, choices = [], []
     for side, lp in (("chosen", lp_chosen), ("rejected", lp_rejected)):
         mask = inputs[f"{side}_mask"].bool()
-        entropies += choice_entropy(lp)[mask].tolist()
+        entropies += choice_entropy(lp.exp())[mask].tolist()
         choices += inputs[f"{side}_choices"][mask].tolist()
     return choice_distribution_metrics("choice", entropies, choices, [grid[c] for c in choices], grid)
 
 
-def family_grad_norms(model, per_pair: torch.Tensor, families: list, num_pairs_in_step: int) -> dict[str, float]:
-    """``grad_norm/<family>``: the norm of the gradient of each family's share of the loss (one extra
-    backward through the small head per family; the LM is not involved)."""
-    if len(set(families)) < 2 or None in families:
-        return {}
-    params = [p for p in model.parameters() if p.requires_grad]
-    out = {}
-    for fam in sorted(set(families)):
-        idx = torch.tensor([i for i, f in enumerate(families) if f == fam], device=per_pair.device)
-        grads = torch.autograd.grad(per_pair[idx].sum() / num_pairs_in_step, params, retain_graph=True,
-                                    allow_unused=True)
-        out[f"grad_norm/{fam}"] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)).item()
-    return out
+class FamilyGradNorms:
+    """``grad_norm/<family>``: the norm of the gradient of each family's share of the loss on the head's
+    parameters, read off the training backward itself (no extra backward). Every trainable parameter of the
+    head belongs to an ``nn.Linear``, whose weight gradient is a sum over its input rows of g_out^T x (the
+    bias's: of g_out); summing only a family's rows gives that family's share. A forward hook on each linear
+    layer keeps its input and hooks its output's gradient while ``watch`` is active; ``pop`` returns the
+    norms of what the backwards since the last ``pop`` accumulated.
+
+    ``watch(families)`` names the family of each leading row of the head's inputs (a pair: its chosen and
+    rejected rows; a sample). Fewer than two families, or an unnamed one: nothing is measured."""
+
+    def __init__(self, head: nn.Module):
+        self.linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        covered = {id(p) for m in self.linears for p in m.parameters()}
+        # a trainable parameter outside the linear layers would be left out of the norm: measure nothing then
+        self.exact = all(id(p) in covered for p in head.parameters() if p.requires_grad)
+        self._rows: list[torch.Tensor] | None = None
+        self._names, self._scale = [], 1.0
+        self._sums: dict = {}  # linear layer -> (weight grads [F, O, I], bias grads [F, O] or None)
+        for m in self.linears:
+            m.register_forward_hook(self._forward_hook)
+
+    @contextmanager
+    def watch(self, families: list, scale: float = 1.0):
+        """Measure the forwards run inside (their backward may come later). ``scale``: a loss scale the
+        backward applies (fp16's gradient scaler), divided out."""
+        names = sorted(set(families)) if None not in families else []
+        if self.exact and len(names) >= 2:
+            self._names, self._scale = names, scale
+            self._rows = []
+            for n in names:  # a family's rows: a slice when they are contiguous (the trainer batches them so)
+                idx = [i for i, f in enumerate(families) if f == n]
+                contiguous = idx[-1] - idx[0] + 1 == len(idx)
+                self._rows.append(slice(idx[0], idx[-1] + 1) if contiguous else torch.tensor(idx))
+        try:
+            yield
+        finally:
+            self._rows = None
+
+    def _forward_hook(self, module, inputs, output) -> None:
+        if self._rows is None or not output.requires_grad:
+            return
+        x, rows = inputs[0].detach(), [r if isinstance(r, slice) else r.to(output.device) for r in self._rows]
+        output.register_hook(lambda grad: self._accumulate(module, x, grad, rows))
+
+    def _accumulate(self, module, x, grad, rows) -> None:
+        weights, biases = [], []
+        for r in rows:
+            g = (grad[r] if isinstance(r, slice) else grad.index_select(0, r)).reshape(-1, grad.shape[-1]).float()
+            xr = (x[r] if isinstance(r, slice) else x.index_select(0, r)).reshape(-1, x.shape[-1]).float()
+            weights.append(g.T @ xr)
+            biases.append(g.sum(0))
+        w, b = torch.stack(weights), torch.stack(biases) if module.bias is not None else None
+        if module in self._sums:  # a second forward through the same layer (the rejected side)
+            w0, b0 = self._sums[module]
+            w, b = w0 + w, None if b is None else b0 + b
+        self._sums[module] = (w, b)
+
+    def pop(self) -> dict[str, float]:
+        if not self._sums:
+            return {}
+        squares = sum((w ** 2).sum((1, 2)) + (0 if b is None else (b ** 2).sum(1)) for w, b in self._sums.values())
+        self._sums = {}
+        return {f"grad_norm/{n}": v / self._scale for n, v in zip(self._names, squares.sqrt().tolist())}
 
 
 def collapse_warning(metrics: dict, k: int, step: int) -> str | None:
