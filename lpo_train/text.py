@@ -17,7 +17,7 @@ def completion_text(completion) -> str:
 
 
 def ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return list(zip(*(words[i:] for i in range(n))))
 
 
 def distinct_ngram_ratio(words: list[str], n: int = 3) -> float:

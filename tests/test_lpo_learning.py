@@ -239,3 +239,33 @@ def test_family_grad_norms_are_logged_per_step_in_training(toy_lm_folder, tmp_pa
     trainer.train()
     steps = [log for log in trainer.state.log_history if "loss" in log]
     assert len(steps) == 2 and all(log["grad_norm/arith"] >= 0 and log["grad_norm/story"] >= 0 for log in steps)
+
+
+def test_completions_writer_finishes_files_before_flush_returns_and_raises_its_errors(tmp_path):
+    import pandas as pd
+
+    from lpo_train.trainers.lpo_io import CompletionsWriter
+
+    rows = [{"prompt": "p", "completion": "c", "reward": 0.5, "choices": [0.0, 1.0], "family": "arith",
+             "pair_role": "chosen"}]
+    writer = CompletionsWriter()
+    writer.write(rows, str(tmp_path), 3, "none")
+    writer.flush()
+    folder = tmp_path / "completions"
+    assert sorted(p.name for p in folder.iterdir()) == ["completions_00003.parquet"]  # no .partial left
+    assert pd.read_parquet(folder / "completions_00003.parquet").to_dict("records")[0]["step"] == 3
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    writer.write(rows, str(tmp_path / "blocked"), 4, "none")
+    with pytest.raises(OSError):  # the background thread's error, raised on the training thread
+        writer.flush()
+    writer.flush()  # reported once
+
+
+def test_metric_reduction_averages_finite_values_per_key():
+    from types import SimpleNamespace
+
+    from lpo_train.trainers.lpo_metrics import reduce_across_processes
+
+    out = reduce_across_processes(SimpleNamespace(num_processes=1),
+                                  {"a": [1.0, float("nan"), 2.0], "b": [float("nan")], "c": [0.25]})
+    assert out["a"] == 1.5 and out["c"] == 0.25 and math.isnan(out["b"])

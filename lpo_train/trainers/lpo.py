@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from lpo_train.trainers.lpo_joint import (
     JointHeadLM, load_adapter_weights, peft_lm_for_joint, save_adapter, word_batch, zero_loss,
 )
 from lpo_train.trainers.lpo_io import (
-    check_output_dir, model_card_rows, pad, pair_record, plot_choices, stored_features, write_completions,
+    CompletionsWriter, check_output_dir, model_card_rows, pad, pair_record, plot_choices, stored_features,
 )
 from lpo_train.trainers.lpo_metrics import (
     FamilyGradNorms, choice_entropy, collapse_warning, generation_metrics, pair_choice_metrics,
@@ -110,6 +110,7 @@ class LPOTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._completions: list[dict] = []
         self._completions_step, self._completions_written = 0, None  # the step of _completions, the last written
+        self._completions_writer = CompletionsWriter()
         self._steps_without_pairs = 0
         self._warned_collapse = False
         self._family_grads = FamilyGradNorms(head)  # grad_norm/<family>, from the training backward itself
@@ -541,7 +542,8 @@ class LPOTrainer(Trainer):
         self._metrics.clear()
         if self._completions and self._completions_step != self._completions_written and self.is_world_process_zero():
             # each step's samples once, labelled with their step (the offline protocol's: step 0, before training)
-            write_completions(self._completions, self.args.output_dir, self._completions_step, self.args.report_to)
+            self._completions_writer.write(self._completions, self.args.output_dir, self._completions_step,
+                                           self.args.report_to)
             self._completions_written = self._completions_step
         super().log(logs, start_time)
 
@@ -551,6 +553,7 @@ class LPOTrainer(Trainer):
         """Save the head artifact (never the frozen LM), with a model card; with ``use_peft`` the LoRA adapter
         too, beside the head in the same folder (one card: the head's), which then loads as both."""
         output_dir = output_dir or self.args.output_dir
+        self._completions_writer.flush()  # a saved head or checkpoint comes with every completions file before it
         state = self.accelerator.get_state_dict(self.model_wrapped)  # collective: gathers ZeRO-3 shards
         if self.is_world_process_zero():
             head = self.bare_head()
@@ -591,7 +594,14 @@ class LPOTrainer(Trainer):
                 raise FileNotFoundError(f"resume_from_checkpoint=true but {self.args.output_dir} holds no "
                                         "checkpoint-* folder; give a checkpoint path or train from scratch.")
             resume_from_checkpoint = found
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            result = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        except BaseException:
+            with suppress(Exception):  # the files written so far; the training error is the one to report
+                self._completions_writer.flush()
+            raise
+        self._completions_writer.flush()  # every completions file is complete when train() returns
+        return result
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from lpo_train.heads import load_head_weights

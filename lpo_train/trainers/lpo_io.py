@@ -1,5 +1,5 @@
 """What LPO training reads and writes, as functions: stored offline pairs, the output folder's
-hygiene, the completions tables, the head's card and its choice histogram."""
+hygiene, the completions tables (written off the training thread), the head's card and its choice histogram."""
 
 from __future__ import annotations
 
@@ -66,15 +66,47 @@ def pad(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=value)
 
 
-def write_completions(completions: list[dict], output_dir: str, step: int, report_to) -> None:
-    """``output_dir/completions/completions_<step>.parquet``, and a table for W&B / trackio."""
+class CompletionsWriter:
+    """Each logged step's samples: ``output_dir/completions/completions_<step>.parquet`` (written on one
+    background thread, so the next step's sampling does not wait for the file; through a ``.partial`` file
+    renamed once complete, so a half-written file never looks finished) and a table for W&B / trackio
+    (logged at once, on the calling thread). ``flush`` waits for the pending files and raises any error."""
+
+    def __init__(self):
+        self._pool = None
+        self._pending: list = []
+
+    def write(self, completions: list[dict], output_dir: str, step: int, report_to) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._raise_failures(wait=False)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lpo-completions")
+        path = Path(output_dir) / "completions" / f"completions_{step:05d}.parquet"
+        self._pending.append(self._pool.submit(_write_parquet, completions, step, path))
+        _log_tables(completions, step, report_to)
+
+    def flush(self) -> None:
+        self._raise_failures(wait=True)
+
+    def _raise_failures(self, wait: bool) -> None:
+        done = [f for f in self._pending if wait or f.done()]
+        self._pending = [f for f in self._pending if f not in done]
+        for future in done:
+            future.result()  # re-raises the writer's error here, on the training thread
+
+
+def _write_parquet(completions: list[dict], step: int, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = Path(output_dir) / "completions"
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = pa.Table.from_pylist([{"step": step, **row} for row in completions])
-    pq.write_table(rows, folder / f"completions_{step:05d}.parquet")  # pyarrow, not pandas: cheaper every log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    pq.write_table(pa.Table.from_pylist([{"step": step, **row} for row in completions]), partial)
+    partial.replace(path)
+
+
+def _log_tables(completions: list[dict], step: int, report_to) -> None:
     trackers = [report_to] if isinstance(report_to, str) else report_to or []
     if not {"wandb", "trackio"} & set(trackers):
         return

@@ -17,7 +17,7 @@ Metric meanings (README, "Metrics"):
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 
 import torch
@@ -41,8 +41,9 @@ def choice_distribution_metrics(prefix: str, entropies: list[float], choices: li
            f"{prefix}/mean_value": _mean(values)}
     if expected is not None:
         out[f"{prefix}/head_mean_value"] = _mean(expected)
+    counts = Counter(choices)
     for j, g in enumerate(grid):
-        out[f"{prefix}/frac_{g:g}"] = choices.count(j) / len(choices) if choices else math.nan
+        out[f"{prefix}/frac_{g:g}"] = counts[j] / len(choices) if choices else math.nan
     return out
 
 
@@ -83,13 +84,12 @@ def reduce_across_processes(accelerator, local: dict[str, list[float]]) -> dict[
         keys = sorted(local)
     if not keys:
         return {}
-    sums = torch.tensor([math.fsum(x for x in local.get(k, []) if not math.isnan(x)) for k in keys],
-                        dtype=torch.float64)
-    counts = torch.tensor([sum(1 for x in local.get(k, []) if not math.isnan(x)) for k in keys], dtype=torch.float64)
+    finite = [[x for x in local.get(k, []) if not math.isnan(x)] for k in keys]
+    sums, counts = [math.fsum(xs) for xs in finite], [float(len(xs)) for xs in finite]
     if accelerator.num_processes > 1:
-        both = accelerator.reduce(torch.stack([sums, counts]).to(accelerator.device), reduction="sum").cpu()
-        sums, counts = both[0], both[1]
-    return {k: (s / c).item() if c > 0 else math.nan for k, s, c in zip(keys, sums, counts)}
+        both = torch.tensor([sums, counts], dtype=torch.float64, device=accelerator.device)
+        sums, counts = accelerator.reduce(both, reduction="sum").cpu().tolist()
+    return {k: s / c if c > 0 else math.nan for k, s, c in zip(keys, sums, counts)}
 
 
 def pair_choice_metrics(inputs: dict, lp_chosen: torch.Tensor, lp_rejected: torch.Tensor, grid) -> dict[str, float]:
