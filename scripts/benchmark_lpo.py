@@ -116,6 +116,8 @@ def main() -> None:
         trainer.state.global_step += 1  # as Trainer does: each step's completions are new, so each log writes them
         last_bytes.extend(trainer._metrics.get("features/bytes_per_pair", []))
         trainer.log({})  # logging every step (the metrics' reduction, the completions file) is part of the cost
+        trainer._completions_writer.flush()  # the file is written off the training thread: wait for it, so its
+        # cost is timed here and not in the next (sampling-only) call
 
     calls = {"sample_only": sample_only, "lpo_step": lpo_step, **({"joint_step": step} if args.joint else {}),
              **({"lpo_step_cached": lambda: step(cached=True)} if likelihood else {})}

@@ -220,8 +220,8 @@ def test_family_grad_norms_equal_each_family_shares_own_autograd_gradient(toy_lm
     assert families == ["arith", "story"]
     trainer.model.train()
     trainer.compute_loss(trainer.model, trainer._collate(features, len(features))).backward()
-    measured = trainer._family_grads.pop()
-    assert trainer._family_grads.pop() == {}  # popped once
+    measured = trainer._family_grads().pop()
+    assert trainer._family_grads().pop() == {}  # popped once
     trainer.model.eval()  # the reference: each family's share of the step's loss, its own backward
     params = [p for p in head.parameters() if p.requires_grad]
     for fam in families:
@@ -231,7 +231,7 @@ def test_family_grad_norms_equal_each_family_shares_own_autograd_gradient(toy_lm
         expected = torch.sqrt(sum((g ** 2).sum() for g in grads)).item()
         assert expected > 1e-4
         assert measured[f"grad_norm/{fam}"] == pytest.approx(expected, rel=1e-4)
-    assert trainer._family_grads.pop() == {}  # nothing is measured outside training mode
+    assert trainer._family_grads().pop() == {}  # nothing is measured outside training mode
 
 
 def test_family_grad_norms_are_logged_per_step_in_training(toy_lm_folder, tmp_path):
@@ -269,3 +269,13 @@ def test_metric_reduction_averages_finite_values_per_key():
     out = reduce_across_processes(SimpleNamespace(num_processes=1),
                                   {"a": [1.0, float("nan"), 2.0], "b": [float("nan")], "c": [0.25]})
     assert out["a"] == 1.5 and out["c"] == 0.25 and math.isnan(out["b"])
+
+
+def test_family_grad_norms_follow_a_replaced_head(toy_lm_folder, tmp_path):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path))
+    first, old = trainer._family_grads(), trainer.bare_head()
+    assert trainer._family_grads() is first and all(m._forward_hooks for m in first.linears)
+    trainer.model = AdaptiveDecoderHead(old.config)
+    second = trainer._family_grads()
+    assert second.head is trainer.model and second is not first
+    assert not any(m._forward_hooks for m in first.linears)  # the old head's hooks are removed

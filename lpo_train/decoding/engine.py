@@ -75,10 +75,10 @@ class Trace:
     entropies: list[float] | None  # entropy (nats) of softmax(raw logits) at each step (trace_entropy=True)
     choices: list[int] | None = None  # grid index per step (one entry for sequence rules)
     hidden: torch.Tensor | None = None  # [steps or 1, H] in the model's dtype, on the model's device
-    choice_probs: torch.Tensor | None = None  # [steps or 1, K] float32 beside ``hidden``: the rule's distribution
-    # over its grid at each traced decision (before exploration; rules that have one), on the model's device
     choice_logps: torch.Tensor | None = None  # [steps, K] float32, on the model's device
     score: float | None = None  # the search's final score (chunk-level guidance), when one ran
+    choice_probs: torch.Tensor | None = None  # [steps or 1, K] float32 beside ``hidden``: the rule's distribution
+    # over its grid at each traced decision (before exploration; rules that have one), on the model's device
 
 
 def next_token_distribution(logits: torch.Tensor, temperature: torch.Tensor, top_k: int = 0, top_p: float = 1.0,

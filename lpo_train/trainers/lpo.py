@@ -113,7 +113,6 @@ class LPOTrainer(Trainer):
         self._completions_writer = CompletionsWriter()
         self._steps_without_pairs = 0
         self._warned_collapse = False
-        self._family_grads = FamilyGradNorms(head)  # grad_norm/<family>, from the training backward itself
         if head.config.input_norm == "standardize" and not head.input_statistics_set:
             self._set_input_statistics(train_dataset)  # once, for a new head (a resumed checkpoint restores them)
         if args.protocol == "offline":
@@ -416,12 +415,24 @@ class LPOTrainer(Trainer):
         return log_probs, choice_logps(log_probs, inputs[f"{side}_choices"], inputs[f"{side}_mask"])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._record(self._family_grads.pop())  # the previous micro-step's, its backward done
-        measured = model.training and not self.is_deepspeed_enabled and inputs["num_pairs"] > 0
+        grads = self._family_grads()
+        self._record(grads.pop())  # the previous micro-step's, its backward done
+        # not under DeepSpeed (partitioned parameters) nor nn.DataParallel (replicas see slices of the rows)
+        measured = (model.training and not self.is_deepspeed_enabled and self.args.n_gpu <= 1
+                    and inputs["num_pairs"] > 0)
         scaler = getattr(self.accelerator, "scaler", None)
-        with self._family_grads.watch(inputs["family"] if measured else [],
-                                      scaler.get_scale() if measured and scaler is not None else 1.0):
+        with grads.watch(inputs["family"] if measured else [],
+                         scaler.get_scale() if measured and scaler is not None else 1.0):
             return self._compute_loss(model, inputs, return_outputs)
+
+    def _family_grads(self) -> FamilyGradNorms:
+        """``grad_norm/<family>`` from the training backward, hooked on the current head."""
+        head, current = self.bare_head(), getattr(self, "_family_grad_norms", None)
+        if current is None or current.head is not head:
+            if current is not None:
+                current.close()
+            current = self._family_grad_norms = FamilyGradNorms(head)
+        return current
 
     def _compute_loss(self, model, inputs, return_outputs=False):
         if inputs["num_pairs"] == 0:  # keep every rank's graph identical (DDP) when no pair was formed
@@ -512,7 +523,9 @@ class LPOTrainer(Trainer):
         grid = head.config.grid
         entropies, expected = [], []
         if traces:  # the head's own distribution (not the exploration's) at each decision, as the engine traced it
-            probs = torch.cat([t.choice_probs for t in traces])
+            with torch.no_grad():  # (a trace from a rule that traced none: the head on its states)
+                probs = torch.cat([t.choice_probs if t.choice_probs is not None else head.log_probs(t.hidden).exp()
+                                   for t in traces])
             per_decision = torch.stack([choice_entropy(probs), probs @ head.grid.to(probs.device)], -1)
             counts = torch.tensor([len(t.choice_probs) for t in traces], device=probs.device)
             owner = torch.repeat_interleave(torch.arange(len(traces), device=probs.device), counts)
@@ -537,7 +550,7 @@ class LPOTrainer(Trainer):
             logger.warning(message)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        self._record(self._family_grads.pop())  # the last micro-step's (its backward is done by now)
+        self._record(self._family_grads().pop())  # the last micro-step's (its backward is done by now)
         logs.update(reduce_across_processes(self.accelerator, self._metrics))
         self._metrics.clear()
         if self._completions and self._completions_step != self._completions_written and self.is_world_process_zero():

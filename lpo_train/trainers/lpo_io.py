@@ -92,8 +92,10 @@ class CompletionsWriter:
     def _raise_failures(self, wait: bool) -> None:
         done = [f for f in self._pending if wait or f.done()]
         self._pending = [f for f in self._pending if f not in done]
-        for future in done:
-            future.result()  # re-raises the writer's error here, on the training thread
+        errors = [f.exception() for f in done]  # waits for every one of them, then reports the first error
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first  # the writer's error, here on the training thread
 
 
 def _write_parquet(completions: list[dict], step: int, path: Path) -> None:

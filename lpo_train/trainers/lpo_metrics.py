@@ -108,21 +108,28 @@ class FamilyGradNorms:
     head belongs to an ``nn.Linear``, whose weight gradient is a sum over its input rows of g_out^T x (the
     bias's: of g_out); summing only a family's rows gives that family's share. A forward hook on each linear
     layer keeps its input and hooks its output's gradient while ``watch`` is active; ``pop`` returns the
-    norms of what the backwards since the last ``pop`` accumulated.
+    norms of what the backward since the last ``pop`` accumulated.
 
-    ``watch(families)`` names the family of each leading row of the head's inputs (a pair: its chosen and
-    rejected rows; a sample). Fewer than two families, or an unnamed one: nothing is measured."""
+    The order is the Trainer's: ``pop``, then the forwards under ``watch(families)``, then their backward.
+    ``families`` names the family of each leading row of the head's inputs (a pair: its chosen and rejected
+    rows; a sample). Fewer than two families, or an unnamed one: nothing is measured."""
 
     def __init__(self, head: nn.Module):
-        self.linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        self.head = head
+        self.linears = [m for m in head.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
         covered = {id(p) for m in self.linears for p in m.parameters()}
         # a trainable parameter outside the linear layers would be left out of the norm: measure nothing then
         self.exact = all(id(p) in covered for p in head.parameters() if p.requires_grad)
-        self._rows: list[torch.Tensor] | None = None
+        self._rows: list | None = None
         self._names, self._scale = [], 1.0
-        self._sums: dict = {}  # linear layer -> (weight grads [F, O, I], bias grads [F, O] or None)
-        for m in self.linears:
-            m.register_forward_hook(self._forward_hook)
+        self._sums: dict = {}  # linear layer -> (weight grads [F, O, I], bias grads [F, O] or None), float32
+        self._handles = [m.register_forward_hook(self._forward_hook) for m in self.linears]
+
+    def close(self) -> None:
+        """Remove the hooks (the trainer's head was replaced)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._sums = [], {}
 
     @contextmanager
     def watch(self, families: list, scale: float = 1.0):
@@ -148,24 +155,28 @@ class FamilyGradNorms:
         output.register_hook(lambda grad: self._accumulate(module, x, grad, rows))
 
     def _accumulate(self, module, x, grad, rows) -> None:
-        weights, biases = [], []
-        for r in rows:
+        if module not in self._sums:  # summed in place over the layer's forwards (the chosen and rejected sides)
+            out_features, in_features = module.weight.shape
+            self._sums[module] = (
+                torch.zeros(len(rows), out_features, in_features, device=grad.device),
+                torch.zeros(len(rows), out_features, device=grad.device) if module.bias is not None else None)
+        w, b = self._sums[module]
+        for f, r in enumerate(rows):
             g = (grad[r] if isinstance(r, slice) else grad.index_select(0, r)).reshape(-1, grad.shape[-1]).float()
             xr = (x[r] if isinstance(r, slice) else x.index_select(0, r)).reshape(-1, x.shape[-1]).float()
-            weights.append(g.T @ xr)
-            biases.append(g.sum(0))
-        w, b = torch.stack(weights), torch.stack(biases) if module.bias is not None else None
-        if module in self._sums:  # a second forward through the same layer (the rejected side)
-            w0, b0 = self._sums[module]
-            w, b = w0 + w, None if b is None else b0 + b
-        self._sums[module] = (w, b)
+            w[f].addmm_(g.T, xr)
+            if b is not None:
+                b[f].add_(g.sum(0))
 
     def pop(self) -> dict[str, float]:
+        """The norms, then reset. A non-finite norm (an fp16 step whose gradients overflowed, which the
+        scaler skips) is left out."""
         if not self._sums:
             return {}
         squares = sum((w ** 2).sum((1, 2)) + (0 if b is None else (b ** 2).sum(1)) for w, b in self._sums.values())
         self._sums = {}
-        return {f"grad_norm/{n}": v / self._scale for n, v in zip(self._names, squares.sqrt().tolist())}
+        norms = (squares.sqrt() / self._scale).tolist()
+        return {f"grad_norm/{n}": v for n, v in zip(self._names, norms) if math.isfinite(v)}
 
 
 def collapse_warning(metrics: dict, k: int, step: int) -> str | None:
