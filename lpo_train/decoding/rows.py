@@ -10,7 +10,8 @@ FINISH_REASONS = ("length", "eos", "stop")  # codes 0, 1, 2 of RowRecord.finish
 
 class RowRecord:
     """Per-row buffers [B, steps]: tokens, applied values, entropies, grid choices, and optionally the
-    hidden state the rule saw (with the rule's distribution over its grid there) and log P(y_t | choice k); plus lengths, alive flags, finish reasons."""
+    hidden state the rule saw (with the rule's distribution over its grid there) and log P(y_t | choice k);
+    plus lengths, alive flags, finish reasons."""
 
     def __init__(self, batch: int, steps: int, pad_id: int, device, hidden_like: torch.Tensor | None = None,
                  hidden_steps: int = 1, trace_entropy: bool = True):
