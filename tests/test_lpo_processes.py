@@ -34,6 +34,15 @@ def _env(**extra):
     return env
 
 
+def _deepspeed_env():
+    """A DeepSpeed launch's environment: its CPU ops (JIT-compiled C++) built once into the test cache and
+    reused by every DeepSpeed test and later run (torch rebuilds them when their sources or flags change);
+    without ACCELERATE_USE_CPU, with which a DeepSpeed config would silently fall back to DDP."""
+    env = _env(TORCH_EXTENSIONS_DIR=str(Path(os.environ["LPO_TRAIN_CACHE"]) / "torch_extensions"))
+    env.pop("ACCELERATE_USE_CPU", None)
+    return env
+
+
 def _heads(out):
     return {p.name: load_file(str(p)) for p in sorted(Path(out).glob("head_rank*.safetensors"))}
 
@@ -87,8 +96,7 @@ def test_killed_run_resumes_to_the_same_head(toy_lm_folder, tmp_path):
 def test_deepspeed_two_cpu_processes(toy_lm_folder, tmp_path, stage):
     out = tmp_path / stage
     config = ROOT / "accelerate_configs" / f"{stage}_cpu2.yaml"
-    env = _env(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"))
-    env.pop("ACCELERATE_USE_CPU", None)  # with a DeepSpeed config it would silently fall back to DDP
+    env = _deepspeed_env()
     run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), HELPER,
                           *_args(out, per_device_train_batch_size="2", save_strategy="steps", save_steps="3"),
                           "--use_cpu", "true"], env=env, cwd=ROOT, timeout=600, capture_output=True, text=True)
@@ -156,8 +164,7 @@ def _two_processes(launcher: str, args: list[str], tmp_path) -> tuple[list[str],
     if launcher == "ddp":
         return ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", HELPER, *args],
                 _env(ACCELERATE_USE_CPU="1"))
-    env = _env(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"))
-    env.pop("ACCELERATE_USE_CPU", None)
+    env = _deepspeed_env()
     return ([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
              str(ROOT / "accelerate_configs" / f"{launcher}_cpu2.yaml"), HELPER, *args, "--use_cpu", "true"], env)
 
