@@ -147,8 +147,14 @@ def test_offline_protocol_builds_pairs_once_then_trains_on_them(toy_lm_folder, t
     assert len(row["chosen_hidden"]) == len(row["chosen_choices"]) == len(row["chosen_token_logps"])
     assert len(row["chosen_hidden"][0]) == 64 and row["chosen_text"] and row["family"] in ("arith", "story")
     trainer.train()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    steps = [e for e in trainer.state.log_history if "loss" in e]
+    losses = [e["loss"] for e in steps]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-4) and len(losses) == 3
+    # the pair-building's sampling metrics once, under their own names; every step logs the same training keys
+    assert steps[0]["pairs_build/num_pairs"] == len(pairs) and "pairs_build/reward" in steps[0]
+    keys = [{k for k in e if not k.startswith(("pairs_build/", "grad_norm/"))} for e in steps]  # (a 2-pair batch
+    assert keys[0] == keys[1] == keys[2]  # may hold one family only: no per-family norm then)
+    assert "num_pairs" not in steps[0] and not any(k.startswith("pairs_build/") for k in steps[1])
     import pandas as pd  # the samples the pairs came from: written once, as step 0 (before training), not per log
 
     files = sorted(p.name for p in (tmp_path / "out" / "completions").iterdir())

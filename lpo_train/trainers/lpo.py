@@ -229,6 +229,10 @@ class LPOTrainer(Trainer):
         if not records:
             raise LPOTrainingFailed("No pair could be built from the prompts: every group tied or had no valid reward.")
         self._completions, self._completions_step = completions, 0  # every sample, once, as "step 0": before training
+        # the pair-building's own sampling metrics, under their own names: not mixed into the first step's
+        built = {f"pairs_build/{k}": v for k, v in self._metrics.items()}
+        self._metrics.clear()
+        self._metrics.update(built)
         dataset = datasets.Dataset.from_list(records)
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
