@@ -23,6 +23,7 @@ work: sampling, rules, bookkeeping).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -36,6 +37,7 @@ METHODS = ["hf_generate", "fixed_T", "fixed_T_dynamic_cache", "fixed_T_compiled"
            "kld"]
 
 
+@functools.lru_cache(maxsize=None)  # loaded once per process (--lengths builds its calls once per length)
 def _load(name: str, device: str):
     if name == "toy":
         from lpo_train.tasks.toy_lm import load_toy_lm
@@ -219,7 +221,7 @@ def main() -> None:
 
 def by_length(args) -> None:
     """Tokens/s per method as the length grows (methods interleaved at each length; each length builds its calls
-    afresh: the same model weights and prompts, a fresh head): a flat row means a flat cost per token."""
+    afresh: the same loaded model and prompts, a fresh head): a flat row means a flat cost per token."""
     if args.split:
         raise SystemExit("--lengths prints tokens/s only; run --split at one --new-tokens.")
     args.lengths = sorted(args.lengths)
