@@ -15,6 +15,14 @@ from pathlib import Path
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
+def write_json_lines(path: Path, rows: list[dict]) -> Path:
+    """``rows`` as a JSONL prompt file (one object per line) that ``load_prompt_dataset`` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def _check_json_lines(path: Path) -> None:
     """Clear errors for what ``datasets`` reports obscurely: an empty file, a malformed line."""
     text = path.read_text(encoding="utf-8")

@@ -8,11 +8,11 @@ drawn at random per prompt ("Giraffe."), as the prompt asks.
     python scripts/make_smollm2_references.py
 """
 
-import json
 import random
 import re
 from pathlib import Path
 
+from lpo_train.data import write_json_lines
 from lpo_train.tasks.smollm2_mix import LEXICONS, PICK_FAMILIES, make_rows
 
 ITEMS = {  # one-word items of each pick category (every one is in the reward's lexicon; checked below)
@@ -44,9 +44,7 @@ def reference(row: dict, rng: random.Random) -> str:
 def main() -> None:
     rng = random.Random("smollm2-references")
     rows = [{**r, "completion": reference(r, rng)} for r in make_rows("smollm2_mix")]
-    out = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m" / "data" / "references.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = write_json_lines(Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m" / "data" / "references.jsonl", rows)
     print(f"{len(rows)} references -> {out}")
 
 

@@ -6,9 +6,9 @@ story prompts (where it is not), so a head fit to them should learn to be cold o
     python scripts/make_toy_references.py
 """
 
-import json
 from pathlib import Path
 
+from lpo_train.data import write_json_lines
 from lpo_train.decoding import FixedTemperature, SamplingParams, generate
 from lpo_train.tasks.toy import make_prompts
 from lpo_train.tasks.toy_lm import load_toy_lm
@@ -22,9 +22,7 @@ def main() -> None:
         traces = generate(model, tok, [r["prompt"] for r in prompts], FixedTemperature(temperature),
                           SamplingParams(max_new_tokens=40, seed=1))
         rows += [{"prompt": r["prompt"], "completion": t.text, "family": family} for r, t in zip(prompts, traces)]
-    out = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "data" / "references.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = write_json_lines(Path(__file__).resolve().parents[1] / "recipes" / "toy" / "data" / "references.jsonl", rows)
     print(f"{len(rows)} references -> {out}")
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lpo_train.data import load_prompt_dataset
+from lpo_train.data import load_prompt_dataset, write_json_lines
 
 
 def test_missing_empty_and_malformed_files(tmp_path):
@@ -23,6 +23,14 @@ def test_missing_empty_and_malformed_files(tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text('{"prompt": "a", "family": "x"}\n\n{"prompt": "b", "family": "y"}\n')
     assert load_prompt_dataset(str(good))["family"] == ["x", "y"]
+
+
+def test_written_json_lines_load_back_as_the_same_rows(tmp_path):
+    rows = [{"prompt": "Capital of France?", "completion": "Paris.", "family": "capital"},
+            {"prompt": [{"role": "user", "content": "hi \u00e9"}], "completion": "Hello.", "family": "copy"}]
+    path = write_json_lines(tmp_path / "new" / "refs.jsonl", rows)
+    assert path.read_text().count("\n") == 2
+    assert load_prompt_dataset(str(path)).to_list() == rows
 
 
 def test_a_reward_returning_a_non_number_is_named():
