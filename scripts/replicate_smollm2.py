@@ -94,9 +94,13 @@ def train_head(protocol: str, seed: int, out: Path, extra: list[str], tag: str =
     return head_dir, time.time() - start
 
 
+def default_families(args) -> bool:
+    return tuple(args.families) == DEFAULT_FAMILIES
+
+
 def suite(args, split: str) -> str:
     """The dataset name of ``args.families`` (the suite's defaults unless --families says otherwise)."""
-    return f"smollm2_mix:{split}" + ("" if tuple(args.families) == DEFAULT_FAMILIES else ":" + "+".join(args.families))
+    return f"smollm2_mix:{split}" + ("" if default_families(args) else ":" + "+".join(args.families))
 
 
 def evaluate_heads(heads, seed: int, out: Path, args) -> dict:
@@ -179,7 +183,7 @@ def main(argv=None) -> dict:
     p.add_argument("--objectives", nargs="+", default=None, metavar="LOSS",
                    help="compare online heads of these loss types (see the module docstring)")
     args = p.parse_args(argv)
-    if tuple(args.families) != DEFAULT_FAMILIES:
+    if not default_families(args):
         if args.objectives:
             p.error("--objectives compares losses on the default families (its likelihood references and its "
                     "output names are theirs); it takes no --families.")
@@ -193,7 +197,7 @@ def main(argv=None) -> dict:
 
     out = Path(args.output_dir)
     per_seed, timings = {}, {}
-    train_args = ([] if tuple(args.families) == DEFAULT_FAMILIES  # train on the same families (--train-args override)
+    train_args = ([] if default_families(args)  # train on the same families (--train-args override)
                   else ["--dataset_name", suite(args, "train")]) + args.train_args
     for seed in args.seeds:
         heads = {}
@@ -244,7 +248,7 @@ def main(argv=None) -> dict:
             "timings_seconds": timings,
             "command": " ".join(["python scripts/replicate_smollm2.py --seeds", *map(str, args.seeds)]
                                 + (["--protocols", *args.protocols] if args.protocols != ["online", "offline"] else [])
-                                + (["--families", *args.families] if tuple(args.families) != DEFAULT_FAMILIES else [])
+                                + ([] if default_families(args) else ["--families", *args.families])
                                 + (["--tag", args.tag] if args.tag else [])
                                 + (["--train-args", *args.train_args] if args.train_args else [])),
         }

@@ -41,15 +41,15 @@ class RowRecord:
         if self.hidden is not None and hidden is not None and step < self.hidden_steps:
             self.hidden[rows, step] = hidden
             if choice_probs is not None:
-                if self.choice_probs is None:
-                    self.choice_probs = torch.zeros((len(self.lengths), self.hidden_steps, choice_probs.shape[-1]),
-                                                    device=self.tokens.device)
-                self.choice_probs[rows, step] = choice_probs.float()
+                self._per_choice("choice_probs", self.hidden_steps, rows, step, choice_probs)
         if choice_logps is not None:
-            if self.choice_logps is None:
-                self.choice_logps = torch.zeros((len(self.lengths), self.steps, choice_logps.shape[-1]),
-                                                device=self.tokens.device)
-            self.choice_logps[rows, step] = choice_logps.float()
+            self._per_choice("choice_logps", self.steps, rows, step, choice_logps)
+
+    def _per_choice(self, name: str, steps: int, rows, step: int, values: torch.Tensor) -> None:
+        """Write a per-grid-choice buffer [B, steps, K] (float32), allocated at its first write (K is the rule's)."""
+        if getattr(self, name) is None:
+            setattr(self, name, torch.zeros((len(self.lengths), steps, values.shape[-1]), device=self.tokens.device))
+        getattr(self, name)[rows, step] = values.float()
 
     def finished(self, rows: torch.Tensor, reason: str) -> None:
         """Rows ``rows`` (record indices) end for ``reason`` (device-side; nothing is copied to the host)."""

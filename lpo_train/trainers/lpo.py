@@ -527,12 +527,9 @@ class LPOTrainer(Trainer):
         grid = head.config.grid
         entropies, expected = [], []
         if traces:  # the head's own distribution (not the exploration's) at each decision, as the engine traced it
-            with torch.no_grad():  # (a trace from a rule that traced none: the head on its states)
-                per_trace = [t.choice_probs if t.choice_probs is not None else head.log_probs(t.hidden).exp()
-                             for t in traces]
-            probs = torch.cat(per_trace)
+            probs = torch.cat([t.choice_probs for t in traces])
             per_decision = torch.stack([choice_entropy(probs), probs @ head.grid.to(probs.device)], -1)
-            counts = torch.tensor([len(p) for p in per_trace], device=probs.device)
+            counts = torch.tensor([len(t.choice_probs) for t in traces], device=probs.device)
             owner = torch.repeat_interleave(torch.arange(len(traces), device=probs.device), counts)
             sums = per_decision.new_zeros(len(traces), 2).index_add_(0, owner, per_decision)
             entropies, expected = (sums / counts[:, None]).T.tolist()
