@@ -76,3 +76,27 @@ def test_a_reward_file_in_the_current_folder_resolves(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("[2]")
+
+
+def test_a_csv_file_loads_as_csv_and_a_missing_local_path_is_named(tmp_path, monkeypatch):
+    """A .csv path is read by datasets' csv builder, whether given with a folder or relative to the current one
+    (never looked up as a Hub id); a local path that does not exist, and an unreadable suffix, are named."""
+    (tmp_path / "prompts.csv").write_text('prompt,family\n"Capital of France, in one word?",capital\nHi,copy\n')
+    rows = [{"prompt": "Capital of France, in one word?", "family": "capital"}, {"prompt": "Hi", "family": "copy"}]
+    assert load_prompt_dataset(str(tmp_path / "prompts.csv")).to_list() == rows
+    monkeypatch.chdir(tmp_path)
+    assert load_prompt_dataset("prompts.csv").to_list() == rows
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="empty.csv is empty"):
+        load_prompt_dataset("empty.csv")
+    for missing in ("data/prompts.csv", "./prompts_folder", "data/sub/prompts"):
+        with pytest.raises(FileNotFoundError, match=f"{missing} does not exist .dataset_name."):
+            load_prompt_dataset(missing)
+    (tmp_path / "prompts.txt").write_text("Hi\n")
+    with pytest.raises(ValueError, match=r"prompts.txt has suffix '.txt'.*\.csv"):
+        load_prompt_dataset("prompts.txt")
+
+
+def test_an_unreachable_hub_dataset_says_both_places_were_tried():  # tests run offline (conftest)
+    with pytest.raises(FileNotFoundError, match="'no-such-org/no-such-set' is not a local file or folder, and as a Hub"):
+        load_prompt_dataset("no-such-org/no-such-set")
