@@ -279,3 +279,38 @@ def test_shared_head_checkpoints_load_as_value_models_and_resume(tiny_lm, tmp_pa
     run(tmp_path / "cut", 2)
     resumed = run(tmp_path / "cut", 4, resume=str(tmp_path / "cut" / "checkpoint-2"))
     assert torch.allclose(resumed, full, atol=1e-6)
+
+
+def test_train_value_checks_its_output_dir_before_sampling(tmp_path):
+    """An output_dir that cannot be written, or that holds a trained model, is refused before anything is loaded or
+    sampled (the model here does not exist: reaching it fails otherwise); --overwrite_output_dir replaces it."""
+    from trl import DPOConfig, RewardConfig
+
+    from lpo_train.trainers.value import train_explicit_value, train_reward_model
+
+    data = ValueDataArguments(model_name_or_path=str(tmp_path / "no" / "model"))
+    (tmp_path / "a_file").write_text("")
+
+    def config(cls, folder):
+        return cls(output_dir=str(folder), use_cpu=True, bf16=False, report_to="none")
+
+    with pytest.raises(OSError, match=r"output_dir .*a_file/v cannot be written: .*a_file is a file, not a folder"):
+        train_explicit_value(data, config(ExplicitValueConfig, tmp_path / "a_file" / "v"))
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "model.safetensors").write_bytes(b"")
+    for train, cls in ((train_explicit_value, ExplicitValueConfig), (train_implicit_value, DPOConfig),
+                       (train_reward_model, RewardConfig)):
+        with pytest.raises(FileExistsError, match="already holds another run .model.safetensors.*--overwrite"):
+            train(data, config(cls, trained))
+    adapter = tmp_path / "adapter"  # an implicit value trained as a LoRA adapter: no model.safetensors
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    (adapter / "value_metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already holds a trained model .value_metrics.json"):
+        train_implicit_value(data, config(DPOConfig, adapter))
+    data.overwrite_output_dir = True
+    for folder, old in ((trained, "model.safetensors"), (adapter, "value_metrics.json")):
+        with pytest.raises(FileNotFoundError, match="is not a local folder"):  # past the check: the missing model
+            train_explicit_value(data, config(ExplicitValueConfig, folder))
+        assert not (folder / old).exists()

@@ -161,17 +161,12 @@ def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] |
 
 def check_output_file(path: str) -> None:
     """Fail before decoding when the output cannot be written (a folder, an unwritable place)."""
-    import os
+    from lpo_train.errors import check_writable
 
     out = Path(path)
     if out.is_dir():
         raise IsADirectoryError(f"output_file {path} is a folder; give a file name such as {out / 'generate.jsonl'}.")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise PermissionError(f"output_file {path} cannot be written ({parent} is not a writable folder); choose "
-                              "another --output_file.")
+    check_writable(out.parent, "output_file", path)
 
 
 def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | None = None) -> dict:

@@ -52,6 +52,7 @@ class ValueDataArguments(PromptDataArguments, SamplingArguments):
     pair_mode: str = _help(f"Implicit pairs: one of {PAIR_MODES}.", "bradley_terry")
     bt_scale: float = _help("Bradley-Terry labels: P(a preferred) = sigmoid(bt_scale * (r_a - r_b)).", 1.0)
     eval_fraction: float = _help("Share of prompts held out for evaluation (pairwise accuracy).", 0.1)
+    overwrite_output_dir: bool = _help("Replace a trained model (or checkpoints) already in output_dir.", False)
 
     def __post_init__(self):
         self.toy_families = self.toy_families or ["sentiment"]
@@ -261,6 +262,27 @@ def pairwise_accuracy(scores: list[float], rewards: list[float], groups: list) -
 # --- entry points --------------------------------------------------------------------------------
 
 
+def prepare_output_dir(data: ValueDataArguments, args) -> None:
+    """Before any sampling: ``output_dir`` can be written, and it holds no trained model or checkpoints unless
+    ``overwrite_output_dir`` (or a resume) says to replace them (then they are removed), as ``lpo-train train``
+    checks."""
+    from types import SimpleNamespace
+
+    from lpo_train.errors import check_writable
+    from lpo_train.trainers import lpo_io
+
+    check_writable(args.output_dir, "output_dir")
+    lpo_io.check_output_dir(SimpleNamespace(output_dir=args.output_dir, overwrite_output_dir=data.overwrite_output_dir,
+                                            resume_from_checkpoint=args.resume_from_checkpoint,
+                                            process_index=args.process_index))
+    finished = Path(args.output_dir) / "value_metrics.json"  # any finished run, an adapter-only one too
+    if finished.exists() and not (data.overwrite_output_dir or args.resume_from_checkpoint):
+        raise FileExistsError(f"{args.output_dir} already holds a trained model ({finished.name}). Set "
+                              "--overwrite_output_dir true to replace it, or choose another --output_dir.")
+    if data.overwrite_output_dir and not args.resume_from_checkpoint and args.process_index == 0:
+        finished.unlink(missing_ok=True)  # never left describing the replaced model if this run stops early
+
+
 def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, peft_config=None) -> dict:
     """A value model (``args``: ``ExplicitValueConfig``; token or shared head) on the sampler's scored responses. ``peft_config``:
     a LoRA backbone with the (new, zero) value head fully trained beside it (PEFT's ``modules_to_save``), merged
@@ -271,6 +293,7 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
     if args.freeze_backbone and peft_config is not None:
         raise ValueError("freeze_backbone trains the value head alone, use_peft a LoRA on the backbone beside it: "
                          "set one of them.")
+    prepare_output_dir(data, args)
 
     _, tokenizer = load_causal_lm(data.model_name_or_path)
     if data.sampler_model:
@@ -336,6 +359,7 @@ def train_implicit_value(data: ValueDataArguments, args, peft_config=None) -> di
 
     from lpo_train.models.loading import load_causal_lm, portable_name, trainable_lm
 
+    prepare_output_dir(data, args)
     pairs, held = _training_pairs(data)
     eval_pairs = build_preference_pairs(held, "best_worst", seed=data.dataset_seed) if held else []
     _, tokenizer = load_causal_lm(data.model_name_or_path)
@@ -376,6 +400,7 @@ def train_reward_model(data: ValueDataArguments, args) -> dict:
     from lpo_train.models.loading import load_causal_lm, trainable_lm
     from lpo_train.rewards import RewardModel
 
+    prepare_output_dir(data, args)
     pairs, held = _training_pairs(data)
     _, tokenizer = load_causal_lm(data.model_name_or_path)
     model = trainable_lm(data.model_name_or_path, lambda path, **kw: AutoModelForSequenceClassification.from_pretrained(
