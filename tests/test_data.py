@@ -100,3 +100,22 @@ def test_a_csv_file_loads_as_csv_and_a_missing_local_path_is_named(tmp_path, mon
 def test_an_unreachable_hub_dataset_says_both_places_were_tried():  # tests run offline (conftest)
     with pytest.raises(FileNotFoundError, match="'no-such-org/no-such-set' is not a local file or folder, and as a Hub"):
         load_prompt_dataset("no-such-org/no-such-set")
+
+
+@pytest.mark.parametrize("opening", ["", "{{ bos_token }}"])  # ChatML as is, and after a BOS (as Llama 3 starts)
+def test_prompts_that_already_hold_the_chat_template_are_not_wrapped_again(opening):
+    """TRL standard prompts made with apply_chat_template(..., tokenize=False) encode as the conversation they
+    came from (the template once), a system turn too; a plain string is still wrapped."""
+    from lpo_train.decoding.engine import encode_prompts
+    from lpo_train.models import train_bpe_tokenizer
+    from lpo_train.models.kit import CHATML_TEMPLATE
+
+    tok = train_bpe_tokenizer(texts=["hello world, the cat sat on the mat. be brief."] * 20, vocab_size=300)
+    tok.chat_template = opening + CHATML_TEMPLATE
+    user = [{"role": "user", "content": "hello cat"}]
+    system = [{"role": "system", "content": "be brief"}, *user]
+    as_text = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in (user, system)]
+    plain, from_user, from_system, text_user, text_system = encode_prompts(tok, ["hello cat", user, system, *as_text])
+    assert text_user == from_user == plain and text_system == from_system
+    assert text_user.count(tok.convert_tokens_to_ids("<|im_start|>")) == 2  # the user turn and the assistant's
+    assert (text_user[0] == tok.bos_token_id) == bool(opening)

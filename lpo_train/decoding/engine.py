@@ -89,8 +89,13 @@ def next_token_distribution(logits: torch.Tensor, temperature: torch.Tensor, top
 
 
 def encode_prompts(tokenizer, prompts, chat_template: bool | None = None) -> list[list[int]]:
-    """Token ids per prompt. Prompts are strings, conversations (lists of messages) or token ids."""
+    """Token ids per prompt. Prompts are strings, conversations (lists of messages) or token ids.
+
+    A string that already holds the chat template (TRL's ``apply_chat_template(..., tokenize=False)``) is
+    encoded as given, not wrapped a second time: it starts with a special token that the template's renderings
+    start with (ChatML's ``<|im_start|>``, Llama 3's ``<|begin_of_text|>``, a BOS, a role token)."""
     use_template = bool(getattr(tokenizer, "chat_template", None)) if chat_template is None else chat_template
+    openings = None  # the template's first special tokens (a user turn, a system turn); found at the first string
     encoded = []
     for p in prompts:
         if isinstance(p, (list, tuple)) and p and all(isinstance(x, int) for x in p):
@@ -101,9 +106,20 @@ def encode_prompts(tokenizer, prompts, chat_template: bool | None = None) -> lis
                 raise ValueError("Conversational prompts need a tokenizer with a chat template.")
             text = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
         elif isinstance(p, str):
+            if use_template and openings is None:
+                specials = {t for t in tokenizer.all_special_tokens if t} | {
+                    t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+                openings = set()
+                for first in ("user", "system"):
+                    try:
+                        rendered = tokenizer.apply_chat_template([{"role": first, "content": "x"}], tokenize=False)
+                    except Exception:  # a template without a system turn
+                        continue
+                    openings.add(max((t for t in specials if rendered.startswith(t)), key=len, default=""))
+                openings.discard("")
+            wrap = use_template and not p.startswith(tuple(openings))  # templated already: used as given
             text = (tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                                  add_generation_prompt=True, tokenize=False)
-                    if use_template else p)
+                                                  add_generation_prompt=True, tokenize=False) if wrap else p)
         else:
             raise TypeError(f"A prompt must be a string or a list of messages, got {type(p)}.")
         ids = tokenizer(text, add_special_tokens=not use_template)["input_ids"]
