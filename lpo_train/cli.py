@@ -93,6 +93,8 @@ TRL_STYLE = {  # commands parsed by TRL's parser (--config recipe.yaml plus --ke
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpo-train", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="before the command: an input error shows its "
+                        "traceback (default: its message alone, exit status 2); also LPO_TRAIN_DEBUG=1")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train an AdaptiveDecoder head with LPO: --config recipe.yaml [--key value ...]")
     sub.add_parser("evaluate", help="decoding strategies vs the fixed-temperature grid: --config ... [--key value]")
@@ -121,14 +123,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def dispatch(argv: list[str]) -> None:
+    """Run one command; every error propagates (``main`` is the console entry that reports them)."""
     if argv and argv[0] in TRL_STYLE:  # TRL-style parser: --config recipe.yaml plus --key value
         module, _, name = TRL_STYLE[argv[0]].partition(":")
         getattr(importlib.import_module(module), name)(argv[1:])
         return
     args = build_parser().parse_args(argv)
     args.func(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``lpo-train [--debug] COMMAND ...``. A user error (``lpo_train.errors``) prints its message on stderr and
+    exits with status 2; ``--debug`` before the command (or ``LPO_TRAIN_DEBUG=1``) raises it with its traceback."""
+    import os
+
+    from lpo_train.errors import is_user_error
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("LPO_TRAIN_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    if argv[:1] == ["--debug"]:  # only before the command: after it, --debug is TrainingArguments' own flag
+        debug, argv = True, argv[1:]
+    try:
+        dispatch(argv)
+    except Exception as e:
+        if debug or not is_user_error(e):
+            raise
+        command = f"lpo-train {argv[0]}" if argv else "lpo-train"
+        print(f"{command}: error: {e}\n(for the traceback: lpo-train --debug {' '.join(argv[:1])} ... "
+              "or LPO_TRAIN_DEBUG=1)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from lpo_train.cli import main as cli
+from lpo_train.cli import dispatch as cli  # raises every error (main reports user errors: test_cli_errors)
 
 
 @pytest.fixture(scope="module")
