@@ -40,7 +40,17 @@ class AdaptiveDecoderForCausalLM:
         if not spec:
             raise ValueError(f"The head at {head_name_or_path} records no base model (config.json base_model); "
                              "pass base_model='...'.")
-        model, tokenizer = load_causal_lm(spec, dtype)
+        try:
+            model, tokenizer = load_causal_lm(spec, dtype)
+        except OSError as e:
+            if base_model is not None or joint:
+                raise
+            field = "extra.adapter" if head.config.extra.get("adapter") else "base_model"
+            raise FileNotFoundError(
+                f"The head at {head_name_or_path} names its base model {spec!r} in its config.json ({field}, recorded "
+                f"when it was trained), and that model cannot be loaded: {e} Give the base model explicitly: "
+                f"AdaptiveDecoderForCausalLM.from_pretrained({str(head_name_or_path)!r}, base_model='<folder or Hub "
+                "id>') (or correct base_model in the head's config.json).") from e
         return cls(model, tokenizer, head.to(next(model.parameters()).device), selection)
 
     @torch.no_grad()

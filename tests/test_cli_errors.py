@@ -1,5 +1,6 @@
-"""A user error at the command line prints its message alone (exit status 2); --debug / LPO_TRAIN_DEBUG=1 give
-the traceback; an error the project did not raise on purpose keeps its traceback."""
+"""The bad inputs outside the data layer: a user error at the command line prints its message alone (exit
+status 2), --debug / LPO_TRAIN_DEBUG=1 give the traceback, an error the project did not raise on purpose keeps
+its traceback; output folders are checked before any work; a head's missing base model is named with its source."""
 
 import subprocess
 import sys
@@ -81,3 +82,21 @@ def test_the_console_command_prints_the_message_alone():
     assert "method must be one of" in out.stderr and "Traceback" not in out.stderr
     debug = subprocess.run(command[:3] + ["--debug"] + command[3:], capture_output=True, text=True, timeout=300)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "method must be one of" in debug.stderr
+
+
+def test_a_head_whose_base_folder_was_deleted_says_where_the_path_came_from(tiny_lm, tiny_lm_path, tmp_path):
+    import shutil
+
+    from lpo_train.adaptive_model import AdaptiveDecoderForCausalLM
+    from lpo_train.heads import AdaptiveDecoderHead
+
+    model, tok = tiny_lm
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    AdaptiveDecoderHead.for_model(model, base_model=str(tmp_path / "base")).save_pretrained(tmp_path / "head")
+    shutil.rmtree(tmp_path / "base")
+    with pytest.raises(FileNotFoundError, match=r"names its base model '.*base' in its config.json \(base_model, "
+                                                r"recorded when it was trained\).*Give the base model explicitly"):
+        AdaptiveDecoderForCausalLM.from_pretrained(tmp_path / "head")
+    given = AdaptiveDecoderForCausalLM.from_pretrained(tmp_path / "head", base_model=str(tiny_lm_path))
+    assert given.model.config.hidden_size == model.config.hidden_size
