@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from lpo_train.evaluation import harness
+from lpo_train.evaluation import report
 from lpo_train.evaluation.harness import EvalConfig, evaluate, evidence_free_prompts, parse_strategy
 
 
@@ -45,42 +45,42 @@ def test_kld_runs_on_a_suite_with_evidence(tiny_lm_path, tmp_path):
 
 
 def test_extract_answer():
-    assert harness.extract_answer("The answer is 12. Or 13?") == "12"
-    assert harness.extract_answer("3 + 4 = 7", "last_number") == "7"
-    assert harness.extract_answer("-2.5 degrees") == "-2.5"
-    assert harness.extract_answer("no number") is None
-    assert harness.extract_answer("  Paris \n", "text") == "Paris"
+    assert report.extract_answer("The answer is 12. Or 13?") == "12"
+    assert report.extract_answer("3 + 4 = 7", "last_number") == "7"
+    assert report.extract_answer("-2.5 degrees") == "-2.5"
+    assert report.extract_answer("no number") is None
+    assert report.extract_answer("  Paris \n", "text") == "Paris"
 
 
 def test_task_metrics_only_when_columns_exist():
     config = EvalConfig()
     rows = [{"answer": "7"}, {"answer": "3"}, {"answer": ""}]
     data = {"texts": [["7", "The answer is 7.", "8"], ["3 apples", "4", "4"], ["x", "y", "z"]]}
-    out = harness._task_metrics(data, rows, config)
+    out = report.task_metrics(data, rows, config)
     # row 0: votes 7, 7, 8 (2 right, majority 7 right); row 1: 3, 4, 4 (1 right, majority 4 wrong); row 2: no answer
     assert out == {"accuracy": 50.0, "maj_at_n": 50.0, "num_answered": 2}
     # a number extractor skips non-numeric gold answers; the text extractor compares whole texts
     rows_words = rows + [{"answer": "Paris"}]
     data_words = {"texts": data["texts"] + [["Paris", "Rome", "Paris"]]}
-    assert harness._task_metrics(data_words, rows_words, config)["num_answered"] == 2
-    out = harness._task_metrics(data_words, rows_words, EvalConfig(answer_extractor="text"))
+    assert report.task_metrics(data_words, rows_words, config)["num_answered"] == 2
+    out = report.task_metrics(data_words, rows_words, EvalConfig(answer_extractor="text"))
     # text: row 0 "7" right once; row 1 "3 apples" != "3": none; row 3 Paris twice (majority right)
     assert out == pytest.approx({"accuracy": 100 * 3 / 9, "maj_at_n": 100 * 2 / 3, "num_answered": 3})
     rows = [{"reference": "the cat sat on the mat"}, {"reference": ""}]
     data = {"texts": [["the cat sat on the mat", "the cat"], ["a", "b"]]}
-    out = harness._task_metrics(data, rows, config)
+    out = report.task_metrics(data, rows, config)
     # ROUGE-L F: 1.0 for the exact copy; "the cat": P = 1, R = 2/6, F = 0.5 -> mean 0.75
     assert out["rouge_l"] == pytest.approx(0.75) and set(out) == {"rouge_l", "bleu"}
-    exact = harness._task_metrics({"texts": [["the cat sat on the mat"]]}, rows[:1], config)
+    exact = report.task_metrics({"texts": [["the cat sat on the mat"]]}, rows[:1], config)
     assert exact["bleu"] == pytest.approx(100.0)
-    assert harness._task_metrics({"texts": [["a"]]}, [{"family": "story"}], config) == {}
+    assert report.task_metrics({"texts": [["a"]]}, [{"family": "story"}], config) == {}
 
 
 def test_values_by_sentence_position():
     values, starts = [[0.0, 1.0, 1.0, 0.2, 0.6]], [[True, False, False, True, False]]
     # positions 0 1 2 0 1 -> position 0: (0 + 0.2) / 2, position 1: (1 + 0.6) / 2, position 2: 1
-    assert harness.values_by_sentence_position(values, starts, 4) == pytest.approx([0.1, 0.8, 1.0, None])
-    by_pos = harness.values_by_sentence_position(values, starts, 2)  # positions >= 1 pooled in the last slot
+    assert report.values_by_sentence_position(values, starts, 4) == pytest.approx([0.1, 0.8, 1.0, None])
+    by_pos = report.values_by_sentence_position(values, starts, 2)  # positions >= 1 pooled in the last slot
     assert by_pos == pytest.approx([0.1, (1.0 + 1.0 + 0.6) / 3])
 
 

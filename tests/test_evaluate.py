@@ -24,7 +24,10 @@ def test_evaluate_writes_results_report_plot_and_resumes(toy_lm_folder, tmp_path
     summary = evaluate(config)
     out = tmp_path / "eval"
     results = json.loads((out / "results.json").read_text())["strategies"]
-    assert set(results) == {"T=0", "T=1", "edt:T0=1,theta=1", "min_p:0.2", f"head:{tmp_path / 'head'}"}
+    head = f"head:{tmp_path / 'head'}"
+    # the head's MeanShift baseline runs beside it: an untrained head always picks T = 0, its mean
+    assert set(results) == {"T=0", "T=1", "edt:T0=1,theta=1", "min_p:0.2", head, f"meanshift({head})=T0"}
+    assert results[f"meanshift({head})=T0"]["mean_reward"] == results["T=0"]["mean_reward"]
     assert results["T=0"]["win_rate_vs_fixed"]["0"]["win_rate"] == 50.0  # against itself: all ties
     assert results["T=0"]["percent_non_greedy"] == 0 and results["T=1"]["percent_non_greedy"] == 100
     low, high = results["T=1"]["win_rate_vs_fixed"]["0"]["ci95"]

@@ -1,22 +1,28 @@
 """``lpo-train evaluate``: decoding strategies x a prompt suite, N samples each, one engine.
 
 Each strategy's raw results (per prompt: the N rewards, texts, applied values) are written to
-``output_dir/strategies/<name>.json`` as soon as it finishes, so an interrupted run resumes
-without recomputing finished strategies. Then ``results.json``, ``report.md`` and plots.
+``output_dir/strategies/<name>.json`` as soon as it finishes, keyed by a fingerprint of everything
+that determines them (``fingerprints``), so an interrupted run resumes without recomputing finished
+strategies and a changed setting never reuses a stale one. With a trained head among the strategies,
+its baselines run too (``baselines``: MeanShift, the best fixed T chosen on a training-side prompt
+set, the per-family oracle). Then ``results.json``, ``report.md`` and plots.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections import defaultdict
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams, generate
-from lpo_train.evaluation import metrics, plots
+from lpo_train.evaluation import baselines, metrics, plots
+from lpo_train.evaluation.fingerprints import (
+    file_fingerprint, head_files_fingerprint, rows_fingerprint, run_fingerprint, strategy_fingerprint,  # noqa: F401
+)
+from lpo_train.evaluation.report import summarise, write_report
 from lpo_train.evaluation.tracking import TRACKERS, log_evaluation
 from lpo_train.pairs import group_slices
 from lpo_train.cli_args import help_field as _help
@@ -43,6 +49,16 @@ class EvalConfig(PromptDataArguments, SamplingArguments):
         "Extra strategies: 'edt:T0=1,theta=1', 'dynatemp:temp=0.8,range=0.3', 'min_p:0.1' (at T=1), "
         "'kld:T0=1,sigma=1' (needs an evidence column), "
         "'head:PATH' or 'head:PATH:sample' (a trained AdaptiveDecoder head).", None)
+    max_prompt_length: int = _help("Prompts longer than this many tokens (chat template applied) are left out, "
+                                   "counted and warned about; the limit is also at most the model's positions minus "
+                                   "max_completion_length.", 512)
+    selection_dataset_name: str | None = _help(
+        "The training-side prompt set the 'best fixed T' baseline is chosen on (default: dataset_name; e.g. "
+        "'smollm2_mix:train'). Set this, selection_dataset_split or selection_dataset_seed to enable it; "
+        "without one the best fixed T is chosen on the evaluation prompts (optimistic).", None)
+    selection_dataset_split: str | None = _help("Split of the selection prompt set (default: dataset_split).", None)
+    selection_dataset_seed: int | None = _help("Seed of a generated selection prompt set (toy, reasoning-gym), e.g. "
+                                               "the training seed (default: dataset_seed).", None)
     seed: int = _help("Sampling seed (per-row seeds derive from it).", 0)
     n_boot: int = _help("Bootstrap resamples for the win-rate confidence intervals.", 1000)
     output_dir: str = _help("Where results.json, report.md, plots and per-strategy files go.", "outputs/eval")
@@ -70,6 +86,8 @@ class EvalConfig(PromptDataArguments, SamplingArguments):
             raise ValueError(f"answer_extractor must be one of {ANSWER_EXTRACTORS}, got {self.answer_extractor!r}.")
         if self.num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}.")
+        if self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}.")
         self.check_decoding()
         for spec in self.strategies:
             parse_strategy(spec)  # fail early, before any model loads
@@ -189,143 +207,128 @@ def sentence_starts(tokenizer, token_ids: list[int]) -> list[bool]:
     return [i == 0 or pieces[i - 1].rstrip().endswith((".", "!", "?")) for i in range(len(pieces))]
 
 
-_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def extract_answer(text: str, how: str = "first_number") -> str | None:
-    """A sample's answer for accuracy and maj@N: its first or last number, or the stripped text."""
-    if how == "text":
-        return text.strip() or None
-    numbers = _NUMBER_RE.findall(text)
-    if not numbers:
-        return None
-    return numbers[0] if how == "first_number" else numbers[-1]
-
-
-def values_by_sentence_position(values: list[list[float]], starts: list[list[bool]], max_position: int
-                                ) -> list[float | None]:
-    """Mean applied value at each position within a sentence (0 = the sentence's first token),
-    over all sequences; positions at or beyond ``max_position`` are pooled into the last slot."""
-    sums, counts = [0.0] * max_position, [0] * max_position
-    for vals, flags in zip(values, starts):
-        pos = -1
-        for v, is_start in zip(vals, flags):
-            pos = 0 if is_start else pos + 1
-            k = min(pos, max_position - 1)
-            sums[k] += v
-            counts[k] += 1
-    return [s / c if c else None for s, c in zip(sums, counts)]
-
-
-def _task_metrics(data: dict, rows: list[dict], config: EvalConfig) -> dict:
-    """Accuracy and maj@N on the rows with an ``answer`` (a numeric one for the number extractors);
-    ROUGE-L and SacreBLEU on the rows with a reference text. Each only when the suite has the column."""
-    out = {}
-    answered = [i for i, r in enumerate(rows) if str(r.get("answer") or "").strip()]
-    if config.answer_extractor != "text":  # a number extractor can only match numeric gold answers
-        answered = [i for i in answered if _NUMBER_RE.fullmatch(str(rows[i]["answer"]).strip())]
-    if answered:
-        gold = [str(rows[i]["answer"]).strip() for i in answered]
-        votes = [[extract_answer(t, config.answer_extractor) for t in data["texts"][i]] for i in answered]
-        out["accuracy"] = 100.0 * metrics.mean([a == g for g, vs in zip(gold, votes) for a in vs])
-        out["maj_at_n"] = metrics.majority_at_n(votes, gold)
-        out["num_answered"] = len(answered)
-    col = config.reference_column
-    referenced = [i for i, r in enumerate(rows) if str(r.get(col) or "").strip()]
-    if referenced:
-        predictions = [t for i in referenced for t in data["texts"][i]]
-        references = [rows[i][col] for i in referenced for _ in data["texts"][i]]
-        out["rouge_l"] = metrics.rouge_l(predictions, references)
-        out["bleu"] = metrics.corpus_bleu(predictions, references)
-    return out
-
-
-def summarise(raw: dict[str, dict], rows: list[dict], config: EvalConfig) -> dict:
-    """Per strategy: mean reward (overall and per family), win rate vs each fixed T with a
-    bootstrap CI (items = prompts, a prompt's score = mean over its N samples; 0.5 on ties),
-    % non-greedy, 3-gram repeats, distinct-2, Self-BLEU over each prompt's N samples, mean
-    applied value (per family, at sentence starts vs elsewhere, by position in the sentence),
-    and accuracy / maj@N / ROUGE-L / SacreBLEU when the suite has answers / references."""
-    families = [r.get("family") or "all" for r in rows]
-    item = {name: [metrics.mean(rs) for rs in data["rewards"]] for name, data in raw.items()}
-    out = {}
-    for name, data in raw.items():
-        by_family = defaultdict(list)
-        values_by_family = defaultdict(list)
-        for fam, score, vals in zip(families, item[name], data["values"]):
-            by_family[fam].append(score)
-            values_by_family[fam].extend(v for seq in vals for v in seq)
-        wins = {}
-        for t in config.temperatures:
-            base = item[f"T={t:g}"]
-            low, high = metrics.bootstrap_ci(item[name], base, n_boot=config.n_boot, seed=config.seed)
-            wins[f"{t:g}"] = {"win_rate": metrics.win_rate(item[name], base), "ci95": [low, high]}
-        texts = data["texts"]
-        start_values, other_values = [], []
-        all_values = [seq for v in data["values"] for seq in v]
-        all_starts = [seq for f in data["sentence_start"] for seq in f]
-        for vals, flags in zip(all_values, all_starts):
-            for v, is_start in zip(vals, flags):
-                (start_values if is_start else other_values).append(v)
-        out[name] = {
-            "mean_reward": metrics.mean(item[name]),
-            "mean_reward_by_family": {f: metrics.mean(v) for f, v in by_family.items()},
-            "win_rate_vs_fixed": wins,
-            "average_win_rate": metrics.mean([w["win_rate"] for w in wins.values()]),
-            "percent_non_greedy": metrics.percent_non_greedy([seq for vals in data["values"] for seq in vals]),
-            "mean_value_by_family": {f: metrics.mean(v) if v else None for f, v in values_by_family.items()},
-            # paper Fig. 5 (right): the value applied at a sentence's first token vs elsewhere
-            "mean_value_sentence_start": metrics.mean(start_values) if start_values else None,
-            "mean_value_other": metrics.mean(other_values) if other_values else None,
-            "mean_value_by_sentence_position": values_by_sentence_position(all_values, all_starts,
-                                                                           config.max_sentence_position),
-            "repeat_3gram": metrics.ngram_repeat_rate([t for ts in texts for t in ts], 3),
-            "distinct_2": metrics.distinct_n([t for ts in texts for t in ts], 2),
-            "self_bleu": metrics.mean([metrics.self_bleu(ts) for ts in texts]) if config.num_generations > 1 else None,
-            **_task_metrics(data, rows, config),
-        }
-    return out
-
-
-def write_report(summary: dict, config: EvalConfig, path: Path) -> None:
-    temps = [f"{t:g}" for t in config.temperatures]
-    lines = [f"# Evaluation: {config.model_name_or_path} on {config.dataset_name}", "",
-             f"N = {config.num_generations} samples per prompt, seed {config.seed}; win rates per prompt (mean of its "
-             "N rewards), 0.5 each on ties, 95 % bootstrap intervals in results.json.", "",
-             "| strategy | mean reward | " + " | ".join(f"win vs T={t}" for t in temps)
-             + " | avg win | % non-greedy | 3-gram rep. % | distinct-2 | Self-BLEU |",
-             "|---|---|" + "---|" * len(temps) + "---|---|---|---|---|"]
-    fmt = lambda v, spec=".1f": "-" if v is None else format(v, spec)  # noqa: E731
-    for name, s in summary.items():
-        wins = " | ".join(f"{s['win_rate_vs_fixed'][t]['win_rate']:.1f}" for t in temps)
-        lines.append(f"| {name} | {s['mean_reward']:.3f} | {wins} | {s['average_win_rate']:.1f} | "
-                     f"{s['percent_non_greedy']:.0f} | {s['repeat_3gram']:.1f} | {s['distinct_2']:.3f} | "
-                     f"{fmt(s['self_bleu'])} |")
-    optional = [(k, label) for k, label in [("accuracy", "accuracy %"), ("maj_at_n", f"maj@{config.num_generations} %"),
-                                            ("rouge_l", "ROUGE-L"), ("bleu", "SacreBLEU")]
-                if any(k in s for s in summary.values())]
-    if optional:
-        lines += ["", "| strategy | " + " | ".join(label for _, label in optional) + " |",
-                  "|---|" + "---|" * len(optional)]
-        for name, s in summary.items():
-            lines.append(f"| {name} | " + " | ".join(fmt(s.get(k), ".3f" if k == "rouge_l" else ".1f")
-                                                     for k, _ in optional) + " |")
-    adaptive = [n for n in summary if not n.startswith("T=")]
-    if adaptive:
-        lines += ["", "Mean chosen temperature (knob value): per family; at sentence starts (the constrained "
-                  "positions of a constrained story) vs elsewhere.", "",
-                  "| strategy | " + " | ".join(sorted(summary[adaptive[0]]["mean_value_by_family"]))
-                  + " | sentence start | other |", "|---|" + "---|" * (len(summary[adaptive[0]]["mean_value_by_family"]) + 2)]
-        for name in adaptive:
-            s = summary[name]
-            fams = " | ".join(fmt(s["mean_value_by_family"][f], ".2f") for f in sorted(s["mean_value_by_family"]))
-            lines.append(f"| {name} | {fams} | {fmt(s['mean_value_sentence_start'], '.2f')} | "
-                         f"{fmt(s['mean_value_other'], '.2f')} |")
-    path.write_text("\n".join(lines) + "\n")
-
-
 def load_rows(config: EvalConfig) -> list[dict]:
     return list(config.load_prompts())
+
+
+def selection_config(config: EvalConfig) -> PromptDataArguments | None:
+    """The training-side prompt set the best fixed T is chosen on, or None when none is configured."""
+    if (config.selection_dataset_name, config.selection_dataset_split, config.selection_dataset_seed) == (None,) * 3:
+        return None
+    pick = lambda own, default: default if own is None else own  # noqa: E731
+    return PromptDataArguments(dataset_name=pick(config.selection_dataset_name, config.dataset_name),
+                               dataset_split=pick(config.selection_dataset_split, config.dataset_split),
+                               dataset_seed=pick(config.selection_dataset_seed, config.dataset_seed or 0),
+                               toy_families=config.toy_families, toy_prompts_per_family=config.toy_prompts_per_family)
+
+
+def prompt_length_limit(config: EvalConfig, model) -> int:
+    """``max_prompt_length``, or the model's positions minus ``max_completion_length`` when that is smaller."""
+    positions = next((getattr(model.config, k) for k in ("max_position_embeddings", "n_positions")
+                      if getattr(model.config, k, None)), None)
+    if positions is None:
+        return config.max_prompt_length
+    room = positions - config.max_completion_length
+    if room < 1:
+        raise ValueError(f"max_completion_length ({config.max_completion_length}) leaves no room for a prompt in the "
+                         f"model's {positions} positions; lower max_completion_length.")
+    return min(config.max_prompt_length, room)
+
+
+def drop_long_prompts(rows: list[dict], tokenizer, limit: int, what: str = "evaluation suite"
+                      ) -> tuple[list[dict], int]:
+    """``(rows whose prompt is at most limit tokens, how many were dropped)``; a warning names the count, and a
+    suite with no prompt left is an error. Lengths are the engine's own (chat template applied)."""
+    from lpo_train.decoding.engine import encode_prompts
+
+    lengths = [len(ids) for ids in encode_prompts(tokenizer, [r["prompt"] for r in rows])]
+    kept = [r for r, n in zip(rows, lengths) if n <= limit]
+    dropped = len(rows) - len(kept)
+    if not kept:
+        raise ValueError(f"Every prompt of the {what} ({len(rows)}, the shortest {min(lengths)} tokens) is longer than "
+                         f"{limit} tokens: raise max_prompt_length (the limit is also at most the model's positions "
+                         "minus max_completion_length) or give shorter prompts.")
+    if dropped:
+        warnings.warn(f"{dropped} of {len(rows)} prompts of the {what} are longer than {limit} tokens (the longest "
+                      f"{max(lengths)}) and are left out (max_prompt_length).", stacklevel=2)
+    return kept, dropped
+
+
+class _Runner:
+    """Runs a strategy, or reuses its finished file when its fingerprint still matches."""
+
+    def __init__(self, config: EvalConfig, tokenizer, funcs, weights):
+        self.config, self.tokenizer, self.funcs, self.weights = config, tokenizer, funcs, weights
+        self.results: dict[str, dict] = {}  # the evaluation's strategies (not the selection set's runs)
+        self.reused: list[str] = []
+
+    def __call__(self, file: Path, name: str, rule, overrides: dict, model, rows: list[dict], base: dict,
+                 extra: dict | None = None) -> dict:
+        key = strategy_fingerprint(base, name, overrides, extra)
+        if file.exists():  # finished earlier: reused only if everything that determines it is unchanged
+            stored = json.loads(file.read_text())
+            if stored.get("fingerprint") == key:
+                self.reused.append(name if file.parent.name == "strategies" else f"{file.parent.name}/{name}")
+                return stored
+            print(f"{file}: computed with other settings (model, tokenizer, head, suite, N, seed, tokens, truncation "
+                  "or rewards changed); recomputing it", flush=True)
+        data = {**run_strategy(model, self.tokenizer, rows, rule, overrides, self.funcs, self.weights, self.config),
+                "fingerprint": key}
+        _write_atomic(file, json.dumps(data))  # a half-written file is never taken for a finished one
+        return data
+
+
+def _strategy_extra(config: EvalConfig, name: str) -> dict:
+    """What a strategy depends on beyond its name: a head's files, KLD's evidence column."""
+    kind = parse_strategy(name)[0] if not name.startswith("T=") else "fixed"
+    if kind == "head":
+        return {"head": head_files_fingerprint(Path(parse_strategy(name)[1]["path"]))}
+    return {"evidence_column": config.evidence_column} if kind == "kld" else {}
+
+
+def run_meanshift(run: _Runner, out: Path, head: str, rule, model, rows, base, head_values) -> dict | None:
+    """Run the head's MeanShift baseline: one fixed value of its knob, its mean chosen value; None (and a
+    warning) when the head applied no value."""
+    try:
+        value = baselines.meanshift_value(head_values, rule.level, rule.knob)
+    except ValueError as e:
+        warnings.warn(f"{head}: no MeanShift baseline: {e}", stacklevel=2)
+        return None
+    name = baselines.meanshift_name(head, rule.knob, value)
+    fixed, overrides = ((FixedTemperature(value), {}) if rule.knob == "temperature" else
+                        (FixedTemperature(rule.base_temperature), {rule.knob: int(value) if rule.knob == "top_k" else value}))
+    file = out / "strategies" / f"{_safe_name(name)}.json"
+    for stale in (out / "strategies").glob(f"{_safe_name(f'{baselines.MEANSHIFT}({head})=')}*.json"):
+        if stale != file:  # this head's MeanShift at a mean it no longer has
+            stale.unlink()
+    run.results[name] = run(file, name, fixed, overrides, model, rows, base)
+    return {"strategy": name, "knob": rule.knob, "value": value, "level": rule.level}
+
+
+def score_selection_set(run: _Runner, out: Path, selection: PromptDataArguments, sel_rows: list[dict], dropped: int,
+                        eval_rows: list[dict], model, base: dict) -> dict:
+    """Every fixed temperature of the grid on the training-side prompt set (files under ``selection/``)."""
+    (out / "selection").mkdir(exist_ok=True)
+    means = {}
+    for t in run.config.temperatures:
+        data = run(out / "selection" / f"T={t:g}.json", f"T={t:g}", FixedTemperature(t), {}, model, sel_rows, base)
+        means[t] = metrics.valid_mean(baselines.item_scores(data["rewards"]))
+    eval_prompts = {json.dumps(r["prompt"], sort_keys=True) for r in eval_rows}
+    return {"dataset_name": selection.dataset_name, "dataset_split": selection.dataset_split,
+            "dataset_seed": selection.dataset_seed, "num_prompts": len(sel_rows), "num_dropped_too_long": dropped,
+            "num_shared_with_eval": sum(json.dumps(r["prompt"], sort_keys=True) in eval_prompts for r in sel_rows),
+            "same_as_eval": rows_fingerprint(sel_rows) == rows_fingerprint(eval_rows), "mean_reward": means}
+
+
+def _json_safe(value):
+    """results.json holds no NaN (not JSON): None instead."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -334,66 +337,10 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def weights_fingerprint(module) -> str:
-    """A hash of a model's weights (names, shapes, dtypes and bytes)."""
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def file_fingerprint(*paths: Path) -> str:
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    for p in paths:
-        digest.update(Path(p).read_bytes() if Path(p).exists() else b"<missing>")
-    return digest.hexdigest()
-
-
-def run_fingerprint(config: EvalConfig, model, rows: list[dict], funcs) -> dict:
-    """Everything shared by the strategies of a run that determines their numbers."""
-    from lpo_train.rewards import reward_name
-
-    import inspect
-
-    def source(fn):  # an edited reward module (the function, or a lexicon beside it) changes the fingerprint
-        try:
-            return file_fingerprint(Path(inspect.getsourcefile(fn)))
-        except (OSError, TypeError):
-            return None
-
-    return {"model": weights_fingerprint(model), "suite": rows_fingerprint(rows),
-            "num_generations": config.num_generations, "seed": config.seed,
-            "max_completion_length": config.max_completion_length, "truncation": config.truncation(),
-            "rewards": [(reward_name(f), source(f)) for f in funcs], "reward_weights": config.reward_weights}
-
-
-def rows_fingerprint(rows: list[dict]) -> str:
-    import hashlib
-
-    return hashlib.blake2b(json.dumps(rows, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
-
-
-def strategy_fingerprint(base: dict, name: str, overrides: dict) -> str:
-    """The run's fingerprint plus the strategy itself: its spec (temperatures, rule options), its
-    truncations and, for heads, a hash of the head's files."""
-    import hashlib
-
-    extra = {"strategy": name, "overrides": overrides}
-    if name.startswith("head:"):
-        folder = Path(parse_strategy(name)[1]["path"])
-        extra["head"] = file_fingerprint(folder / "config.json", folder / "model.safetensors",
-                                         *([folder / "adapter_config.json", folder / "adapter_model.safetensors"]
-                                           if (folder / "adapter_model.safetensors").exists() else []))  # joint
-    return hashlib.blake2b(json.dumps({**base, **extra}, sort_keys=True).encode(), digest_size=16).hexdigest()
-
 
 def evaluate(config: EvalConfig) -> dict:
+    """Run every strategy (and, with a head, its baselines); write results.json, report.md and the plots.
+    Returns the per-strategy summary (results.json's ``strategies``)."""
     from lpo_train.models.loading import load_causal_lm
     from lpo_train.rewards import resolve_rewards
 
@@ -405,35 +352,44 @@ def evaluate(config: EvalConfig) -> dict:
         raise ValueError("The prompt suite is empty.")
     if any(parse_strategy(spec)[0] == "kld" for spec in config.strategies):
         evidence_free_prompts(rows, config.evidence_column)  # fail before the model loads
+    has_head = any(parse_strategy(spec)[0] == "head" for spec in config.strategies)
+    selection = selection_config(config) if has_head else None
+    sel_rows = load_rows(selection) if selection is not None else None  # a bad selection set fails before sampling
     model, tokenizer = load_causal_lm(config.model_name_or_path)
-    raw = {}
+    limit = prompt_length_limit(config, model)
+    num_loaded = len(rows)
+    rows, dropped = drop_long_prompts(rows, tokenizer, limit)
+    prompts = {"num_loaded": num_loaded, "num_dropped_too_long": dropped, "max_prompt_length": limit}
     rules = build_rules(config, model, rows)
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = lambda x, **k: x  # noqa: E731
-    base = run_fingerprint(config, model, rows, funcs)
-    reused = []
+    base = run_fingerprint(config, model, tokenizer, rows, funcs)
+    run = _Runner(config, tokenizer, funcs, weights)
+    raw = run.results
     for name, (rule, overrides, strategy_model) in tqdm(rules.items(), desc="strategies"):
-        file = out / "strategies" / f"{_safe_name(name)}.json"
-        key = strategy_fingerprint(base, name, overrides)
-        if file.exists():  # finished earlier: reused only if everything that determines it is unchanged
-            stored = json.loads(file.read_text())
-            if stored.get("fingerprint") == key:
-                raw[name] = stored
-                reused.append(name)
-                continue
-            print(f"{file}: computed with other settings (model, head, suite, N, seed, tokens, truncation or "
-                  "rewards changed); recomputing it", flush=True)
-        raw[name] = {**run_strategy(strategy_model, tokenizer, rows, rule, overrides, funcs, weights, config),
-                     "fingerprint": key}
-        _write_atomic(file, json.dumps(raw[name]))  # a half-written file is never taken for a finished one
-    if reused:
-        print(f"resumed: reused {len(reused)} finished strategies from {out / 'strategies'} ({', '.join(reused)})",
-              flush=True)
+        raw[name] = run(out / "strategies" / f"{_safe_name(name)}.json", name, rule, overrides, strategy_model, rows,
+                        base, _strategy_extra(config, name))
+    baseline_result = None
+    if has_head:
+        meanshift = {name: run_meanshift(run, out, name, rule, model, rows, base, raw[name]["values"])
+                     for name, (rule, _, _) in rules.items() if name.startswith("head:")}
+        scored = None
+        if selection is not None:
+            sel_rows, sel_dropped = drop_long_prompts(sel_rows, tokenizer, limit, "selection prompt set")
+            scored = score_selection_set(run, out, selection, sel_rows, sel_dropped, rows, model,
+                                         run_fingerprint(config, model, tokenizer, sel_rows, funcs))
+        baseline_result = baselines.summarise_baselines(raw, rows, config.temperatures, meanshift, scored,
+                                                        config.n_boot, config.seed)
+    if run.reused:
+        print(f"resumed: reused {len(run.reused)} finished strategies from {out} ({', '.join(run.reused)})", flush=True)
     summary = summarise(raw, rows, config)
-    _write_atomic(out / "results.json", json.dumps({"config": asdict(config), "strategies": summary}, indent=2))
-    write_report(summary, config, out / "report.md")
+    results = {"config": asdict(config), "prompts": prompts, "strategies": summary}
+    if baseline_result is not None:
+        results["baselines"] = baseline_result
+    _write_atomic(out / "results.json", json.dumps(_json_safe(results), indent=2))
+    write_report(summary, config, out / "report.md", baseline_result, prompts)
     figures = {"reward_vs_temperature": out / "reward_vs_temperature.png"}
     plots.plot_reward_vs_temperature(summary, config.temperatures, figures["reward_vs_temperature"])
     if plots.plot_value_histograms(raw, rows, out / "temperature_histogram.png"):

@@ -17,15 +17,20 @@ def _pyplot():
 
 
 def label(name: str, width: int = 40) -> str:
-    """A short legend label: a head strategy shows its folder's name, not its whole path."""
-    if name.startswith("head:"):
+    """A short legend label: a head strategy (and its MeanShift baseline) shows the head's folder name, not its
+    whole path."""
+    if name.startswith("meanshift(head:") and ")=" in name:
+        head, _, setting = name[len("meanshift("):].rpartition(")=")
+        name = f"meanshift({label(head, 10 ** 6)})={setting}"
+    elif name.startswith("head:"):
         path, _, selection = name[5:].rpartition(":") if name.endswith((":sample", ":argmax")) else (name[5:], "", "")
         name = f"head:{Path(path).name}" + (f":{selection}" if selection else "")
     return name if len(name) <= width else name[:width - 1] + "…"
 
 
-def _adaptive(names) -> list[str]:
-    return [n for n in names if not n.startswith("T=")]
+def _adaptive(names, meanshift: bool = False) -> list[str]:
+    """The strategies that choose their value (MeanShift runs, one fixed value each, only when asked)."""
+    return [n for n in names if not n.startswith("T=") and (meanshift or not n.startswith("meanshift("))]
 
 
 _STYLES = [(c, m, ls) for ls in ("--", ":", "-.") for c, m in zip(
@@ -58,7 +63,7 @@ def plot_reward_vs_temperature(summary: dict, temperatures: list[float], path: P
     for ax, fam in zip(axes[0], families):
         ax.plot(temperatures, [summary[f"T={t:g}"]["mean_reward_by_family"][fam] for t in temperatures],
                 marker="o", color="tab:blue", label="fixed T")
-        for i, name in enumerate(_adaptive(summary)):
+        for i, name in enumerate(_adaptive(summary, meanshift=True)):
             st = style(i)
             value = summary[name]["mean_reward_by_family"][fam]
             ax.axhline(value, color=st["color"], linestyle=st["linestyle"], label=label(name))
