@@ -45,7 +45,8 @@ def test_nan_scores_are_invalid_not_a_loss_for_both():
     assert metrics.num_invalid([1.0, NAN, 0.0], [0.0, 1.0, NAN]) == 2
     assert math.isnan(metrics.win_rate([NAN], [NAN]))
     assert metrics.win_rate([(1.0, NAN), (1.0, 0.0)], [(0.0, 0.0), (0.0, 0.0)]) == 100.0  # tuples: each part valid
-    assert metrics.paired_win_rate([NAN], [1.0], n_boot=10) == {"win_rate": None, "ci95": [None, None], "num_invalid": 1}
+    no_valid = {"win_rate": None, "ci95": [None, None], "num_invalid": 1}
+    assert metrics.paired_win_rate([NAN], [1.0], n_boot=10) == no_valid
     assert metrics.bootstrap_ci([1.0, NAN] * 5, [0.0, 0.0] * 5, n_boot=20) == (100.0, 100.0)
     # a prompt's score is the mean of its valid rewards; NaN only when none of its samples was scored
     assert baselines.item_scores([[1.0, NAN, 0.0], [NAN, NAN]])[0] == 0.5
@@ -84,8 +85,15 @@ def test_baselines_chosen_on_train_and_the_verdict():
         low, high = head[c]["ci95"]
         assert low <= head[c]["win_rate"] <= high
     assert head["beats_every_baseline"] is False and head["loses_to"] == ["meanshift", "per_family_oracle"]
+    assert head["beats_fair_baselines"] is False  # it ties its MeanShift
     assert head["verdict"] == ("**head:h beats every baseline: no** (win rate at or below 50 % against MeanShift "
-                               "(T=0.5) (50.0 %), per-family oracle (upper bound) (37.5 %))")
+                               "(T=0.5) (50.0 %), per-family oracle (upper bound) (37.5 %)); against the fair "
+                               "baselines alone (all but the upper bound): no")
+    # a head that loses to the oracle only: no, but yes against the fair baselines
+    only_oracle = baselines.summarise_baselines(_raw([1.0, 0.5, 1.0, 0.5], [0.4] * 4), ROWS, [0.0, 1.0],
+                                                {"head:h": MEANSHIFT}, selection, n_boot=50, seed=0)["heads"]["head:h"]
+    assert only_oracle["loses_to"] == ["per_family_oracle"] and only_oracle["beats_fair_baselines"] is True
+    assert only_oracle["verdict"].endswith("(37.5 %)); against the fair baselines alone (all but the upper bound): yes")
 
 
 def test_baselines_without_a_train_side_set_are_chosen_on_eval_and_flagged():
@@ -195,6 +203,29 @@ def test_evaluate_runs_every_baseline_beside_a_head(tiny_lm_path, tmp_path, user
     assert "**optimistic** for this baseline: no training-side selection set" in report
     again = json.loads((out / "results.json").read_text())["baselines"]["best_fixed_T"]
     assert again["chosen_on"] == "eval" and again["optimistic"] is True
+
+
+def test_meanshift_of_a_top_p_head_fixes_top_p_at_its_base_temperature(tiny_lm_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lpo_train import AdaptiveDecoderHead
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
+    torch.manual_seed(0)
+    AdaptiveDecoderHead.for_model(lm, level="sequence", knob="top_p", grid=[0.5, 0.9], base_temperature=0.3
+                                  ).save_pretrained(tmp_path / "head")
+    spec = f"head:{tmp_path / 'head'}:sample"
+    config = EvalConfig(model_name_or_path=str(tiny_lm_path), dataset_name=_suite(tmp_path / "s.jsonl", ["Hi.", "Yo."]),
+                        dataset_split="train", reward_funcs=["negative_repetition"], temperatures=[0.0],
+                        strategies=[spec], num_generations=4, max_completion_length=4, n_boot=10,
+                        output_dir=str(tmp_path / "e"))
+    summary = evaluate(config)
+    head = json.loads(next((tmp_path / "e" / "strategies").glob("head_*.json")).read_text())
+    sequences = [seq[0] for prompt in head["values"] for seq in prompt]  # one top-p per sequence
+    assert {round(v, 6) for v in sequences} == {0.5, 0.9}  # the grid, in float32
+    (name,) = [n for n in summary if n.startswith("meanshift(")]
+    assert name == f"meanshift({spec})=top_p{round(sum(sequences) / len(sequences), 3):g}"
+    assert summary[name]["mean_value_by_family"]["a"] == pytest.approx(0.3)  # it runs at the base temperature
 
 
 def test_unscored_prompts_are_invalid_not_lost(tiny_lm_path, tmp_path, user_reward):

@@ -94,7 +94,8 @@ USER_PACKAGE = {
     "score.py": ("import json\nimport torch\nfrom lpo_train.text import completion_text\nfrom . import lexicon\n"
                  "from .weights import WEIGHT\n\n\ndef score(prompts, completions, **kwargs):\n"
                  "    import fp_user_pkg.late as late\n\n"
-                 "    return [WEIGHT * len(completion_text(c)) + late.BONUS + len(lexicon.WORDS) for c in completions]\n"),
+                 "    return [WEIGHT * len(completion_text(c)) + late.BONUS + len(lexicon.WORDS)\n"
+                 "            for c in completions]\n"),
     "lexicon.py": "from .deep import EXTRA\n\nWORDS = ['a', 'b'] + EXTRA\n",
     "deep.py": "EXTRA = ['c']\n",
     "weights.py": "WEIGHT = 1.0\n",

@@ -286,22 +286,27 @@ def _strategy_extra(config: EvalConfig, name: str) -> dict:
     return {"evidence_column": config.evidence_column} if kind == "kld" else {}
 
 
-def run_meanshift(run: _Runner, out: Path, head: str, rule, model, rows, base, head_values) -> dict | None:
-    """Run the head's MeanShift baseline: one fixed value of its knob, its mean chosen value; None (and a
-    warning) when the head applied no value."""
+def run_meanshift(run: _Runner, out: Path, head: str, rule, model, rows, base, head_values, extra: dict | None = None
+                  ) -> dict | None:
+    """Run the head's MeanShift baseline: one fixed value of its knob, its mean chosen value, on the LM the head
+    runs on (its own adapted LM for a jointly trained head, ``extra`` then keys it); None (and a warning) when
+    the head applied no value."""
     try:
         value = baselines.meanshift_value(head_values, rule.level, rule.knob)
     except ValueError as e:
         warnings.warn(f"{head}: no MeanShift baseline: {e}", stacklevel=2)
         return None
     name = baselines.meanshift_name(head, rule.knob, value)
-    fixed, overrides = ((FixedTemperature(value), {}) if rule.knob == "temperature" else
-                        (FixedTemperature(rule.base_temperature), {rule.knob: int(value) if rule.knob == "top_k" else value}))
+    if rule.knob == "temperature":
+        fixed, overrides = FixedTemperature(value), {}
+    else:  # another knob: its fixed value at the head's base temperature
+        knob_value = int(value) if rule.knob == "top_k" else value
+        fixed, overrides = FixedTemperature(rule.base_temperature), {rule.knob: knob_value}
     file = out / "strategies" / f"{_safe_name(name)}.json"
     for stale in (out / "strategies").glob(f"{_safe_name(f'{baselines.MEANSHIFT}({head})=')}*.json"):
         if stale != file:  # this head's MeanShift at a mean it no longer has
             stale.unlink()
-    run.results[name] = run(file, name, fixed, overrides, model, rows, base)
+    run.results[name] = run(file, name, fixed, overrides, model, rows, base, extra)
     return {"strategy": name, "knob": rule.knob, "value": value, "level": rule.level}
 
 
@@ -373,8 +378,9 @@ def evaluate(config: EvalConfig) -> dict:
                         base, _strategy_extra(config, name))
     baseline_result = None
     if has_head:
-        meanshift = {name: run_meanshift(run, out, name, rule, model, rows, base, raw[name]["values"])
-                     for name, (rule, _, _) in rules.items() if name.startswith("head:")}
+        meanshift = {name: run_meanshift(run, out, name, rule, own, rows, base, raw[name]["values"],
+                                         None if own is model else _strategy_extra(config, name))
+                     for name, (rule, _, own) in rules.items() if name.startswith("head:")}
         scored = None
         if selection is not None:
             sel_rows, sel_dropped = drop_long_prompts(sel_rows, tokenizer, limit, "selection prompt set")

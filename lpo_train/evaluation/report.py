@@ -134,7 +134,8 @@ def baseline_lines(result: dict) -> list[str]:
         where = ("chosen on the evaluation prompts, **optimistic** for this baseline: no training-side selection set "
                  "was given (set selection_dataset_name / selection_dataset_split / selection_dataset_seed)")
     lines = ["", "## Baselines", "",
-             f"- Best fixed T = {best['temperature']:g}, {where}; held-out mean reward {_fmt(best['mean_reward'], '.3f')}.",
+             f"- Best fixed T = {best['temperature']:g}, {where}; held-out mean reward "
+             f"{_fmt(best['mean_reward'], '.3f')}.",
              "- Per-family oracle (an **upper bound**, not a fair baseline: the best fixed T of each family on the "
              "evaluation prompts): " + ", ".join(f"{f} T={t:g}" for f, t in oracle["temperature_by_family"].items())
              + f"; mean reward {_fmt(oracle['mean_reward'], '.3f')}.",
@@ -144,7 +145,8 @@ def baseline_lines(result: dict) -> list[str]:
         ms = result["meanshift"][head]
         cells = [f"{_win(comparison['meanshift'])} ({baselines.meanshift_setting(ms['knob'], ms['value'])}, mean "
                  f"reward {_fmt(ms['mean_reward'], '.3f')})" if ms else "-",
-                 f"{_win(comparison['best_fixed_T'])} (T={best['temperature']:g})", _win(comparison["per_family_oracle"])]
+                 f"{_win(comparison['best_fixed_T'])} (T={best['temperature']:g})",
+                 _win(comparison["per_family_oracle"])]
         lines.append(f"| {head} | " + " | ".join(cells) + " |")
     lines += ["", "Win rate of the head over each baseline, per prompt (0.5 each on ties), with its 95 % bootstrap "
               "interval.", ""]
@@ -186,7 +188,8 @@ def write_report(summary: dict, config, path: Path, baseline_result: dict | None
         fams = sorted(summary[adaptive[0]]["mean_value_by_family"])
         lines += ["", "Mean chosen temperature (knob value): per family; at sentence starts (the constrained "
                   "positions of a constrained story) vs elsewhere.", "",
-                  "| strategy | " + " | ".join(fams) + " | sentence start | other |", "|---|" + "---|" * (len(fams) + 2)]
+                  "| strategy | " + " | ".join(fams) + " | sentence start | other |",
+                  "|---|" + "---|" * (len(fams) + 2)]
         for name in adaptive:
             s = summary[name]
             cells = " | ".join(_fmt(s["mean_value_by_family"][f], ".2f") for f in sorted(s["mean_value_by_family"]))
