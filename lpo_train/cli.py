@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="decoding strategies vs the fixed-temperature grid: --config ... [--key value]")
     sub.add_parser("train-value", help="train a guidance model: --kind implicit|explicit|reward --config ... [--key value]")
     sub.add_parser("generate", help="guided decoding to JSONL: --method base|bon|eft|tokenrm|cbs|ivg|args [--config ...]")
+    sub.add_parser("check-objective", help="train heads on bandits with known optima: does an objective reach the "
+                   "expected-reward optimum? (docs/objectives.md)")
 
     p = sub.add_parser("toy-pretrain", help="pretrain the toy world's LM and cache it")
     p.add_argument("--size", default="small", choices=["small", "base"])
@@ -128,6 +130,12 @@ def dispatch(argv: list[str]) -> None:
     if argv and argv[0] in TRL_STYLE:  # TRL-style parser: --config recipe.yaml plus --key value
         module, _, name = TRL_STYLE[argv[0]].partition(":")
         getattr(importlib.import_module(module), name)(argv[1:])
+        return
+    if argv and argv[0] == "check-objective":
+        from lpo_train.objectives.bandit import main as check_main
+
+        if check_main(argv[1:]):
+            raise SystemExit(1)
         return
     args = build_parser().parse_args(argv)
     args.func(args)

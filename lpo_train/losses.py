@@ -15,8 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("lpo", "lpo_latent", "lpo_joint", "nll_chosen", "group_relative", "likelihood")
-SCALE_REWARDS = ("group", "none")
+SCALE_REWARDS = ("none", "group")  # group_relative: lpo_train.objectives.policy_gradient
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -91,31 +90,6 @@ def lpo_latent_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tens
 def nll_chosen_loss(chosen_logps: torch.Tensor) -> torch.Tensor:
     """The paper's baseline: -log P(tau_c) on the chosen response only, per pair."""
     return -chosen_logps
-
-
-def group_advantages(rewards: torch.Tensor, scale_rewards: str = "group", eps: float = 1e-4) -> torch.Tensor:
-    """Group-relative advantages, [G, N] -> [G, N], as TRL's GRPO / RLOO baselines: each valid reward minus
-    its group's mean (NaN = no valid reward: advantage 0, not counted in the mean); ``scale_rewards="group"``
-    divides by the group's (population) standard deviation + ``eps``, ``"none"`` does not (Dr. GRPO). A
-    group whose valid rewards all tie, or with fewer than two, gets advantage 0 everywhere."""
-    if scale_rewards not in SCALE_REWARDS:
-        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}.")
-    valid = ~torch.isnan(rewards)
-    count = valid.sum(-1, keepdim=True)
-    r = torch.where(valid, rewards, torch.zeros_like(rewards))
-    mean = r.sum(-1, keepdim=True) / count.clamp(min=1)
-    centred = torch.where(valid, r - mean, torch.zeros_like(r))
-    if scale_rewards == "group":
-        std = (centred.pow(2).sum(-1, keepdim=True) / count.clamp(min=1)).sqrt()
-        centred = centred / (std + eps)
-    informative = (count >= 2) & (centred.abs().amax(-1, keepdim=True) > 0)
-    return torch.where(informative, centred, torch.zeros_like(centred))
-
-
-def group_relative_loss(choice_logps: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """Group-relative policy gradient over the head's choices, per sample: -A_i x log P(tau_i). Its gradient
-    is the group-baseline REINFORCE estimate (on-policy when the samples were drawn from the head)."""
-    return -advantages.detach() * choice_logps
 
 
 def reference_nll(head_log_probs: torch.Tensor, token_choice_logps: torch.Tensor, mask: torch.Tensor,

@@ -102,38 +102,6 @@ def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
     return pairs, stats
 
 
-@dataclass(frozen=True)
-class GroupSample:
-    """One response of an informative group, for the group-relative loss."""
-
-    prompt_index: int
-    sample_index: int
-    reward: float
-    advantage: float
-
-
-def group_samples(groups: list[list[float | None]], scale_rewards: str = "group") -> tuple[list[GroupSample], PairStats]:
-    """Every valid response of the groups whose rewards do not all tie, with its group-relative advantage
-    (``losses.group_advantages``); tied and invalid groups are counted as ``build_pairs`` counts them, and
-    ``PairStats.pairs`` is the number of samples returned (the step's training units)."""
-    from lpo_train.losses import group_advantages
-
-    stats = PairStats(groups=len(groups))
-    if not groups:
-        return [], stats
-    width = max(map(len, groups))
-    rewards = torch.tensor([[math.nan if r is None else float(r) for r in g] + [math.nan] * (width - len(g))
-                            for g in groups], dtype=torch.float64)
-    advantages = group_advantages(rewards, scale_rewards).tolist()
-    samples = []
-    for p, g in enumerate(groups):
-        valid = _informative(g, stats)
-        if valid is not None:
-            samples += [GroupSample(p, i, r, advantages[p][i]) for i, r in valid]
-    stats.pairs = len(samples)
-    return samples, stats
-
-
 def group_row(prompt_index: int, sample_index: int, num_generations: int) -> int:
     """Row of sample ``sample_index`` of prompt ``prompt_index`` in prompt-major order (the engine's)."""
     return prompt_index * num_generations + sample_index
@@ -175,4 +143,14 @@ class SampleFeatures:
     sample: SideFeatures
     sample_reward: float
     advantage: float
+    family: str | None = None
+
+
+@dataclass
+class GroupFeatures:
+    """A group objective's unit: some responses of one prompt, their rewards and (policy gradient) coefficients."""
+
+    sides: list[SideFeatures]
+    rewards: list[float]
+    coefficients: list[float] | None = None
     family: str | None = None

@@ -123,7 +123,8 @@ def _number(value, fn, index: int) -> float:
     if value is None:
         return math.nan
     try:
-        return float(value)
+        value = float(value)
+        return value if math.isfinite(value) else math.nan  # an infinite reward is invalid: dropped and counted
     except (TypeError, ValueError):
         raise TypeError(f"Reward function {reward_name(fn)!r} returned {value!r} ({type(value).__name__}) for completion "
                         f"{index}; a reward must return a number or None for each completion.") from None
@@ -131,9 +132,9 @@ def _number(value, fn, index: int) -> float:
 
 def compute_rewards(funcs, weights, prompts, completions, completion_ids=None, **columns
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(total [n], per_function [n, F])``; None becomes NaN, the total is the weighted sum over
-    the functions that scored a row (NaN when none did)."""
-    per_func = torch.full((len(completions), len(funcs)), float("nan"))
+    """``(total [n], per_function [n, F])``, float64 (a reward of 1e40 stays finite); None and infinite values
+    become NaN, the total is the weighted sum over the functions that scored a row (NaN when none did)."""
+    per_func = torch.full((len(completions), len(funcs)), float("nan"), dtype=torch.float64)
     for j, fn in enumerate(funcs):
         try:
             out = fn(prompts, completions, completion_ids=completion_ids, **columns)
@@ -142,19 +143,23 @@ def compute_rewards(funcs, weights, prompts, completions, completion_ids=None, *
                                f"{type(e).__name__}: {e}") from e
         if len(out) != len(completions):
             raise ValueError(f"Reward {reward_name(fn)!r} returned {len(out)} values for {len(completions)} completions.")
-        per_func[:, j] = torch.tensor([_number(v, fn, i) for i, v in enumerate(out)])
-    w = torch.tensor(weights)
+        per_func[:, j] = torch.tensor([_number(v, fn, i) for i, v in enumerate(out)], dtype=torch.float64)
+    w = torch.tensor(weights, dtype=torch.float64)
     scored = ~per_func.isnan()
     total = torch.where(scored, per_func * w, torch.zeros_like(per_func)).sum(-1)
     total[~scored.any(-1)] = float("nan")
     return total, per_func
 
 
+PRIVATE_COLUMN = "_lpo_index"  # the trainer's dataset position of each prompt (seeds); never given to a reward
+
+
 def score_traces(funcs, weights, rows: list[dict], traces) -> tuple[torch.Tensor, torch.Tensor]:
     """``compute_rewards`` on engine traces of ``rows`` (prompt-major, any samples per prompt):
     each trace gets its prompt and every other dataset column of its row."""
     if not traces:
-        return torch.zeros(0), torch.zeros(0, len(funcs))
-    columns = {k: [rows[t.prompt_index][k] for t in traces] for k in rows[0] if k != "prompt"}
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, len(funcs), dtype=torch.float64)
+    # every dataset column but the prompt and the trainer's own (``PRIVATE_COLUMN``)
+    columns = {k: [rows[t.prompt_index][k] for t in traces] for k in rows[0] if k not in ("prompt", PRIVATE_COLUMN)}
     return compute_rewards(funcs, weights, [rows[t.prompt_index]["prompt"] for t in traces], [t.text for t in traces],
                            completion_ids=[t.token_ids for t in traces], **columns)

@@ -106,9 +106,9 @@ def main() -> None:
     def step(cached=False):
         if likelihood and not cached:  # the first epoch: every reference teacher-forced again
             trainer._references.clear()
-        features, counts = trainer._step_features(rows)  # as get_batch_samples
+        features, counts = trainer.training_units(rows)  # as get_batch_samples
         trainer._check_progress(counts)
-        inputs = trainer._collate(features, max(len(features), 1))
+        inputs = trainer.collate(features, max(len(features), 1))
         loss = trainer.compute_loss(trainer.model, inputs)
         loss.backward()
         trainer.optimizer.step()

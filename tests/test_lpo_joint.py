@@ -115,7 +115,7 @@ def test_a_step_without_pairs_still_runs_every_trainable_parameter(trained):
     parameter gets a (zero) gradient, as DDP's reducer and ZeRO-3's gathering need on every rank."""
     trainer = trained[0]
     trainer.model.zero_grad(set_to_none=True)
-    loss = trainer.compute_loss(trainer.model, trainer._collate([], 1))
+    loss = trainer.compute_loss(trainer.model, trainer.collate([], 1))
     loss.backward()
     trainable = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert loss.item() == 0.0 and all(p.grad is not None and not p.grad.any() for _, p in trainable)
@@ -187,9 +187,9 @@ def test_joint_loss_equals_eq9_from_independent_forwards(trained, toy_lm_folder)
     trainer = trained[0]
     args = trainer.args
     rows = [trainer.train_dataset[i] for i in range(4)]
-    features = trainer._make_pairs(rows)[0]
+    features = trainer.training_units(rows)[0]
     assert features
-    inputs = trainer._collate(features, len(features))
+    inputs = trainer.collate(features, len(features))
     trainer.args.word_beta = 0.37  # apart from beta (1.0), so a swapped beta would show
     try:
         loss = trainer.compute_loss(trainer.model, inputs).item()

@@ -68,11 +68,22 @@ def test_engine_samples_of_a_prompt_take_distinct_choices_with_a_peaked_head(tin
 
 
 def test_peaked_head_still_forms_pairs_whose_choices_differ(toy_lm_folder, tmp_path):
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, loss_type="lpo"), head=_peaked_head(64))
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    features, counts = trainer.training_units(rows)
+    assert counts[0] > 0 and len(features) == int(counts[0])  # best vs worst: a pair per untied prompt
+    assert all(not torch.equal(f.chosen.choices, f.rejected.choices) for f in features)
+
+
+def test_peaked_head_still_compares_distinct_choices_under_the_default_objective(toy_lm_folder, tmp_path):
     trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path), head=_peaked_head(64))
     rows = [trainer.train_dataset[i] for i in range(4)]
-    features, _, counts = trainer._make_pairs(rows)
-    assert counts[0] > 0 and len(features) == int(counts[0])
-    assert all(not torch.equal(f.chosen.choices, f.rejected.choices) for f in features)
+    features, counts = trainer.training_units(rows)
+    assert len(features) == 4 and all(len(f.sides) == 4 for f in features)  # every sample of every group
+    for f in features:  # the stratified draw: the N = 4 samples of a prompt take 4 distinct grid values
+        assert len({int(s.choices[0]) for s in f.sides}) == 4
+    differing = sum(a != b for f in features for i, a in enumerate(f.rewards) for b in f.rewards[i + 1:])
+    assert counts[0] == differing > 0
 
 
 def test_no_pairs_for_consecutive_steps_is_an_error_not_a_trained_head(toy_lm_folder, tmp_path):
@@ -81,7 +92,7 @@ def test_no_pairs_for_consecutive_steps_is_an_error_not_a_trained_head(toy_lm_fo
 
     trainer = LPOTrainer(model=str(toy_lm_folder), reward_funcs=[constant],
                          args=_config(tmp_path, max_steps=4, max_steps_without_pairs=2))
-    with pytest.raises(LPOTrainingFailed, match="No preference pair formed for 2 consecutive optimizer steps"):
+    with pytest.raises(LPOTrainingFailed, match="got different rewards for 2 consecutive optimizer steps"):
         trainer.train()
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
@@ -91,7 +102,7 @@ def test_a_step_with_no_valid_reward_is_an_error(toy_lm_folder, tmp_path):
         return [None] * len(completions)
 
     trainer = LPOTrainer(model=str(toy_lm_folder), reward_funcs=[nothing], args=_config(tmp_path))
-    with pytest.raises(LPOTrainingFailed, match="Every reward of step 0 was None or NaN"):
+    with pytest.raises(LPOTrainingFailed, match="Every reward of step 0 was None, NaN or infinite"):
         trainer.train()
 
 
@@ -116,12 +127,13 @@ def test_uniform_reference_differs_from_omitted_on_unequal_lengths():
 
 def test_token_level_metrics_follow_the_reference_setting(toy_lm_folder, tmp_path):
     trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, level="token", max_steps=1,
-                                                                 choice_reference="uniform"))
+                                                                 choice_reference="uniform", loss_type="lpo"))
     trainer.train()
     first = trainer.state.log_history[0]
     # a uniform head equals the uniform reference: TRL's implicit rewards are 0, the loss ln 2
     assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-4) and first["loss"] == pytest.approx(math.log(2))
-    omitted = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path / "b", level="token", max_steps=1))
+    omitted = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path / "b", level="token", max_steps=1,
+                                                                            loss_type="lpo"))
     omitted.train()
     log = omitted.state.log_history[0]
     assert log["rewards/chosen"] == pytest.approx(log["logps/chosen"], abs=1e-4)  # beta 1, no reference
@@ -199,7 +211,7 @@ def test_group_relative_with_every_group_tied_is_an_error_too(toy_lm_folder, tmp
 
     trainer = LPOTrainer(model=str(toy_lm_folder), reward_funcs=[constant],
                          args=_config(tmp_path, max_steps=4, max_steps_without_pairs=2, loss_type="group_relative"))
-    with pytest.raises(LPOTrainingFailed, match="No group with differing rewards formed for 2 consecutive"):
+    with pytest.raises(LPOTrainingFailed, match="got different rewards for 2 consecutive"):
         trainer.train()
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
@@ -215,17 +227,17 @@ def test_family_grad_norms_equal_each_family_shares_own_autograd_gradient(toy_lm
         for p in head.parameters():
             p.normal_(0.0, 0.3)
     rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
-    features, _, _ = trainer._make_pairs(rows)
+    features, _ = trainer.training_units(rows)
     families = sorted({f.family for f in features})
     assert families == ["arith", "story"]
     trainer.model.train()
-    trainer.compute_loss(trainer.model, trainer._collate(features, len(features))).backward()
+    trainer.compute_loss(trainer.model, trainer.collate(features, len(features))).backward()
     measured = trainer._family_grads().pop()
     assert trainer._family_grads().pop() == {}  # popped once
     trainer.model.eval()  # the reference: each family's share of the step's loss, its own backward
     params = [p for p in head.parameters() if p.requires_grad]
     for fam in families:
-        share = trainer.compute_loss(trainer.model, trainer._collate([f for f in features if f.family == fam],
+        share = trainer.compute_loss(trainer.model, trainer.collate([f for f in features if f.family == fam],
                                                                      len(features)))
         grads = torch.autograd.grad(share, params)
         expected = torch.sqrt(sum((g ** 2).sum() for g in grads)).item()

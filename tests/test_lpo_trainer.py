@@ -14,7 +14,7 @@ _config = toy_lpo_config
 
 @pytest.mark.parametrize("level", ["sequence", "token"])
 def test_two_steps_train_only_the_head(toy_lm_folder, tmp_path, level):
-    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, level=level))
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, level=level, loss_type="lpo"))
     lm_before = {k: v.clone() for k, v in trainer.lm.state_dict().items()}
     head_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
@@ -47,6 +47,20 @@ def test_two_steps_train_only_the_head(toy_lm_folder, tmp_path, level):
     assert trainer.bare_head() is other
 
 
+def test_default_objective_first_step_loss_is_the_groups_reward_variance_by_hand(toy_lm_folder, tmp_path):
+    import pandas as pd
+
+    # a uniform head: every log-ratio is 0, so each group's loss is the sample variance of r / beta (beta = 1)
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_steps=1))
+    trainer.train()
+    written = pd.read_parquet(tmp_path / "out" / "completions" / "completions_00001.parquet")
+    variances = written.groupby("prompt", sort=False)["reward"].var(ddof=1)
+    first = trainer.state.log_history[0]
+    assert len(variances) == 4 and first["loss"] == pytest.approx(variances.mean(), rel=1e-4)
+    assert set(written["pair_role"]) == {"compared"} and first["num_comparisons"] > 0
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # no choice preferred yet
+
+
 def test_save_model_writes_only_the_head_with_a_card(toy_lm_folder, tmp_path):
     trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_steps=1))
     trainer.train()
@@ -56,7 +70,7 @@ def test_save_model_writes_only_the_head_with_a_card(toy_lm_folder, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "adaptive_decoder" and config["level"] == "sequence"
     card = (out / "README.md").read_text()
-    assert "| loss | lpo |" in card and "| beta | 1.0 |" in card
+    assert "| loss | lpo_regression |" in card and "| beta | 1.0 |" in card
     assert (out / "choice_histogram.png").exists()
     head = AdaptiveDecoderHead.from_pretrained(out)
     assert torch.equal(head(torch.ones(1, 64)), trainer.model(torch.ones(1, 64)).detach())
@@ -106,7 +120,7 @@ def test_head_hidden_size_mismatch(toy_lm_folder, tmp_path):
 
 def test_rewards_that_fail_for_whole_groups_are_counted_not_paired(toy_lm_folder, tmp_path):
     def none_for_story(prompts, completions, family, **kw):
-        return [None if f == "story" else float(len(c) % 3) for c, f in zip(completions, family)]
+        return [None if f == "story" else float(sum(map(ord, c))) for c, f in zip(completions, family)]
 
     trainer = LPOTrainer(model=str(toy_lm_folder), reward_funcs=[none_for_story], args=_config(tmp_path, max_steps=1))
     trainer.train()
@@ -173,7 +187,7 @@ def test_offline_protocol_needs_a_path_and_a_valid_file(toy_lm_folder, tmp_path)
     import datasets
 
     datasets.Dataset.from_list([{"x": 1}]).to_parquet(str(bogus))
-    with pytest.raises(ValueError, match="not an lpo-train pairs dataset"):
+    with pytest.raises(ValueError, match="does not record what produced it"):
         LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, protocol="offline", pairs_path=str(bogus)))
 
 
@@ -191,9 +205,10 @@ def test_group_relative_trains_on_every_response_of_informative_groups(toy_lm_fo
     head_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
     first = trainer.state.log_history[0]
-    prompts = 4  # per_device_train_batch_size: prompts per step
-    informative = prompts - round(first["frac_prompts_tied"] * prompts) - first["prompts_without_valid_rewards"]
-    assert first["num_samples"] == 4 * informative  # all N = 4 responses of each informative group
+    assert first["num_comparisons"] > 0  # pairs of responses whose rewards differ
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    features, counts = trainer.training_units(rows)  # every valid response of each group, with its coefficient
+    assert all(len(f.sides) == len(f.coefficients) == 4 for f in features)
     assert "num_pairs" not in first and "rewards/margins" not in first  # no pair metrics under another meaning
     assert first["advantages/abs_mean"] > 0 and math.isfinite(first["loss"])
     assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in head_before.items())

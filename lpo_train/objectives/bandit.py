@@ -80,20 +80,22 @@ class BanditCase:
         return torch.tensor([[d.mean for d in row] for row in self.rewards], dtype=torch.float64)
 
     def sample(self, contexts: torch.Tensor, choices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """[B, N] float64 rewards for ``choices`` [B, N] in ``contexts`` [B]."""
+        """[B, N] float64 rewards for ``choices`` [B, N] in ``contexts`` [B] (inverse-CDF draws)."""
+        if not hasattr(self, "_table"):
+            width = max(len(d.values) for row in self.rewards for d in row)
+            values = torch.zeros(self.num_contexts, self.num_choices, width, dtype=torch.float64)
+            cum = torch.ones(self.num_contexts, self.num_choices, width, dtype=torch.float64)
+            for c, row in enumerate(self.rewards):
+                for k, d in enumerate(row):
+                    values[c, k, :len(d.values)] = torch.tensor(d.values, dtype=torch.float64)
+                    values[c, k, len(d.values):] = d.values[-1]
+                    cum[c, k, :len(d.probs)] = torch.tensor(d.probs, dtype=torch.float64).cumsum(0)
+            self._table = (values, cum)
+        values, cum = self._table
         u = torch.rand(choices.shape, generator=generator, dtype=torch.float64)
-        out = torch.empty(choices.shape, dtype=torch.float64)
-        for b, c in enumerate(contexts.tolist()):
-            for s, k in enumerate(choices[b].tolist()):
-                dist = self.rewards[c][k]
-                cum, value = 0.0, dist.values[-1]
-                for v, p in zip(dist.values, dist.probs):
-                    cum += p
-                    if u[b, s] < cum:
-                        value = v
-                        break
-                out[b, s] = value
-        return out
+        ctx = contexts[:, None].expand_as(choices)
+        index = (u[..., None] >= cum[ctx, choices]).sum(-1).clamp(max=values.shape[-1] - 1)
+        return values[ctx, choices].gather(-1, index[..., None]).squeeze(-1)
 
     @classmethod
     def from_dict(cls, spec: dict, name: str = "user") -> BanditCase:
@@ -172,20 +174,19 @@ def training_defaults(**overrides) -> SimpleNamespace:
 
 
 def _draws(case, args, probs, contexts, choices, rewards, group_seeds) -> list[GroupDraw]:
-    """Each prompt's ``GroupDraw`` as the trainer builds it from its traces (``LPOTrainer._draws``)."""
-    draws, n, k = [], case.num_generations, case.num_choices
+    """Each prompt's ``GroupDraw`` as the trainer builds it from its traces (``trainers.lpo_rollout.group_draws``)."""
+    n, k = case.num_generations, case.num_choices
     stratified = args.exploration == "stratified"
-    for b in range(len(contexts)):
-        p = probs[b]
-        behaviour = exploration_probs(p, args.exploration_epsilon) if args.exploration != "none" else p
-        ch = choices[b].tolist()
-        draws.append(GroupDraw(
-            rewards=rewards[b].tolist(), head_logps=[math.log(max(p[c].item(), 1e-300)) for c in ch],
-            behaviour_logps=[math.log(max(behaviour[c].item(), 1e-300)) for c in ch],
-            design="stratified" if stratified else "iid", choices=ch, head_probs=p.tolist(),
-            inclusion=stratified_inclusion(p[None], group_seeds[b:b + 1], n)[0].tolist() if stratified and n < k
-            else None, tie_seed=seed_for(int(group_seeds[b]), "ties")))
-    return draws
+    behaviour = exploration_probs(probs, args.exploration_epsilon) if args.exploration != "none" else probs
+    head_logps = probs.gather(1, choices).clamp_min(1e-300).log().tolist()
+    behaviour_logps = behaviour.gather(1, choices).clamp_min(1e-300).log().tolist()
+    inclusion = stratified_inclusion(probs, group_seeds, n).tolist() if stratified and n < k else None
+    probs_list, choices_list, rewards_list = probs.tolist(), choices.tolist(), rewards.tolist()
+    return [GroupDraw(rewards=rewards_list[b], head_logps=head_logps[b], behaviour_logps=behaviour_logps[b],
+                      design="stratified" if stratified else "iid", choices=choices_list[b], head_probs=probs_list[b],
+                      inclusion=inclusion[b] if inclusion is not None else None,
+                      tie_seed=seed_for(int(group_seeds[b]), "ties"))
+            for b in range(len(contexts))]
 
 
 def objective_batch(objective, units, log_probs, choices, k: int):
@@ -260,3 +261,69 @@ def check_objective(case: BanditCase, loss_type: str | None = None, steps: int =
     means = case.means
     return CheckResult(case.name, objective.name, args.exploration, final.tolist(), means.argmax(-1).tolist(),
                        means.tolist(), steps, seed)
+
+
+def format_results(results: list[CheckResult]) -> str:
+    lines = ["| case | objective | exploration | result | P(optimum) | converged head |", "|---|---|---|---|---|---|"]
+    for r in results:
+        head = "; ".join("(" + ", ".join(f"{p:.2f}" for p in probs) + ")" for probs in r.probs)
+        lines.append(f"| {r.case} | {r.objective} | {r.exploration} | {'pass' if r.passed else 'FAIL'} | "
+                     f"{', '.join(f'{p:.2f}' for p in r.prob_of_optimum)} | {head} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lpo-train check-objective``: train heads on bandits with known optima and say which objectives reach them
+    (exit status 1 when any run misses its optimum)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from lpo_train.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
+    from lpo_train.decoding.adaptive import EXPLORATIONS
+
+    parser = argparse.ArgumentParser(prog="lpo-train check-objective", description=main.__doc__)
+    parser.add_argument("--bandit", nargs="*", default=None, help="JSON files of reward distributions: "
+                        '{"num_generations": N, "contexts": [[{"values": [...], "probs": [...]}, ...], ...]} '
+                        "(default: the built-in battery)")
+    parser.add_argument("--cases", nargs="*", default=None, help="built-in battery cases to run (default: all)")
+    parser.add_argument("--loss_type", nargs="+", default=[DEFAULT_OBJECTIVE],
+                        choices=[n for n, o in OBJECTIVES.items() if o.unit != "reference"])
+    parser.add_argument("--exploration", nargs="+", default=["stratified"], choices=EXPLORATIONS)
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps (16 prompts each)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--beta", type=float, default=None, help="default: LPOConfig's")
+    parser.add_argument("--scale_rewards", default=None, help="group_relative: none | group (default: LPOConfig's)")
+    parser.add_argument("--pair_mode", default=None, help="the pairwise objectives: best_worst | all (default: theirs)")
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.bandit:
+        cases = []
+        for path in args.bandit:
+            try:
+                spec = json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"--bandit {path}: cannot read a JSON bandit spec ({e}).") from None
+            cases.append(BanditCase.from_dict(spec, name=Path(path).stem))
+    else:
+        cases = [c for c in battery() if not args.cases or c.name in args.cases]
+        if not cases:
+            raise ValueError(f"--cases {args.cases}: no such built-in case; choose from {[c.name for c in battery()]}.")
+    settings = {k: v for k, v in (("beta", args.beta), ("scale_rewards", args.scale_rewards),
+                                  ("pair_mode", args.pair_mode)) if v is not None}
+    results = [check_objective(case, loss, args.steps, seed=seed, exploration=exploration, **settings)
+               for case in cases for loss in args.loss_type for exploration in args.exploration for seed in args.seeds]
+    print(format_results(results))
+    failed = [r for r in results if not r.passed]
+    print(f"\n{len(results) - len(failed)} of {len(results)} runs reached the expected-reward optimum"
+          + (f"; FAILED: {', '.join(f'{r.case}/{r.objective}/{r.exploration}/seed {r.seed}' for r in failed)}"
+             if failed else "."))
+    if args.output:
+        payload = {"command": "lpo-train check-objective " + " ".join(argv if argv is not None else []),
+                   "settings": settings,
+                   "results": [{"case": r.case, "objective": r.objective, "exploration": r.exploration,
+                                "seed": r.seed, "steps": r.steps, "passed": r.passed, "probs": r.probs,
+                                "optimum": r.optimum, "means": r.means} for r in results]}
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(payload, indent=1))
+    return 1 if failed else 0

@@ -22,22 +22,20 @@ from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
 from lpo_train.decoding.engine import encode_prompts
 from lpo_train.decoding.randomness import seed_for
 from lpo_train.heads import AdaptiveDecoderHead
-from lpo_train.losses import (
-    choice_logps, group_relative_loss, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss,
-    reference_nll, uniform_reference_logps,
-)
+from lpo_train.losses import choice_logps, latent_logratio, reference_nll, uniform_reference_logps
 from lpo_train.models.loading import load_causal_lm
-from lpo_train.pairs import (
-    PairFeatures, SampleFeatures, SideFeatures, build_pairs, group_row, group_samples, group_slices,
-)
-from lpo_train.rewards import reward_name, resolve_rewards, score_traces
+from lpo_train.objectives import PairBatch, SampleBatch, get_objective
+from lpo_train.pairs import GroupFeatures, PairFeatures, SampleFeatures, SideFeatures, group_row
+from lpo_train.rewards import PRIVATE_COLUMN, reward_name, resolve_rewards, score_traces
 from lpo_train.trainers.lpo_config import LPOConfig
 from lpo_train.trainers.lpo_joint import (
     JointHeadLM, load_adapter_weights, peft_lm_for_joint, save_adapter, word_batch, zero_loss,
 )
 from lpo_train.trainers.lpo_io import (
-    CompletionsWriter, check_output_dir, model_card_rows, pad, pair_record, plot_choices, stored_features,
+    CompletionsWriter, check_output_dir, check_pairs_fingerprint, fingerprint_texts, model_card_rows, pad, plot_choices,
+    stored_features, unit_record, write_pairs_dataset,
 )
+from lpo_train.trainers.lpo_rollout import Rollout, check_head_matches, group_draws, with_positions
 from lpo_train.trainers.lpo_metrics import (
     FamilyGradNorms, choice_entropy, collapse_warning, generation_metrics, pair_choice_metrics,
     reduce_across_processes,
@@ -66,7 +64,8 @@ class LPOTrainer(Trainer):
             raise ValueError("Give the frozen LM: LPOTrainer(model=...) or LPOConfig(model_name_or_path=...).")
         # everything a user can get wrong is checked before the (slow) LM load
         check_output_dir(args)
-        likelihood = args.loss_type == "likelihood"  # no reward: the head fits reference completions
+        self.objective = get_objective(args.loss_type)
+        likelihood = self.objective.unit == "reference"  # no reward: the head fits reference completions
         self.reward_funcs, self.reward_weights = ([], []) if likelihood and not (reward_funcs or args.reward_funcs) \
             else resolve_rewards(reward_funcs if reward_funcs is not None else args.reward_funcs, args.reward_weights)
         if train_dataset is None:
@@ -83,6 +82,8 @@ class LPOTrainer(Trainer):
                              f"it has {train_dataset.column_names}.")
         if head is None and args.head_name_or_path:
             head = AdaptiveDecoderHead.from_pretrained(args.head_name_or_path)
+        if head is not None:
+            check_head_matches(head, args)
         self.lm, tokenizer = load_causal_lm(spec, args.lm_dtype)
         self.tokenizer = processing_class or tokenizer
         if head is None:
@@ -90,7 +91,7 @@ class LPOTrainer(Trainer):
             head = AdaptiveDecoderHead.for_model(self.lm, level=args.level, knob=args.knob, grid=args.grid,
                                                  head_hidden_size=args.head_hidden_size,
                                                  num_layers=args.head_num_layers, input_norm=args.head_input_norm)
-        train_dataset = self._drop_long_prompts(train_dataset, args)
+        train_dataset = with_positions(self._drop_long_prompts(train_dataset, args))
         if args.use_peft:  # Eq. 9 with a trainable LM: the Trainer optimises the head and a LoRA adapter together
             self.lm = peft_lm_for_joint(self.lm, args)
             if head.config.extra.get("adapter_in_repo"):  # a jointly trained head continues with its own adapter
@@ -111,7 +112,7 @@ class LPOTrainer(Trainer):
         self._completions: list[dict] = []
         self._completions_step, self._completions_written = 0, None  # the step of _completions, the last written
         self._completions_writer = CompletionsWriter()
-        self._steps_without_pairs = 0
+        self._steps_without_pairs, self._comparisons_seen, self._steps_checked = 0, 0, 0
         self._warned_collapse = False
         if head.config.input_norm == "standardize" and not head.input_statistics_set:
             self._set_input_statistics(train_dataset)  # once, for a new head (a resumed checkpoint restores them)
@@ -149,7 +150,8 @@ class LPOTrainer(Trainer):
         return dataset
 
     def _offline_pairs(self, prompts):
-        """Load the pairs dataset at ``pairs_path``, or build it once (main process) and load it."""
+        """Load the units dataset at ``pairs_path``, or build it once (main process) and load it. The file records
+        what produced it (``_pairs_fingerprint``): one built under other settings is an error naming them."""
         import datasets
 
         path = Path(self.args.pairs_path)
@@ -157,14 +159,20 @@ class LPOTrainer(Trainer):
             with self.accelerator.main_process_first():
                 if self.accelerator.is_main_process and not path.exists():
                     self.build_pairs_dataset(prompts, path)
-        pairs = datasets.load_dataset("parquet", data_files=str(path), split="train")
-        missing = {"chosen_hidden", "rejected_hidden", "chosen_choices", "rejected_choices"} - set(pairs.column_names)
-        if missing:
-            raise ValueError(f"{path} is not an lpo-train pairs dataset (missing {sorted(missing)}).")
-        if self.args.loss_type == "lpo_latent" and pairs[0]["chosen_token_logps"] is None:
-            raise ValueError(f"{path} was built without per-choice token log-probs; rebuild it with "
-                             "loss_type=lpo_latent (delete the file).")
-        return pairs
+        check_pairs_fingerprint(path, self._pairs_fingerprint())
+        return datasets.load_dataset("parquet", data_files=str(path), split="train")
+
+    def _pairs_fingerprint(self) -> dict:
+        """What an offline units file depends on: a file built under any other value is stale."""
+        args, head = self.args, self.bare_head()
+        return {"model": str(self.lm.config.name_or_path), "level": head.config.level, "knob": head.config.knob,
+                "grid": list(head.config.grid), "loss_type": args.loss_type, "unit": self.objective.unit,
+                "pair_mode": args.pair_mode, "pair_top_k": args.pair_top_k,
+                "rewards": [reward_name(f) for f in self.reward_funcs], "reward_weights": list(self.reward_weights),
+                "num_generations": args.num_generations, "seed": args.seed, "exploration": args.exploration,
+                "exploration_epsilon": args.exploration_epsilon, **args.truncation(),
+                "max_completion_length": args.max_completion_length, "dataset": args.dataset_name,
+                "prompts": fingerprint_texts(str(p) for p in self.train_dataset["prompt"])}
 
     # --- generation, scoring, pairing (once per optimizer step) -------------------------------
 
@@ -172,61 +180,71 @@ class LPOTrainer(Trainer):
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batches:
             return batches, None
-        if self.args.protocol == "offline":  # batches of stored pairs
+        if self.args.protocol == "offline":  # batches of stored units
             features = [[stored_features(row, self.lm.dtype) for row in batch] for batch in batches]
-            total = max(sum(map(len, features)), 1)
-            return [self._collate(f, total) for f in features], None
-        features, counts = self._step_features([row for batch in batches for row in batch])
+            total = self._global_count(sum(map(len, features)))
+            return [self.collate(f, total) for f in features], None
+        features, counts = self.training_units([row for batch in batches for row in batch])
         self._check_progress(counts)
-        total = max(len(features), 1)
-        return [self._collate(features[i::len(batches)], total) for i in range(len(batches))], None
+        total = self._global_count(len(features))
+        return [self.collate(features[i::len(batches)], total) for i in range(len(batches))], None
 
-    def _step_features(self, rows: list[dict]) -> tuple[list, torch.Tensor]:
-        """An online step's training units and its (pairs, valid rewards, responses) counts: the references'
+    def _global_count(self, local: int) -> float:
+        """The step's units on every process: each rank divides its loss sum by it (times the process count, since
+        DDP and DeepSpeed average the ranks' gradients), so every unit weighs alike whichever rank holds it."""
+        count = torch.tensor([float(local)], dtype=torch.float64, device=self.accelerator.device)
+        total = float(self.accelerator.reduce(count, reduction="sum").item())
+        return max(total, 1.0) / self.accelerator.num_processes
+
+    def training_units(self, rows: list[dict]) -> tuple[list, torch.Tensor]:
+        """An online step's training units and its (comparisons, valid rewards, responses) counts: the references'
         teacher-forced features for the likelihood objective (no reward: every reference counts), else the pairs
-        or groups of freshly sampled responses."""
-        if self.args.loss_type == "likelihood":
+        or groups of a fresh rollout (``comparisons``: sample pairs whose rewards differ)."""
+        if self.objective.unit == "reference":
             features = [self._reference_features(row) for row in rows]
             return features, torch.tensor([len(features)] * 3, dtype=torch.float64)
-        features, _, counts = self._make_pairs(rows)
+        features, _, counts = self._units(rows)
         return features, counts
 
     def _check_progress(self, counts: torch.Tensor) -> None:
-        """Stop loudly when the step had no valid reward, or when no pair has formed for
+        """Stop loudly when the step had no valid reward, or when no two responses of a prompt have differed for
         ``max_steps_without_pairs`` consecutive steps (summed over processes: every rank decides alike)."""
         counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum").cpu()
         pairs, valid, total = (int(x) for x in counts)
         if total and not valid:
             raise LPOTrainingFailed(
-                f"Every reward of step {self.state.global_step} was None or NaN ({total} responses): the reward "
-                f"functions {[reward_name(f) for f in self.reward_funcs]} score nothing on these prompts. Check "
-                "that they read the dataset's columns and return numbers.")
+                f"Every reward of step {self.state.global_step} was None, NaN or infinite ({total} responses): the "
+                f"reward functions {[reward_name(f) for f in self.reward_funcs]} score nothing on these prompts. "
+                "Check that they read the dataset's columns and return numbers.")
+        self._comparisons_seen, self._steps_checked = self._comparisons_seen + pairs, self._steps_checked + 1
         self._steps_without_pairs = 0 if pairs else self._steps_without_pairs + 1
         if self._steps_without_pairs >= self.args.max_steps_without_pairs:
             raise LPOTrainingFailed(
-                f"No {'group with differing rewards' if self.args.loss_type == 'group_relative' else 'preference pair'}"
-                f" formed for {self._steps_without_pairs} consecutive optimizer steps (up to step "
-                f"{self.state.global_step}): every prompt's responses tied or had no valid reward, so the head "
-                "cannot learn. Check the rewards (do they vary between responses?), raise num_generations, keep "
-                "exploration on, or raise max_steps_without_pairs.")
+                f"No two responses of a prompt got different rewards for {self._steps_without_pairs} consecutive "
+                f"optimizer steps (up to step {self.state.global_step}): every prompt's responses tied or had no valid "
+                "reward, so the head cannot learn. Check the rewards (do they vary between responses?), raise "
+                "num_generations, keep exploration on, or raise max_steps_without_pairs.")
 
     def build_pairs_dataset(self, prompts, path: str | Path | None = None, chunk_size: int = 64):
-        """The paper's offline protocol: sample and score once with the current (initial) head,
-        keep the pairs with their traced features (and what is needed to re-score them), and
-        save them as parquet when ``path`` is given. Returns a ``datasets.Dataset``."""
+        """The paper's offline protocol: sample and score once with the current (initial) head, keep the training
+        units (pairs, or groups for lpo_regression) with their traced features (and what is needed to re-score
+        them), and save them as parquet when ``path`` is given. Returns a ``datasets.Dataset``."""
         import datasets
         from tqdm.auto import tqdm
 
-        records, completions = [], []
+        records, completions, informative = [], [], 0
+        if PRIVATE_COLUMN not in prompts.column_names:
+            prompts = with_positions(prompts)
         starts = range(0, len(prompts), chunk_size)
         for start in tqdm(starts, desc="offline LPO: sampling and pairing", unit="chunk",
                           disable=not self.is_world_process_zero()):
             chunk = [prompts[i] for i in range(start, min(start + chunk_size, len(prompts)))]
-            _, stored, _ = self._make_pairs(chunk, keep_records=True)
+            _, stored, counts = self._units(chunk, keep_records=True)
             records += stored
+            informative += int(counts[0])
             completions += self._completions
-            logger.info("offline pairs: %d pairs from %d prompts", len(records), min(start + chunk_size, len(prompts)))
-        if not records:
+            logger.info("offline units: %d from %d prompts", len(records), min(start + chunk_size, len(prompts)))
+        if not records or not informative:
             raise LPOTrainingFailed("No pair could be built from the prompts: every group tied or had no valid reward.")
         self._completions, self._completions_step = completions, 0  # every sample, once, as "step 0": before training
         # the pair-building's own sampling metrics, under their own names: not mixed into the first step's
@@ -235,50 +253,42 @@ class LPOTrainer(Trainer):
         self._metrics.update(built)
         dataset = datasets.Dataset.from_list(records)
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(str(path) + ".partial")
-            dataset.to_parquet(str(tmp))
-            tmp.rename(path)  # a half-written file is never taken for a finished pairs dataset
+            write_pairs_dataset(dataset, path, self._pairs_fingerprint())
         return dataset
 
-    def _make_pairs(self, rows: list[dict], keep_records: bool = False):
-        """Sample N responses per prompt, score, pair. Returns the pairs' ``PairFeatures``, with
-        ``keep_records`` a storable record per pair, and the counts (pairs, valid rewards, rewards)."""
-        args, n = self.args, self.args.num_generations
+    def rollout(self, rows: list[dict]) -> Rollout:
+        """Sample N responses per prompt with the head choosing (the configured exploration), score them, and
+        group them as the objectives read them (``GroupDraw``s)."""
         with self._head_for_generation() as head:
             traces = self._sample(rows, head) if rows else []
         rewards, per_func = score_traces(self.reward_funcs, self.reward_weights, rows, traces)
-        secondary = None
-        if args.pair_mode == "constrained":
-            if per_func.shape[1] < 2:
-                raise ValueError("pair_mode 'constrained' needs two reward functions: the ranking reward and the "
-                                 "secondary criterion (e.g. the constraint).")
-            secondary = group_slices(per_func[:, 1].tolist(), n)
-        # ties are broken by a seeded random order per prompt, never by sample index (which carries the head's
-        # favourite) nor by the prompt's place in the batch (which differs with the number of processes)
-        if args.loss_type == "group_relative":  # every response of the informative groups, with its advantage
-            samples, stats = group_samples(group_slices(rewards.tolist(), n), args.scale_rewards)
-            roles = {(s.prompt_index, s.sample_index): f"advantage {s.advantage:+.3f}" for s in samples}
-            self._log_generation(rows, traces, rewards, per_func, roles, stats)
-            features = [SampleFeatures(self._side(traces[group_row(s.prompt_index, s.sample_index, n)]), s.reward,
-                                       s.advantage, rows[s.prompt_index].get("family")) for s in samples]
-            counts = torch.tensor([len(samples), int((~rewards.isnan()).sum()), len(rewards)], dtype=torch.float64)
-            return features, [], counts
-        pairs, stats = build_pairs(group_slices(rewards.tolist(), n), args.pair_mode, secondary=secondary,
-                                   top_k=args.pair_top_k, tie_seeds=[seed_for(self._prompt_seed(r), "ties") for r in rows])
-        roles = {(p.prompt_index, p.chosen): "chosen" for p in pairs}
-        roles.update({(p.prompt_index, p.rejected): "rejected" for p in pairs})
-        self._log_generation(rows, traces, rewards, per_func, roles, stats)
-        features = [PairFeatures(self._side(traces[group_row(p.prompt_index, p.chosen, n)]),
-                                 self._side(traces[group_row(p.prompt_index, p.rejected, n)]),
-                                 p.chosen_reward, p.rejected_reward, rows[p.prompt_index].get("family"))
-                    for p in pairs]
-        if features:  # what the traced features of one pair cost (budget this at paper scale)
-            self._record({"features/bytes_per_pair": sum(f.chosen.nbytes() + f.rejected.nbytes() for f in features)
-                          / len(features)})
-        stored = [pair_record(rows[p.prompt_index], p, f, traces, n, self._prompt_seed(rows[p.prompt_index]))
-                  for p, f in zip(pairs, features)] if keep_records else []
-        counts = torch.tensor([len(pairs), int((~rewards.isnan()).sum()), len(rewards)], dtype=torch.float64)
+        draws = group_draws(rows, traces, rewards, per_func, self.args, [self._prompt_seed(r) for r in rows],
+                            len(model_grid(self)))
+        return Rollout(rows, traces, rewards, per_func, draws)
+
+    def _units(self, rows: list[dict], keep_records: bool = False):
+        """A rollout's training units as features (the traced head inputs of the responses they use), with
+        ``keep_records`` a storable record per unit, and the counts (comparisons, valid rewards, rewards)."""
+        run = self.rollout(rows)
+        units, stats = self.objective.units(run.draws, self.args)
+        n, traces = self.args.num_generations, run.traces
+        if self.objective.unit == "pair":
+            roles = {(u.prompt_index, u.chosen): "chosen" for u in units}
+            roles.update({(u.prompt_index, u.rejected): "rejected" for u in units})
+            features = [PairFeatures(self._side(traces[group_row(u.prompt_index, u.chosen, n)]),
+                                     self._side(traces[group_row(u.prompt_index, u.rejected, n)]),
+                                     u.chosen_reward, u.rejected_reward, rows[u.prompt_index].get("family"))
+                        for u in units]
+        else:
+            roles = {(u.prompt_index, s): "compared" if u.coefficients is None else f"coefficient {c:+.3f}"
+                     for u in units for s, c in zip(u.samples, u.coefficients or [None] * len(u.samples))}
+            features = [GroupFeatures([self._side(traces[group_row(u.prompt_index, s, n)]) for s in u.samples],
+                                      list(u.rewards), None if u.coefficients is None else list(u.coefficients),
+                                      rows[u.prompt_index].get("family")) for u in units]
+        self._log_generation(rows, traces, run.rewards, run.per_func, roles, stats)
+        stored = [unit_record(rows[u.prompt_index], u, f, traces, n, self._prompt_seed(rows[u.prompt_index]))
+                  for u, f in zip(units, features)] if keep_records else []
+        counts = torch.tensor([stats.pairs, int((~run.rewards.isnan()).sum()), len(run.rewards)], dtype=torch.float64)
         return features, stored, counts
 
     @torch.no_grad()
@@ -337,8 +347,9 @@ class LPOTrainer(Trainer):
             yield head
 
     def _prompt_seed(self, row) -> int:
-        # seeds depend on the prompt, not on its rank or batch: 1 and 2 processes sample alike
-        return seed_for(self.args.seed, self.state.global_step, str(row["prompt"]))
+        # seeds depend on the prompt and its dataset position, not on its rank or batch: 1 and 2 processes sample
+        # alike, and a prompt that occurs twice in the dataset gets two different draws
+        return seed_for(self.args.seed, self.state.global_step, str(row["prompt"]), row.get(PRIVATE_COLUMN))
 
     def _sample(self, rows, head):
         args = self.args
@@ -363,27 +374,38 @@ class LPOTrainer(Trainer):
             else ()  # the joint loss's word term teacher-forces prompt + response
         return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps, *words)
 
-    def _collate(self, features: list, total_pairs: int) -> dict:
-        """One batch of training units: pairs (``PairFeatures``: chosen / rejected sides) or, for the
-        group-relative loss, samples (``SampleFeatures``: one side and its advantage)."""
+    def collate(self, features: list, total_units: float) -> dict:
+        """One batch of training units: pairs (``PairFeatures``: chosen / rejected sides), groups
+        (``GroupFeatures``: their samples flattened, ``group`` numbering each one's unit) or references
+        (``SampleFeatures``). ``total_units``: the step's units per process (``_global_count``)."""
         device = self.accelerator.device
         features = sorted(features, key=lambda f: str(f.family))  # each family's rows contiguous (grad_norm/<f>)
-        out = {"num_pairs_in_step": total_pairs, "num_pairs": len(features),
-               "family": [f.family for f in features]}
+        out = {"num_units_in_step": total_units, "num_units": len(features), "family": [f.family for f in features]}
         if not features:
             return out
-        grouped = isinstance(features[0], SampleFeatures)
-        if grouped:
-            out["advantage"] = torch.tensor([f.advantage for f in features], device=device)
-        for side in (("sample",) if grouped else ("chosen", "rejected")):
-            sides = [getattr(f, side) for f in features]
-            out[f"{side}_hidden"] = pad([x.hidden for x in sides]).to(device)
-            out[f"{side}_choices"] = pad([x.choices for x in sides], -1).to(device)
-            out[f"{side}_mask"] = pad([torch.ones(len(x.hidden)) for x in sides]).to(device)
-            if sides[0].token_logps is not None:
-                out[f"{side}_token_logps"] = pad([x.token_logps for x in sides], 0.0).to(device)
-                out[f"{side}_token_mask"] = pad([torch.ones(len(x.token_logps)) for x in sides]).to(device)
-            out[f"{side}_reward"] = torch.tensor([getattr(f, f"{side}_reward") for f in features], device=device)
+        if isinstance(features[0], GroupFeatures):
+            out["family"] = [f.family for f in features for _ in f.sides]
+            out["group"] = torch.tensor([g for g, f in enumerate(features) for _ in f.sides], device=device)
+            out["group_rewards"] = torch.tensor([r for f in features for r in f.rewards], dtype=torch.float64,
+                                                device=device)
+            if features[0].coefficients is not None:
+                out["coefficients"] = torch.tensor([c for f in features for c in f.coefficients], dtype=torch.float64,
+                                                   device=device)
+            sides = {"sample": [s for f in features for s in f.sides]}
+        elif isinstance(features[0], SampleFeatures):
+            sides = {"sample": [f.sample for f in features]}
+        else:
+            sides = {side: [getattr(f, side) for f in features] for side in ("chosen", "rejected")}
+            for side in sides:
+                out[f"{side}_reward"] = torch.tensor([getattr(f, f"{side}_reward") for f in features],
+                                                     dtype=torch.float64, device=device)
+        for side, items in sides.items():
+            out[f"{side}_hidden"] = pad([x.hidden for x in items]).to(device)
+            out[f"{side}_choices"] = pad([x.choices for x in items], -1).to(device)
+            out[f"{side}_mask"] = pad([torch.ones(len(x.hidden)) for x in items]).to(device)
+            if items[0].token_logps is not None:
+                out[f"{side}_token_logps"] = pad([x.token_logps for x in items], 0.0).to(device)
+                out[f"{side}_token_mask"] = pad([torch.ones(len(x.token_logps)) for x in items]).to(device)
         if self.args.use_peft:  # chosen rows then rejected rows, teacher-forced in one LM forward
             out["words"] = word_batch([f.chosen for f in features] + [f.rejected for f in features],
                                       self.word_pad_id, device)
@@ -409,21 +431,16 @@ class LPOTrainer(Trainer):
         return self.optimizer
 
     def _prepare_inputs(self, inputs):
-        return inputs  # already on device (built in _collate)
+        return inputs  # already on device (built in collate)
 
     # --- loss ------------------------------------------------------------------------------
-
-    def _side_logps(self, model, inputs, side, logits=None):
-        logits = model(inputs[f"{side}_hidden"]) if logits is None else logits
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [P, T, K]
-        return log_probs, choice_logps(log_probs, inputs[f"{side}_choices"], inputs[f"{side}_mask"])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         grads = self._family_grads()
         self._record(grads.pop())  # the previous micro-step's, its backward done
         # not under DeepSpeed (partitioned parameters) nor nn.DataParallel (replicas see slices of the rows)
         measured = (model.training and not self.is_deepspeed_enabled and self.args.n_gpu <= 1
-                    and inputs["num_pairs"] > 0)
+                    and inputs["num_units"] > 0)
         scaler = getattr(self.accelerator, "scaler", None)
         with grads.watch(inputs["family"] if measured else [],
                          scaler.get_scale() if measured and scaler is not None else 1.0):
@@ -438,61 +455,63 @@ class LPOTrainer(Trainer):
             current = self._family_grad_norms = FamilyGradNorms(head)
         return current
 
+    def _side_logps(self, model, inputs, side, logits=None):
+        logits = model(inputs[f"{side}_hidden"]) if logits is None else logits
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [P, T, K]
+        return log_probs, choice_logps(log_probs, inputs[f"{side}_choices"], inputs[f"{side}_mask"])
+
+    def _reference_logps(self, inputs, side, k: int, logps: torch.Tensor) -> torch.Tensor:
+        if self.args.choice_reference == "uniform":
+            return uniform_reference_logps(inputs[f"{side}_mask"], k)
+        return torch.zeros_like(logps)  # the paper's literal Eq. 10: no reference term
+
+    def _latent_ratio(self, inputs, side, log_probs) -> torch.Tensor:
+        """Eq. 11's log P'(y) / P'_ref(y) of one side, the choice marginalised."""
+        token_logps = inputs[f"{side}_token_logps"]
+        head_lp = log_probs if self.args.level == "token" else log_probs[:, :1].expand(-1, token_logps.shape[1], -1)
+        return latent_logratio(head_lp, token_logps, inputs[f"{side}_token_mask"], self.args.latent_form)
+
+    def objective_batch(self, model, inputs):
+        """The head's scores of a collated batch, as the objective's batch type (``PairBatch``/``SampleBatch``)."""
+        if self.objective.unit == "group":
+            log_probs, logps = self._side_logps(model, inputs, "sample")
+            return SampleBatch(logps, self._reference_logps(inputs, "sample", log_probs.shape[-1], logps),
+                               inputs["group_rewards"], inputs["group"], inputs["num_units"],
+                               inputs.get("coefficients"))
+        word, logits = {}, {}
+        if self.args.use_peft:  # Eq. 9's word terms: the LM teacher-forced on both responses, adapter on and off
+            (logits["chosen"], logits["rejected"]), (policy, reference) = model(
+                inputs["chosen_hidden"], inputs["rejected_hidden"], words=inputs["words"])
+            p, ratio = len(inputs["chosen_hidden"]), policy - reference
+            word = {"chosen_word": ratio[:p], "rejected_word": ratio[p:]}
+            self._record({"word_logps/chosen": policy[:p].mean().detach(),
+                          "word_logps/rejected": policy[p:].mean().detach()})
+        lp_c, logp_c = self._side_logps(model, inputs, "chosen", logits.get("chosen"))
+        lp_r, logp_r = self._side_logps(model, inputs, "rejected", logits.get("rejected"))
+        k = lp_c.shape[-1]
+        latent = {}
+        if self.objective.name == "lpo_latent":
+            latent = {"chosen_latent": self._latent_ratio(inputs, "chosen", lp_c),
+                      "rejected_latent": self._latent_ratio(inputs, "rejected", lp_r)}
+        if self.args.protocol == "offline":  # the choice metrics of the stored pairs, and of the head on them
+            with torch.no_grad():
+                self._record(pair_choice_metrics(inputs, lp_c, lp_r, model_grid(self)))
+        return PairBatch(logp_c, logp_r, self._reference_logps(inputs, "chosen", k, logp_c),
+                         self._reference_logps(inputs, "rejected", k, logp_r), inputs["chosen_reward"],
+                         inputs["rejected_reward"], **latent, **word)
+
     def _compute_loss(self, model, inputs, return_outputs=False):
-        if inputs["num_pairs"] == 0:  # keep every rank's graph identical (DDP) when no pair was formed
+        if inputs["num_units"] == 0:  # keep every rank's graph identical (DDP) when no unit was formed
             if self.args.use_peft:  # a forward through the LM too: ZeRO-3 gathers its weights collectively
                 loss = zero_loss(model, self.bare_head().config.hidden_size, self.word_pad_id, self.accelerator.device)
             else:
                 loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
-        args = self.args
-        if args.loss_type == "group_relative":
-            return self._group_relative_loss(model, inputs, return_outputs)
-        if args.loss_type == "likelihood":
+        if self.objective.unit == "reference":
             return self._likelihood_loss(model, inputs, return_outputs)
-        word, logits = {}, {}
-        if args.use_peft:  # Eq. 9's word terms: the LM teacher-forced on both responses, adapter on and off
-            (logits["chosen"], logits["rejected"]), (policy, reference) = model(
-                inputs["chosen_hidden"], inputs["rejected_hidden"], words=inputs["words"])
-            p, ratio = len(inputs["chosen_hidden"]), policy - reference
-            word = {"policy_c": policy[:p], "policy_r": policy[p:], "ratio_c": ratio[:p], "ratio_r": ratio[p:]}
-        lp_c_all, logp_c = self._side_logps(model, inputs, "chosen", logits.get("chosen"))
-        lp_r_all, logp_r = self._side_logps(model, inputs, "rejected", logits.get("rejected"))
-        k = lp_c_all.shape[-1]
-        if args.choice_reference == "uniform":
-            ref_c, ref_r = (uniform_reference_logps(inputs[f"{s}_mask"], k) for s in ("chosen", "rejected"))
-        else:  # the paper's literal Eq. 10: no reference term
-            ref_c = ref_r = torch.zeros_like(logp_c)
-        if args.loss_type in ("lpo", "lpo_joint", "nll_chosen"):
-            ratio_c, ratio_r = logp_c - ref_c, logp_r - ref_r
-            per_pair = {"lpo": lambda: lpo_loss(logp_c, logp_r, args.beta, ref_c, ref_r),
-                        "lpo_joint": lambda: lpo_joint_loss(logp_c, logp_r, args.beta, word.get("ratio_c"),
-                                                            word.get("ratio_r"), ref_c, ref_r, args.word_beta),
-                        "nll_chosen": lambda: nll_chosen_loss(logp_c)}[args.loss_type]()
-        else:
-            ratios = []
-            for side, lp in (("chosen", lp_c_all), ("rejected", lp_r_all)):
-                token_logps = inputs[f"{side}_token_logps"]
-                head_lp = lp if args.level == "token" else lp[:, :1].expand(-1, token_logps.shape[1], -1)
-                ratios.append(latent_logratio(head_lp, token_logps, inputs[f"{side}_token_mask"], args.latent_form))
-            ratio_c, ratio_r = ratios
-            per_pair = lpo_latent_loss(ratio_c, ratio_r, args.beta)
-        loss = per_pair.sum() / inputs["num_pairs_in_step"]
-        with torch.no_grad():
-            chosen, rejected = args.beta * ratio_c, args.beta * ratio_r
-            if word:  # TRL's implicit reward of the whole (words, choices) response: both terms
-                chosen, rejected = chosen + args.word_beta * word["ratio_c"], rejected + args.word_beta * word["ratio_r"]
-                self._record({"word_logps/chosen": word["policy_c"].mean(),
-                              "word_logps/rejected": word["policy_r"].mean(),
-                              "word_rewards/margins": (args.word_beta * (word["ratio_c"] - word["ratio_r"])).mean()})
-            self._record({"logps/chosen": logp_c.mean(), "logps/rejected": logp_r.mean(),
-                          "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
-                          "rewards/margins": (chosen - rejected).mean(),
-                          "rewards/accuracies": (chosen > rejected).float().mean(),
-                          "pairs/reward_chosen": inputs["chosen_reward"].mean(),
-                          "pairs/reward_rejected": inputs["rejected_reward"].mean()})
-            if args.protocol == "offline":  # the choice metrics of the stored pairs, and of the head on them
-                self._record(pair_choice_metrics(inputs, lp_c_all, lp_r_all, model_grid(self)))
+        per_unit, metrics = self.objective.loss(self.objective_batch(model, inputs), self.args)
+        self._record({k: v.detach() for k, v in metrics.items()})
+        loss = per_unit.sum() / inputs["num_units_in_step"]
         return (loss, None) if return_outputs else loss
 
     def _likelihood_loss(self, model, inputs, return_outputs):
@@ -500,19 +519,9 @@ class LPOTrainer(Trainer):
         mask = inputs["sample_token_mask"]
         # a sequence-level head's one decision (hidden [B, 1, H]) against every reference token: the sequence form
         per_ref = reference_nll(log_probs, inputs["sample_token_logps"], mask, self.args.level)
-        loss = per_ref.sum() / inputs["num_pairs_in_step"]
+        loss = per_ref.sum() / inputs["num_units_in_step"]
         with torch.no_grad():
             self._record({"nll/reference_per_token": per_ref.sum() / mask.sum(), "num_references": float(len(per_ref))})
-        return (loss, None) if return_outputs else loss
-
-    def _group_relative_loss(self, model, inputs, return_outputs):
-        _, logp = self._side_logps(model, inputs, "sample")
-        per_sample = group_relative_loss(logp, inputs["advantage"])
-        loss = per_sample.sum() / inputs["num_pairs_in_step"]
-        with torch.no_grad():
-            adv = inputs["advantage"]
-            self._record({"logps/sample": logp.mean(), "advantages/abs_mean": adv.abs().mean(),
-                          "logps/advantage_weighted": (adv * logp).sum() / adv.abs().sum().clamp(min=1e-12)})
         return (loss, None) if return_outputs else loss
 
     # --- metrics, logging ----------------------------------------------------------------------
@@ -535,7 +544,7 @@ class LPOTrainer(Trainer):
             entropies, expected = (sums / counts[:, None]).T.tolist()
         metrics = generation_metrics(rows, traces, rewards, per_func, stats,
                                      [reward_name(f) for f in self.reward_funcs], grid, entropies, expected,
-                                     "samples" if self.args.loss_type == "group_relative" else "pairs")
+                                     "pairs" if self.objective.unit == "pair" else "comparisons")
         self._record(metrics)
         self._warn_on_collapse(metrics, len(grid))
         self._completions_step = self.state.global_step + 1  # the optimizer step these samples are for
@@ -616,6 +625,12 @@ class LPOTrainer(Trainer):
                 self._completions_writer.flush()
             raise
         self._completions_writer.flush()  # every completions file is complete when train() returns
+        online = self.args.protocol == "online" and self.objective.unit != "reference"
+        if online and self._steps_checked and not self._comparisons_seen:
+            raise LPOTrainingFailed(  # a run shorter than max_steps_without_pairs whose every group tied
+                f"No two responses of a prompt got different rewards in any of the run's {self._steps_checked} "
+                "steps: the head learned nothing from the rewards, so it is not presented as trained. Check the "
+                "rewards (do they vary between responses?), raise num_generations or keep exploration on.")
         return result
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

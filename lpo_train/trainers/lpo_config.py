@@ -9,7 +9,8 @@ from transformers import TrainingArguments
 from lpo_train.config import LoraArguments, PromptDataArguments, SamplingArguments
 from lpo_train.decoding.adaptive import EXPLORATIONS
 from lpo_train.heads import GRID_PRESETS, INPUT_NORMS, KNOBS, LEVELS, SELECTIONS
-from lpo_train.losses import LOSS_TYPES, SCALE_REWARDS
+from lpo_train.losses import SCALE_REWARDS
+from lpo_train.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, get_objective
 from lpo_train.pairs import PAIR_MODES
 from lpo_train.cli_args import help_field as _help
 
@@ -25,10 +26,12 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
     lm_dtype: str = _help("dtype of the frozen LM: float32, bfloat16 or float16.", "float32")
     max_prompt_length: int = _help("Prompts longer than this many tokens are skipped and counted.", 512)
     # --- the head --------------------------------------------------------------------------
-    level: str = _help(f"AdaptiveDecoder level: one of {LEVELS}.", "sequence")
-    knob: str = _help(f"The decoding knob the head chooses: one of {KNOBS}.", "temperature")
-    grid: list[str] = field(default_factory=lambda: ["default"], metadata={
-        "help": f"Knob values (e.g. 0 0.5 1.0) or one preset name: {sorted(GRID_PRESETS)}."})
+    level: str | None = _help(f"AdaptiveDecoder level: one of {LEVELS} (default sequence; a continued head's own).",
+                              None)
+    knob: str | None = _help(f"The decoding knob the head chooses: one of {KNOBS} (default temperature; a continued "
+                             "head's own).", None)
+    grid: list[str] | None = _help(f"Knob values (e.g. 0 0.5 1.0) or one preset name: {sorted(GRID_PRESETS)} (default "
+                                   "'default'; a continued head's own).", None)
     head_hidden_size: int | None = _help("Head MLP width; default min(2048, max(64, 2 x LM hidden size)).", None)
     head_num_layers: int = _help("Linear layers in the head MLP.", 3)
     head_name_or_path: str | None = _help("Start from a saved head instead of a fresh (uniform) one.", None)
@@ -50,14 +53,22 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
         "Rewards: built-in names, 'package.module:function' paths or sequence-classification model paths/ids.",
         None)
     reward_weights: list[float] | None = _help("One weight per reward function (default all 1).", None)
-    pair_mode: str = _help(f"How pairs are built from the N responses: one of {PAIR_MODES}.", "best_worst")
+    pair_mode: str | None = _help(
+        f"The pairwise objectives (lpo, lpo_latent, lpo_joint, nll_chosen): how pairs are built from the N responses, "
+        f"one of {PAIR_MODES} (default best_worst, the paper's). lpo_regression always compares every pair.", None)
     pair_top_k: int = _help("'constrained' pair mode: size of the top/bottom groups.", 4)
-    loss_type: str = _help(f"One of {LOSS_TYPES}: Eq. 10, Eq. 11, Eq. 9, NLL on the chosen choices, or the "
-                           "group-relative policy gradient over all N responses (README, 'Losses').", "lpo")
+    loss_type: str = _help(
+        f"The head's objective, one of {tuple(OBJECTIVES)}: lpo_regression (default: every pair's choice log-ratio "
+        "difference regressed on its reward difference; converges to P(k) ~ exp(E[reward | k] / beta)), lpo (the "
+        "paper's Eq. 10 on best-vs-worst pairs), lpo_latent (Eq. 11), lpo_joint (Eq. 9), nll_chosen, group_relative "
+        "(an unbiased policy gradient of the expected reward) or likelihood (no reward: fit reference completions). "
+        "What each converges to: docs/objectives.md.", DEFAULT_OBJECTIVE)
     reference_column: str = _help("likelihood: the dataset column with each prompt's reference completion (a "
                                   "string, or TRL's conversational [{'role': 'assistant', ...}]).", "completion")
-    scale_rewards: str = _help(f"group_relative: one of {SCALE_REWARDS}, as TRL's GRPO: 'group' divides each "
-                               "advantage by its group's reward std, 'none' keeps r - mean (Dr. GRPO).", "group")
+    scale_rewards: str = _help(
+        f"group_relative: one of {SCALE_REWARDS}. 'none' (default) keeps the update an unbiased gradient of the "
+        "expected reward; 'group' (TRL GRPO's default) divides each prompt's by its reward std, which makes it "
+        "follow which response won rather than by how much (docs/objectives.md).", "none")
     latent_form: str = _help("lpo_latent: marginalise per 'token' (Eq. 11) or over the whole 'sequence'.",
                              "token")
     beta: float = _help("The DPO temperature beta of the LPO losses (> 0); in lpo_joint, of the choice term.", 0.1)
@@ -67,10 +78,10 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
         "term's (at most a few nats per decision), so it gets its own, usually smaller, beta.", 0.1)
     lora_learning_rate: float = _help("use_peft: AdamW learning rate of the LoRA adapter (the head keeps "
                                       "learning_rate; the schedule scales both).", 1e-4)
-    choice_reference: str = _help(
-        "The reference over choices in Eq. 9/10: 'omitted' (the paper's literal Eq. 10, no reference term) or "
-        "'uniform' (log P_ref = -decisions x log K; differs from 'omitted' for token-level heads when the chosen "
-        "and rejected responses have different lengths).", "omitted")
+    choice_reference: str | None = _help(
+        "The reference over choices in Eq. 9/10: 'omitted' (default for those: the paper's literal Eq. 10, no "
+        "reference term) or 'uniform' (log P_ref = -decisions x log K; differs from 'omitted' for token-level heads "
+        "when the chosen and rejected responses have different lengths). lpo_regression always uses 'uniform'.", None)
     max_steps_without_pairs: int = _help(
         "Stop with an error after this many consecutive optimizer steps in which no pair formed.", 5)
     overwrite_output_dir: bool = _help("Replace another run's head and checkpoints in output_dir.", False)
@@ -91,20 +102,32 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
             self.toy_families = ["arith", "story"]
         if self.reward_funcs is None:
             self.reward_funcs = ["toy"] if self.dataset_name == "toy" else []
-        if self.loss_type == "likelihood" and self.protocol == "offline":
-            raise ValueError("loss_type 'likelihood' trains on reference completions, not sampled pairs: use "
-                             "protocol 'online' (the references' teacher-forced features are computed once and "
-                             "cached).")
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 to form pairs, got {self.num_generations}.")
-        checks = [("level", LEVELS), ("knob", KNOBS), ("selection", SELECTIONS), ("pair_mode", PAIR_MODES),
-                  ("loss_type", LOSS_TYPES), ("latent_form", ("token", "sequence")),
+        if self.head_name_or_path is None:  # a continued head decides these (the trainer checks a conflict)
+            self.level, self.knob = self.level or "sequence", self.knob or "temperature"
+            self.grid = self.grid or ["default"]
+        checks = [("level", LEVELS + (None,)), ("knob", KNOBS + (None,)), ("selection", SELECTIONS), ("pair_mode", PAIR_MODES + (None,)),
+                  ("loss_type", tuple(OBJECTIVES)), ("latent_form", ("token", "sequence")),
                   ("lm_dtype", ("float32", "bfloat16", "float16")), ("protocol", ("online", "offline")),
-                  ("exploration", EXPLORATIONS), ("choice_reference", ("omitted", "uniform")),
+                  ("exploration", EXPLORATIONS), ("choice_reference", ("omitted", "uniform", None)),
                   ("head_input_norm", INPUT_NORMS), ("scale_rewards", SCALE_REWARDS)]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        objective = get_objective(self.loss_type)
+        objective.check_config(self)  # the objective's own conflicts, named
+        if objective.unit != "reference" and self.selection != "sample":
+            raise ValueError(f"selection {self.selection!r} cannot train a head on rewards: the training data must be "
+                             "sampled from the head's choice distribution (selection 'sample'); with 'argmax' every "
+                             "sample of a prompt takes one choice and with 'mixture' the recorded choice is not the one "
+                             "that produced the response, so the head gets no (or a wrong) gradient. Use "
+                             "selection: sample (argmax and mixture are for inference).")
+        if objective.unit == "pair":  # the pairwise objectives' own defaults (the paper's)
+            self.pair_mode = self.pair_mode or "best_worst"
+            self.choice_reference = self.choice_reference or "omitted"
+        else:
+            self.choice_reference = self.choice_reference or "uniform"
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}: beta 0 gives a zero gradient and a negative beta "
                              "trains the reversed preference.")
@@ -115,9 +138,6 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs.")
-        if self.loss_type == "group_relative" and self.protocol == "offline":
-            raise ValueError("loss_type 'group_relative' needs protocol 'online': the offline protocol stores pairs, "
-                             "and this loss trains on every response of a group.")
         if self.use_peft and (self.loss_type != "lpo_joint" or self.protocol != "online"):
             raise ValueError(f"use_peft trains a LoRA adapter on the LM jointly with the head, under loss_type "
                              f"'lpo_joint' and protocol 'online' (generation uses the current adapter); got loss_type "
@@ -133,6 +153,8 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
         self.check_decoding()
         if self.max_prompt_length < 1:
             raise ValueError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}.")
+        if self.grid is None:
+            return
         grid = [self.grid] if isinstance(self.grid, (str, float, int)) else list(self.grid)
         if len(grid) == 1 and str(grid[0]) in GRID_PRESETS:
             self.grid = [float(v) for v in GRID_PRESETS[str(grid[0])]]

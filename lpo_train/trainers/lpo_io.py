@@ -3,37 +3,97 @@ hygiene, the completions tables (written off the training thread), the head's ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from lpo_train.pairs import PairFeatures, SideFeatures, group_row
+from lpo_train.pairs import GroupFeatures, PairFeatures, SideFeatures, group_row
 
 
-def stored_features(row: dict, dtype: torch.dtype) -> PairFeatures:
-    """A stored pair (``pair_record``) back as ``PairFeatures``."""
-    sides = []
-    for side in ("chosen", "rejected"):
-        logps = row.get(f"{side}_token_logps")
-        sides.append(SideFeatures(torch.tensor(row[f"{side}_hidden"], dtype=dtype), torch.tensor(row[f"{side}_choices"]),
-                                  None if logps is None else torch.tensor(logps, dtype=torch.float32)))
+def stored_features(row: dict, dtype: torch.dtype) -> PairFeatures | GroupFeatures:
+    """A stored unit (``unit_record``) back as ``PairFeatures`` or ``GroupFeatures``."""
+    def side(hidden, choices, logps) -> SideFeatures:
+        return SideFeatures(torch.tensor(hidden, dtype=dtype), torch.tensor(choices),
+                            None if logps is None else torch.tensor(logps, dtype=torch.float32))
+
+    if row.get("group_rewards") is not None:
+        logps = row.get("group_token_logps") or [None] * len(row["group_rewards"])
+        return GroupFeatures([side(h, c, lp) for h, c, lp in zip(row["group_hidden"], row["group_choices"], logps)],
+                             list(row["group_rewards"]), None, row.get("family"))
+    sides = [side(row[f"{s}_hidden"], row[f"{s}_choices"], row.get(f"{s}_token_logps")) for s in ("chosen", "rejected")]
     return PairFeatures(*sides, row["chosen_reward"], row["rejected_reward"], row.get("family"))
 
 
-def pair_record(row: dict, pair, features: PairFeatures, traces, num_generations: int, seed: int) -> dict:
-    """A storable record of one pair: the prompt, its seed, both texts, choices, rewards and features."""
+def unit_record(row: dict, unit, features, traces, num_generations: int, seed: int) -> dict:
+    """A storable record of one training unit (a pair, or a group's compared samples): the prompt, its seed, the
+    texts, choices, rewards and traced features."""
     n = num_generations
-    record = {"prompt": json.dumps(row["prompt"]), "family": row.get("family"), "seed": seed, "num_generations": n,
-              "chosen_index": pair.chosen, "rejected_index": pair.rejected,
-              "chosen_reward": pair.chosen_reward, "rejected_reward": pair.rejected_reward}
-    for side, feats, sample in (("chosen", features.chosen, pair.chosen), ("rejected", features.rejected, pair.rejected)):
-        record[f"{side}_text"] = traces[group_row(pair.prompt_index, sample, n)].text
+    record = {"prompt": json.dumps(row["prompt"]), "family": row.get("family"), "seed": seed, "num_generations": n}
+    if isinstance(features, GroupFeatures):
+        record.update({"group_samples": list(unit.samples), "group_rewards": list(features.rewards),
+                       "group_text": [traces[group_row(unit.prompt_index, i, n)].text for i in unit.samples],
+                       "group_hidden": [f.hidden.float().tolist() for f in features.sides],
+                       "group_choices": [f.choices.tolist() for f in features.sides],
+                       "group_token_logps": None if features.sides[0].token_logps is None
+                       else [f.token_logps.tolist() for f in features.sides]})
+        return record
+    record.update({"chosen_index": unit.chosen, "rejected_index": unit.rejected,
+                   "chosen_reward": unit.chosen_reward, "rejected_reward": unit.rejected_reward})
+    for side, feats, sample in (("chosen", features.chosen, unit.chosen), ("rejected", features.rejected, unit.rejected)):
+        record[f"{side}_text"] = traces[group_row(unit.prompt_index, sample, n)].text
         record[f"{side}_hidden"] = feats.hidden.float().tolist()
         record[f"{side}_choices"] = feats.choices.tolist()
         record[f"{side}_token_logps"] = None if feats.token_logps is None else feats.token_logps.tolist()
     return record
+
+
+FINGERPRINT_KEY = b"lpo_train_pairs"
+
+
+def fingerprint_texts(texts) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def write_pairs_dataset(dataset, path, fingerprint: dict) -> None:
+    """The offline units as parquet, with what produced them in the file's metadata, through a ``.partial`` file:
+    a half-written file is never taken for a finished one."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = dataset.data.table
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), FINGERPRINT_KEY: json.dumps(fingerprint)})
+    tmp = Path(str(path) + ".partial")
+    pq.write_table(table, tmp)
+    tmp.rename(path)
+
+
+def check_pairs_fingerprint(path, expected: dict) -> None:
+    """An offline units file built under other settings (model, level, grid, rewards, N, seed, exploration,
+    truncations, prompts ...) is an error naming each differing field, never silently trained on."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception as e:
+        raise ValueError(f"pairs_path {path} is not a readable parquet file ({e}); delete it to rebuild it.") from None
+    if FINGERPRINT_KEY not in metadata:
+        raise ValueError(f"pairs_path {path} does not record what produced it (an older lpo-train, or not an "
+                         "lpo-train pairs file): delete it to rebuild it with this run's settings, or set another "
+                         "--pairs_path.")
+    stored = json.loads(metadata[FINGERPRINT_KEY])
+    differing = [f"{k}: file {stored.get(k)!r} vs this run {v!r}" for k, v in expected.items() if stored.get(k) != v]
+    if differing:
+        raise ValueError(f"pairs_path {path} was built under other settings ({'; '.join(differing)}). Delete it to "
+                         "rebuild it with this run's settings, or set another --pairs_path.")
 
 
 def check_output_dir(args) -> None:
