@@ -74,9 +74,10 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
 
 
-def run_seed(name: str, seed: int, out: Path) -> tuple[dict, dict[str, str]]:
+def run_seed(name: str, seed: int, out: Path) -> tuple[dict, dict[str, str], dict | None]:
     """Train the head(s) of replication ``name`` for ``seed`` and evaluate; returns the
-    evaluation summary and ``{label: strategy name}`` of the trained heads."""
+    evaluation summary, ``{label: strategy name}`` of the trained heads and results.json's ``baselines``
+    (None without a head)."""
     from trl import TrlParser
 
     from lpo_train.evaluation.harness import EvalConfig, evaluate, load_rows
@@ -98,8 +99,8 @@ def run_seed(name: str, seed: int, out: Path) -> tuple[dict, dict[str, str]]:
             heads[f"{label}, sampled T"] = f"head:{head_dir}:sample"
     args = ["--config", str(RECIPES / eval_recipe), "--model_name_or_path", f"toy:small:{seed}",
             "--seed", str(seed), "--dataset_seed", str(4242 + seed), "--output_dir", str(seed_dir / "eval")]
-    if heads:
-        args += ["--strategies", *heads.values()]
+    if heads:  # the heads' baselines: the best fixed T is chosen on prompts drawn as the head's training ones
+        args += ["--strategies", *heads.values(), "--selection_dataset_seed", str(seed)]
     for overrides in eval_overrides:
         args += overrides
     (config,) = TrlParser(dataclass_types=[EvalConfig]).parse_args_and_config(args)
@@ -107,7 +108,8 @@ def run_seed(name: str, seed: int, out: Path) -> tuple[dict, dict[str, str]]:
     print((seed_dir / "eval" / "report.md").read_text())
     if name == "constrained_tok":
         add_constraint_first_win_rates(summary, load_rows(config), seed_dir / "eval" / "strategies", config.temperatures)
-    return summary, heads
+    results = json.loads((seed_dir / "eval" / "results.json").read_text())
+    return summary, heads, results.get("baselines")
 
 
 def add_constraint_first_win_rates(summary: dict, rows: list[dict], raw_dir: Path, temperatures) -> None:
@@ -139,19 +141,65 @@ def _mean_std(values):
             "per_seed": values}
 
 
-def aggregate(name: str, per_seed: list[tuple[dict, dict]], seeds: list[int]) -> dict:
-    """Mean ± std over seeds of each strategy's headline metrics (heads under their labels)."""
+def strategy_labels(summary: dict, heads: dict[str, str]) -> dict[str, str]:
+    """Per strategy of one seed's summary, its seed-independent label: a head's label, ``meanshift(<label>)``
+    for a head's MeanShift run (its name holds the head's path and the seed's own mean value:
+    ``meanshift(head:/s0/h)=T0.53``), the name itself for the rest."""
+    from lpo_train.evaluation.baselines import MEANSHIFT
+
+    by_spec = {spec: label for label, spec in heads.items()}
+    out = {}
+    for key in summary:
+        if key.startswith(MEANSHIFT + "("):
+            spec = key[len(MEANSHIFT) + 1:].rpartition(")=")[0]
+            out[key] = f"{MEANSHIFT}({by_spec.get(spec, spec)})"
+        else:
+            out[key] = by_spec.get(key, key)
+    return out
+
+
+def aggregate_baselines(per_seed: list[tuple]) -> dict | None:
+    """Per head label: its MeanShift value, the best fixed T chosen on the training-side set and the head's win
+    rates over each baseline (with intervals), per seed; None when no seed has baselines."""
+    seeds = [(heads, rest[0]) for _, heads, *rest in per_seed if rest and rest[0]]
+    if len(seeds) < len(per_seed) or not seeds:
+        return None
+    out = {"best_fixed_T": [b["best_fixed_T"]["temperature"] for _, b in seeds],
+           "best_fixed_T_chosen_on": [b["best_fixed_T"]["chosen_on"] for _, b in seeds],
+           "per_family_oracle_T": [b["per_family_oracle"]["temperature_by_family"] for _, b in seeds],
+           "per_family_oracle_mean_reward": _mean_std([b["per_family_oracle"]["mean_reward"] for _, b in seeds]),
+           "heads": {}}
+    for label in seeds[0][0]:
+        rows = [(b["heads"][heads[label]], b["meanshift"].get(heads[label])) for heads, b in seeds]
+        entry = {"meanshift_value": [ms and ms["value"] for _, ms in rows],
+                 "meanshift_mean_reward": _mean_std([ms and ms["mean_reward"] for _, ms in rows]),
+                 "beats_every_baseline": [c["beats_every_baseline"] for c, _ in rows],
+                 "beats_fair_baselines": [c["beats_fair_baselines"] for c, _ in rows]}
+        for key in ("meanshift", "best_fixed_T", "per_family_oracle"):
+            if all(key in c for c, _ in rows):
+                entry[f"win_rate_vs_{key}"] = {
+                    "mean": statistics.fmean(c[key]["win_rate"] for c, _ in rows),
+                    "per_seed": [{"win_rate": c[key]["win_rate"], "ci95": c[key]["ci95"]} for c, _ in rows]}
+        out["heads"][label] = entry
+    return out
+
+
+def aggregate(name: str, per_seed: list[tuple], seeds: list[int]) -> dict:
+    """Mean ± std over seeds of each strategy's headline metrics (heads under their labels, their MeanShift
+    runs as ``meanshift(<label>)`` with each seed's value in ``meanshift_value``). ``per_seed``: per seed
+    ``(summary, heads[, baselines])`` as run_seed returns."""
     fields = ["mean_reward", "average_win_rate", "percent_non_greedy", "repeat_3gram", "self_bleu", "distinct_2",
               "mean_value_sentence_start", "mean_value_other", "accuracy", "maj_at_n"]
+    by_label = []
+    for summary, heads, *_ in per_seed:
+        labels = strategy_labels(summary, heads)
+        by_label.append({labels[key]: (key, data) for key, data in summary.items()})
     strategies = {}
-    first_summary, first_heads = per_seed[0]
-    labels = {spec: label for label, spec in first_heads.items()}
-    for key in first_summary:
-        label = labels.get(key, key)
-        per = []
-        for summary, heads in per_seed:
-            spec = heads.get(label, key)
-            per.append(summary[spec])
+    for label in by_label[0]:
+        missing = [s for s, entries in zip(seeds, by_label) if label not in entries]
+        if missing:
+            raise KeyError(f"{label!r} is in seed {seeds[0]}'s evaluation but not in seed(s) {missing}'s.")
+        per = [entries[label][1] for entries in by_label]
         entry = {f: _mean_std([s.get(f) for s in per]) for f in fields if any(s.get(f) is not None for s in per)}
         for key in ("win_rate_vs_fixed", "constraint_first_win_rate_vs_fixed"):
             if key in per[0]:
@@ -160,8 +208,14 @@ def aggregate(name: str, per_seed: list[tuple[dict, dict]], seeds: list[int]) ->
         entry["mean_reward_by_family"] = {f: _mean_std([s["mean_reward_by_family"][f] for s in per]) for f in families}
         entry["mean_value_by_family"] = {f: _mean_std([s["mean_value_by_family"][f] for s in per])
                                          for f in per[0]["mean_value_by_family"]}
+        if label.startswith("meanshift("):
+            entry["meanshift_strategy"] = [entries[label][0] for entries in by_label]
         strategies[label] = entry
-    return {"replication": name, "seeds": len(seeds), "seed_list": seeds, "strategies": strategies}
+    result = {"replication": name, "seeds": len(seeds), "seed_list": seeds, "strategies": strategies}
+    baselines = aggregate_baselines(per_seed)
+    if baselines is not None:
+        result["baselines"] = baselines
+    return result
 
 
 def headline(name: str, agg: dict) -> dict:

@@ -58,3 +58,34 @@ def test_aggregate_maps_heads_across_seeds():
     assert agg["strategies"]["AD"]["mean_reward"]["mean"] == pytest.approx(0.7)
     assert agg["strategies"]["AD"]["mean_reward"]["std"] == pytest.approx(0.1414213, rel=1e-5)
     assert agg["strategies"]["T=0"]["mean_reward"]["std"] == 0.0
+
+
+def test_aggregate_maps_meanshift_runs_across_seeds():
+    """A head's MeanShift run is named by the seed's head path and mean value; seeds are matched by the head's label."""
+    def entry(r):
+        return {"mean_reward": r, "average_win_rate": 50.0, "percent_non_greedy": 0.0,
+                "win_rate_vs_fixed": {"0": {"win_rate": 50.0}}, "mean_reward_by_family": {"arith": r},
+                "mean_value_by_family": {"arith": 0.0}}
+
+    def seed(head, value, reward):
+        summary = {"T=0": entry(0.5), head: entry(reward), f"meanshift({head})=T{value}": entry(reward - 0.1)}
+        win = lambda w: {"win_rate": w, "ci95": [w - 10, w + 10], "num_invalid": 0}  # noqa: E731
+        baselines = {"best_fixed_T": {"temperature": 0.0, "chosen_on": "train"},
+                     "per_family_oracle": {"temperature_by_family": {"arith": 0.0}, "mean_reward": 0.7},
+                     "meanshift": {head: {"strategy": f"meanshift({head})=T{value}", "value": value,
+                                          "mean_reward": reward - 0.1}},
+                     "heads": {head: {"meanshift": win(60.0), "best_fixed_T": win(70.0), "per_family_oracle": win(40.0),
+                                      "beats_every_baseline": False, "beats_fair_baselines": True}}}
+        return summary, {"AD": head}, baselines
+
+    per_seed = [seed("head:/s0/h", 0.4, 0.6), seed("head:/s1/h", 0.53, 0.8)]
+    agg = replicate.aggregate("x", per_seed, [0, 1])
+    assert set(agg["strategies"]) == {"T=0", "AD", "meanshift(AD)"}
+    ms = agg["strategies"]["meanshift(AD)"]
+    assert ms["mean_reward"]["mean"] == pytest.approx(0.6)
+    assert ms["meanshift_strategy"] == ["meanshift(head:/s0/h)=T0.4", "meanshift(head:/s1/h)=T0.53"]
+    head = agg["baselines"]["heads"]["AD"]
+    assert head["meanshift_value"] == [0.4, 0.53] and head["win_rate_vs_best_fixed_T"]["mean"] == 70.0
+    assert head["beats_fair_baselines"] == [True, True]
+    # without baselines (no head, or an old two-element tuple) there is no baselines entry
+    assert "baselines" not in replicate.aggregate("x", [s[:2] for s in per_seed], [0, 1])
