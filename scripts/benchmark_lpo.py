@@ -57,7 +57,7 @@ def main() -> None:
     import torch
 
     from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
-    from lpo_train.trainers import LPOConfig, LPOTrainer
+    from lpo_train.trainers import LPOConfig, LPOTrainer, lpo_rollout
 
     real = args.model == "smollm2"  # the SmolLM2 suite and its reward; the toy world's otherwise
     data = likelihood_data(real) if args.loss_type == "likelihood" else {"dataset_name": "smollm2_mix" if real else "toy"}
@@ -95,7 +95,7 @@ def main() -> None:
             generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,  # the same responses as the step
                      SamplingParams(max_new_tokens=args.new_tokens, num_samples=args.num_generations,
                                     batch_size=config.generation_batch_size,
-                                    prompt_seeds=[trainer._prompt_seed(r) for r in rows]))
+                                    prompt_seeds=[lpo_rollout.prompt_seed(trainer, r) for r in rows]))
 
     last_bytes = []
 
@@ -116,7 +116,7 @@ def main() -> None:
         trainer.state.global_step += 1  # as Trainer does: each step's completions are new, so each log writes them
         last_bytes.extend(trainer._metrics.get("features/bytes_per_pair", []))
         trainer.log({})  # logging every step (the metrics' reduction, the completions file) is part of the cost
-        trainer._completions_writer.flush()  # the file is written off the training thread: wait for it, so its
+        trainer.completions_callback.writer.flush()  # the file is written off the training thread: wait for it, so its
         # cost is timed here and not in the next (sampling-only) call
 
     calls = {"sample_only": sample_only, "lpo_step": lpo_step, **({"joint_step": step} if args.joint else {}),

@@ -59,7 +59,7 @@ REPLICATIONS = {
     # Eq. 9 with a trainable LM (use_peft) vs the same recipe with the LM frozen (Eq. 9 = Eq. 10), the same
     # budget (prompts, N, steps); the joint head is evaluated on its own adapted LM
     "joint_lora": ("lpo_joint_lora.yaml", "eval_sentiment_joint.yaml", {
-        "head only (frozen LM)": ["--use_peft", "false"],
+        "head only (frozen LM)": ["--loss_type", "lpo", "--use_peft", "false"],
         "head + LoRA (joint)": [],
     }),
 }

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lpo_train import AdaptiveDecoderForCausalLM, AdaptiveDecoderHead
-from lpo_train.trainers import LPOTrainer
+from lpo_train.trainers import LPOTrainer, lpo_rollout
 from lpo_train.trainers.lpo_joint import JointHeadLM, word_batch
 from lpo_train.pairs import SideFeatures
 from tests.helpers.configs import toy_lpo_config
@@ -91,15 +91,15 @@ def test_generation_uses_the_current_adapter(trained):
             if "lora_B" in name:
                 p.add_(0.5 * torch.randn_like(p))
     trainer.lm.train()
-    adapted = trainer._sample(rows, head)  # sampled in eval mode (no LoRA dropout), then the mode is restored
+    adapted = lpo_rollout.sample(trainer, rows, head)  # sampled in eval mode (no LoRA dropout), then the mode is restored
     assert trainer.lm.training
     lm = trainer.lm
     try:
         trainer.lm = copy.deepcopy(lm).merge_and_unload()
-        merged = trainer._sample(rows, head)
+        merged = lpo_rollout.sample(trainer, rows, head)
         with lm.disable_adapter():
             trainer.lm = lm
-            base = trainer._sample(rows, head)
+            base = lpo_rollout.sample(trainer, rows, head)
     finally:
         trainer.lm = lm
         with torch.no_grad():
@@ -267,7 +267,8 @@ def test_joint_training_beats_head_only_on_a_word_level_reward(toy_lm_folder, tm
     common = ["--config", str(root / "recipes" / "toy" / "lpo_joint_lora.yaml"), "--model_name_or_path",
               str(toy_lm_folder), "--save_strategy", "no"]
     train_main([*common, "--output_dir", str(tmp_path / "joint")])
-    train_main([*common, "--output_dir", str(tmp_path / "head"), "--use_peft", "false"])
+    train_main([*common, "--output_dir", str(tmp_path / "head"), "--loss_type", "lpo",
+                "--use_peft", "false"])  # the LM frozen: Eq. 10
     summary = evaluate(EvalConfig(
         model_name_or_path=str(toy_lm_folder), dataset_name="toy", toy_families=["sentiment"],
         toy_prompts_per_family=24, dataset_seed=4242, reward_funcs=["toy"], temperatures=[0.0, 1.0],
@@ -287,7 +288,7 @@ def test_sampling_runs_without_lora_dropout(toy_lm_folder, tmp_path):
                 p.add_(torch.randn_like(p))  # dropout on the adapter's input would now change the samples
     rows = [{"prompt": p} for p in trainer.train_dataset["prompt"][:2]]
     trainer.model.train()
-    first, second = (trainer._sample(rows, trainer.bare_head()) for _ in range(2))
+    first, second = (lpo_rollout.sample(trainer, rows, trainer.bare_head()) for _ in range(2))
     assert [t.token_ids for t in first] == [t.token_ids for t in second]
     assert trainer.lm.training  # restored
 

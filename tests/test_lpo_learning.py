@@ -216,7 +216,8 @@ def test_group_relative_with_every_group_tied_is_an_error_too(toy_lm_folder, tmp
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("level,loss_type", [("token", "lpo"), ("sequence", "lpo"), ("token", "group_relative")])
+@pytest.mark.parametrize("level,loss_type", [("token", "lpo"), ("sequence", "lpo"), ("token", "group_relative"),
+                                             ("sequence", "lpo_regression")])
 def test_family_grad_norms_equal_each_family_shares_own_autograd_gradient(toy_lm_folder, tmp_path, level,
                                                                           loss_type):
     trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, level=level, loss_type=loss_type,
@@ -232,8 +233,8 @@ def test_family_grad_norms_equal_each_family_shares_own_autograd_gradient(toy_lm
     assert families == ["arith", "story"]
     trainer.model.train()
     trainer.compute_loss(trainer.model, trainer.collate(features, len(features))).backward()
-    measured = trainer._family_grads().pop()
-    assert trainer._family_grads().pop() == {}  # popped once
+    measured = trainer.grad_norms.current().pop()
+    assert trainer.grad_norms.current().pop() == {}  # popped once
     trainer.model.eval()  # the reference: each family's share of the step's loss, its own backward
     params = [p for p in head.parameters() if p.requires_grad]
     for fam in families:
@@ -243,7 +244,7 @@ def test_family_grad_norms_equal_each_family_shares_own_autograd_gradient(toy_lm
         expected = torch.sqrt(sum((g ** 2).sum() for g in grads)).item()
         assert expected > 1e-4
         assert measured[f"grad_norm/{fam}"] == pytest.approx(expected, rel=1e-4)
-    assert trainer._family_grads().pop() == {}  # nothing is measured outside training mode
+    assert trainer.grad_norms.current().pop() == {}  # nothing is measured outside training mode
 
 
 def test_family_grad_norms_are_logged_per_step_in_training(toy_lm_folder, tmp_path):
@@ -251,6 +252,21 @@ def test_family_grad_norms_are_logged_per_step_in_training(toy_lm_folder, tmp_pa
     trainer.train()
     steps = [log for log in trainer.state.log_history if "loss" in log]
     assert len(steps) == 2 and all(log["grad_norm/arith"] >= 0 and log["grad_norm/story"] >= 0 for log in steps)
+
+
+def test_family_grad_norms_do_not_depend_on_gradient_accumulation(toy_lm_folder, tmp_path):
+    # the same step (same prompts, samples and head) as one batch of 4 or two micro-batches of 2: one applied
+    # gradient, so the same grad_norm and the same per-family shares (a micro-batch may hold one family)
+    logs = []
+    for batch, accumulation in ((4, 1), (2, 2), (1, 4)):
+        trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(
+            tmp_path / str(batch), max_steps=1, per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation))
+        trainer.train()
+        logs.append(trainer.state.log_history[0])
+    for log in logs[1:]:
+        for key in ("grad_norm", "grad_norm/arith", "grad_norm/story", "loss"):
+            assert log[key] == pytest.approx(logs[0][key], rel=1e-4), key
 
 
 def test_completions_writer_finishes_files_before_flush_returns_and_raises_its_errors(tmp_path):
@@ -285,9 +301,9 @@ def test_metric_reduction_averages_finite_values_per_key():
 
 def test_family_grad_norms_follow_a_replaced_head(toy_lm_folder, tmp_path):
     trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path))
-    first, old = trainer._family_grads(), trainer.bare_head()
-    assert trainer._family_grads() is first and all(m._forward_hooks for m in first.linears)
+    first, old = trainer.grad_norms.current(), trainer.bare_head()
+    assert trainer.grad_norms.current() is first and all(m._forward_hooks for m in first.linears)
     trainer.model = AdaptiveDecoderHead(old.config)
-    second = trainer._family_grads()
+    second = trainer.grad_norms.current()
     assert second.head is trainer.model and second is not first
     assert not any(m._forward_hooks for m in first.linears)  # the old head's hooks are removed

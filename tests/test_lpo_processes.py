@@ -220,3 +220,23 @@ def test_joint_run_where_one_rank_has_no_pair_does_not_hang(toy_lm_folder, tmp_p
     ranks = list(_adapters(out).values())
     assert len(ranks) == 2 and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in ranks[0].items())  # rank 0's pairs trained it
+
+
+@pytest.mark.slow
+def test_likelihood_under_zero3_makes_the_same_collective_calls_on_every_rank(toy_lm_folder, tmp_path):
+    # A head wide enough for ZeRO-3 to partition it (512 x 512 > its 1e5 persistence threshold), three epochs over
+    # shuffled references: from the second epoch on a rank meets references the other rank cached, or none. The
+    # gather around the references' teacher forcing used to be entered only for uncached ones, so the ranks made
+    # different numbers of collective calls (a hang); it is now entered once per step on every rank.
+    out = tmp_path / "zero3_likelihood"
+    config = ROOT / "accelerate_configs" / "zero3_cpu2.yaml"
+    args = _args(out, LIKELIHOOD_RECIPE, per_device_train_batch_size="2", max_steps="-1", num_train_epochs="3",
+                 head_hidden_size="512", toy_families="arith story")
+    args = [a for a in args if a not in ("--toy_families", "arith", "story", "--toy_prompts_per_family", "16")]
+    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), HELPER,
+                          *args, "--use_cpu", "true"], env=_deepspeed_env(), cwd=ROOT, timeout=420,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    ranks = list(_heads(out).values())
+    assert len(ranks) == 2 and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    assert ranks[0]["mlp.2.weight"].shape == (512, 512)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_type", ["lpo", "group_relative"])
+@pytest.mark.parametrize("loss_type", ["lpo_regression", "lpo", "group_relative"])
 def test_online_lpo_sends_arith_cold_and_story_hot_and_keeps_pairing(toy_lm_folder, tmp_path, loss_type):
     from lpo_train.decoding.engine import encode_prompts
     from lpo_train.tasks.toy import make_prompts
@@ -20,10 +20,11 @@ def test_online_lpo_sends_arith_cold_and_story_hot_and_keeps_pairing(toy_lm_fold
 
     config = parse_config(["--config", str(ROOT / "recipes" / "toy" / "lpo_seq.yaml"), "--model_name_or_path",
                            str(toy_lm_folder), "--output_dir", str(tmp_path / "out"), "--save_strategy", "no",
-                           "--logging_steps", "1", "--loss_type", loss_type])
+                           "--logging_steps", "1", "--loss_type", loss_type]
+                          + (["--beta", "0.1"] if loss_type == "lpo_regression" else []))
     trainer = LPOTrainer(args=config)
     trainer.train()
-    unit = "num_samples" if loss_type == "group_relative" else "num_pairs"
+    unit = "num_pairs" if loss_type == "lpo" else "num_comparisons"
     logs = [e for e in trainer.state.log_history if unit in e]
     # exploration: the last steps still form pairs (the story family's rewards always differ across T)
     assert len(logs) > 8 and all(e[unit] > 0 and e["frac_prompts_tied"] < 1.0 for e in logs[-4:])

@@ -41,16 +41,19 @@ def portable_name(spec: str) -> str:
     return SMOLLM2_ID if spec == "smollm2" else spec
 
 
-def load_causal_lm(spec, dtype: str = "float32"):
-    """``(model, tokenizer)`` frozen (eval, no grad); ``spec`` may already be a model. A PEFT adapter (a folder
-    or Hub repo with ``adapter_config.json``) loads onto the base model it names (``models.adapters``)."""
+def load_causal_lm(spec, dtype: str = "float32", tokenizer=None):
+    """``(model, tokenizer)`` frozen (eval, no grad); ``spec`` may already be a model, and ``tokenizer`` given
+    (TRL's ``processing_class``: then it is used as is, never reloaded). A PEFT adapter (a folder or Hub repo with
+    ``adapter_config.json``) loads onto the base model it names (``models.adapters``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    given = tokenizer
     if isinstance(spec, torch.nn.Module):
         model = spec
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model.config.name_or_path))
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model.config.name_or_path))
     else:
         from lpo_train.models.adapters import adapter_config, load_adapter_model
 
@@ -59,7 +62,7 @@ def load_causal_lm(spec, dtype: str = "float32"):
         if peft_config is not None:  # a PEFT adapter: its base from adapter_config.json, then the adapter
             model, tokenizer = load_adapter_model(path, peft_config, dtype)
             model.eval().requires_grad_(False)
-            return model, tokenizer
+            return model, given if given is not None else tokenizer
         if not Path(path).is_dir() and (_looks_local(path) or Path(path).suffix):
             raise FileNotFoundError(f"The model {spec!r} is not a local folder (it does not exist) and not a Hub id. "
                                     "Give an existing model folder, a Hub id (org/name), 'toy:small' or 'smollm2'.")
@@ -71,7 +74,7 @@ def load_causal_lm(spec, dtype: str = "float32"):
                                     f"it could not be fetched ({e}).") from e
         model.config.name_or_path = portable_name(str(spec))
     model.eval().requires_grad_(False)
-    return model, tokenizer
+    return model, given if given is not None else tokenizer
 
 
 def trainable_lm(spec, load=None):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
@@ -60,7 +60,8 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
     loss_type: str = _help(
         f"The head's objective, one of {tuple(OBJECTIVES)}: lpo_regression (default: every pair's choice log-ratio "
         "difference regressed on its reward difference; converges to P(k) ~ exp(E[reward | k] / beta)), lpo (the "
-        "paper's Eq. 10 on best-vs-worst pairs), lpo_latent (Eq. 11), lpo_joint (Eq. 9), nll_chosen, group_relative "
+        "paper's Eq. 10 on best-vs-worst pairs), lpo_latent (Eq. 11), lpo_joint (Eq. 9: the head and a LoRA adapter "
+        "on the LM, trained together; sets use_peft), nll_chosen, group_relative "
         "(an unbiased policy gradient of the expected reward) or likelihood (no reward: fit reference completions). "
         "What each converges to: docs/objectives.md.", DEFAULT_OBJECTIVE)
     reference_column: str = _help("likelihood: the dataset column with each prompt's reference completion (a "
@@ -138,6 +139,8 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs)} reward_funcs.")
+        if self.loss_type == "lpo_joint":  # one switch: Eq. 9 is the head and a LoRA adapter trained together
+            self.use_peft = True
         if self.use_peft and (self.loss_type != "lpo_joint" or self.protocol != "online"):
             raise ValueError(f"use_peft trains a LoRA adapter on the LM jointly with the head, under loss_type "
                              f"'lpo_joint' and protocol 'online' (generation uses the current adapter); got loss_type "

@@ -219,3 +219,30 @@ def plot_choices(completions: list[dict], grid, knob: str, folder: Path) -> None
     fig.tight_layout()
     save(fig, folder / "choice_histogram.png", 100)
     plt.close(fig)
+
+
+def save_head_artifact(trainer, output_dir: str, state: dict, write_state: bool) -> None:
+    """The head (never the frozen LM) with its card; with ``use_peft`` the LoRA adapter beside it (one card, the
+    head's), which then loads as both. ``state``: the gathered state dict (ZeRO-3 shards). Main process only."""
+    from lpo_train.rewards import reward_name
+    from lpo_train.trainers.lpo_joint import save_adapter
+
+    head, args = trainer.bare_head(), trainer.args
+    head.config.base_model = head.config.base_model or trainer.lm.config.name_or_path
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if args.use_peft:
+        split = {side: {k[len(side) + 1:]: v for k, v in state.items() if k.startswith(side + ".")}
+                 for side in ("head", "lm")}
+        save_adapter(trainer.lm, split["lm"], output_dir)
+        head.config.extra = {**head.config.extra, "adapter_in_repo": True}
+        state = split["head"]
+    else:  # a head-only artifact never sits beside another run's adapter, nor claims one
+        head.config.extra.pop("adapter_in_repo", None)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            (Path(output_dir) / name).unlink(missing_ok=True)
+    rows = model_card_rows(args, trainer.state.log_history, [reward_name(f) for f in trainer.reward_funcs],
+                           trainer.state.global_step)
+    head.save_pretrained(output_dir, state_dict=state, model_card_kwargs={"extra_sections": rows})
+    if write_state:  # a checkpoint's trainer_state.json is Trainer's, written last (its "complete" mark)
+        trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, by the head
+    plot_choices(trainer._completions, head.config.grid, args.knob, Path(output_dir))

@@ -125,3 +125,19 @@ def load_adapter_weights(lm, folder: str | Path) -> None:
     if unexpected or missing:
         raise ValueError(f"{path} does not fit this run's adapter (unexpected keys {unexpected[:3]}, missing "
                          f"{missing[:3]}); check lora_r and lora_target_modules against its adapter_config.json.")
+
+
+def joint_optimizer(trainer):
+    """Joint (use_peft): one optimizer over two groups, the head at ``learning_rate`` and the LoRA adapter at
+    ``lora_learning_rate``, Trainer's decay rule (none on biases and norms) in each."""
+    model, args = trainer.model, trainer.args
+    optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(args, model)
+    decay = set(trainer.get_decay_parameter_names(model))
+    groups = []
+    for prefix, extra in (("head.", {}), ("lm.", {"lr": args.lora_learning_rate})):
+        named = [(n, p) for n, p in model.named_parameters() if n.startswith(prefix) and p.requires_grad]
+        for decayed in (True, False):
+            params = [p for n, p in named if (n in decay) == decayed]
+            if params:
+                groups.append({"params": params, "weight_decay": args.weight_decay if decayed else 0.0, **extra})
+    return optimizer_cls(groups, **kwargs)

@@ -103,16 +103,16 @@ def pair_choice_metrics(inputs: dict, lp_chosen: torch.Tensor, lp_rejected: torc
 
 
 class FamilyGradNorms:
-    """``grad_norm/<family>``: the norm of the gradient of each family's share of the loss on the head's
-    parameters, read off the training backward itself (no extra backward). Every trainable parameter of the
-    head belongs to an ``nn.Linear``, whose weight gradient is a sum over its input rows of g_out^T x (the
-    bias's: of g_out); summing only a family's rows gives that family's share. A forward hook on each linear
-    layer keeps its input and hooks its output's gradient while ``watch`` is active; ``pop`` returns the
-    norms of what the backward since the last ``pop`` accumulated.
+    """``grad_norm/<family>``: the norm of each family's share of the gradient the optimizer step applies (before
+    clipping, as ``grad_norm``), read off the training backward itself (no extra backward). Every trainable
+    parameter of the head belongs to an ``nn.Linear``, whose weight gradient is a sum over its input rows of
+    g_out^T x (the bias's: of g_out); summing only a family's rows gives that family's share. A forward hook on
+    each linear layer keeps its input and hooks its output's gradient while ``watch`` is active; the shares are
+    summed over every micro-step until ``pop``, and ``pop`` sums them over processes (the applied gradient is
+    the ranks' mean), so the figure does not depend on gradient accumulation or the process count.
 
-    The order is the Trainer's: ``pop``, then the forwards under ``watch(families)``, then their backward.
-    ``families`` names the family of each leading row of the head's inputs (a pair: its chosen and rejected
-    rows; a sample). Fewer than two families, or an unnamed one: nothing is measured."""
+    ``families`` names the family of each leading row of the head's inputs (a pair: its chosen and rejected rows;
+    a sample). An unnamed family: nothing is measured for that batch."""
 
     def __init__(self, head: nn.Module):
         self.head = head
@@ -120,9 +120,9 @@ class FamilyGradNorms:
         covered = {id(p) for m in self.linears for p in m.parameters()}
         # a trainable parameter outside the linear layers would be left out of the norm: measure nothing then
         self.exact = all(id(p) in covered for p in head.parameters() if p.requires_grad)
-        self._rows: list | None = None
-        self._names, self._scale = [], 1.0
-        self._sums: dict = {}  # linear layer -> (weight grads [F, O, I], bias grads [F, O] or None), float32
+        self._rows: dict | None = None
+        self._scale = 1.0
+        self._sums: dict = {}  # (linear layer index, family) -> flat float32 gradient share [weight, bias]
         self._handles = [m.register_forward_hook(self._forward_hook) for m in self.linears]
 
     def close(self) -> None:
@@ -135,14 +135,12 @@ class FamilyGradNorms:
     def watch(self, families: list, scale: float = 1.0):
         """Measure the forwards run inside (their backward may come later). ``scale``: a loss scale the
         backward applies (fp16's gradient scaler), divided out."""
-        names = sorted(set(families)) if None not in families else []
-        if self.exact and len(names) >= 2:
-            self._names, self._scale = names, scale
-            self._rows = []
-            for n in names:  # a family's rows: a slice when they are contiguous (the trainer batches them so)
+        if self.exact and families and None not in families:
+            self._scale, self._rows = scale, {}
+            for n in sorted(set(families)):  # a family's rows: a slice when contiguous (the trainer batches them so)
                 idx = [i for i, f in enumerate(families) if f == n]
                 contiguous = idx[-1] - idx[0] + 1 == len(idx)
-                self._rows.append(slice(idx[0], idx[-1] + 1) if contiguous else torch.tensor(idx))
+                self._rows[n] = slice(idx[0], idx[-1] + 1) if contiguous else torch.tensor(idx)
         try:
             yield
         finally:
@@ -151,32 +149,44 @@ class FamilyGradNorms:
     def _forward_hook(self, module, inputs, output) -> None:
         if self._rows is None or not output.requires_grad:
             return
-        x, rows = inputs[0].detach(), [r if isinstance(r, slice) else r.to(output.device) for r in self._rows]
-        output.register_hook(lambda grad: self._accumulate(module, x, grad, rows))
+        x = inputs[0].detach()
+        rows = {n: r if isinstance(r, slice) else r.to(output.device) for n, r in self._rows.items()}
+        layer, scale = self.linears.index(module), self._scale
+        output.register_hook(lambda grad: self._accumulate(layer, module, x, grad, rows, scale))
 
-    def _accumulate(self, module, x, grad, rows) -> None:
-        if module not in self._sums:  # summed in place over the layer's forwards (the chosen and rejected sides)
-            out_features, in_features = module.weight.shape
-            self._sums[module] = (
-                torch.zeros(len(rows), out_features, in_features, device=grad.device),
-                torch.zeros(len(rows), out_features, device=grad.device) if module.bias is not None else None)
-        w, b = self._sums[module]
-        for f, r in enumerate(rows):
+    def _accumulate(self, layer, module, x, grad, rows, scale) -> None:
+        for name, r in rows.items():
             g = (grad[r] if isinstance(r, slice) else grad.index_select(0, r)).reshape(-1, grad.shape[-1]).float()
             xr = (x[r] if isinstance(r, slice) else x.index_select(0, r)).reshape(-1, x.shape[-1]).float()
-            w[f].addmm_(g.T, xr)
-            if b is not None:
-                b[f].add_(g.sum(0))
+            parts = [(g.T @ xr).flatten()] + ([g.sum(0)] if module.bias is not None else [])
+            share = torch.cat(parts) / scale
+            key = (layer, name)
+            self._sums[key] = share if key not in self._sums else self._sums[key].add_(share)
 
-    def pop(self) -> dict[str, float]:
-        """The norms, then reset. A non-finite norm (an fp16 step whose gradients overflowed, which the
-        scaler skips) is left out."""
-        if not self._sums:
+    def pop(self, accelerator=None) -> dict[str, float]:
+        """The norms of the shares summed since the last ``pop``, then reset. With ``accelerator`` on several
+        processes: every rank calls it (collectives), and the shares are averaged over ranks as DDP averages the
+        gradients. A non-finite norm (an fp16 step whose gradients overflowed, which the scaler skips) is left
+        out."""
+        names = sorted({n for _, n in self._sums})
+        processes = accelerator.num_processes if accelerator is not None else 1
+        if processes > 1:
+            from accelerate.utils import gather_object
+
+            names = sorted({n for ns in gather_object([names]) for n in ns})
+        if not names:
+            self._sums = {}
             return {}
-        squares = sum((w ** 2).sum((1, 2)) + (0 if b is None else (b ** 2).sum(1)) for w, b in self._sums.values())
+        sizes = [m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in self.linears]
+        device = next(self.head.parameters()).device
+        squares = torch.zeros(len(names), device=device)
+        for layer, size in enumerate(sizes):
+            stacked = torch.stack([self._sums.get((layer, n), torch.zeros(size, device=device)) for n in names])
+            if processes > 1:
+                stacked = accelerator.reduce(stacked, reduction="sum") / processes
+            squares += (stacked ** 2).sum(1)
         self._sums = {}
-        norms = (squares.sqrt() / self._scale).tolist()
-        return {f"grad_norm/{n}": v for n, v in zip(self._names, norms) if math.isfinite(v)}
+        return {f"grad_norm/{n}": v for n, v in zip(names, squares.sqrt().tolist()) if math.isfinite(v)}
 
 
 def collapse_warning(metrics: dict, k: int, step: int) -> str | None:

@@ -4,10 +4,24 @@ trainer, the offline pair builder and the benchmarks call that."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
+
+from lpo_train.decoding import AdaptiveDecoderRule, FixedTemperature, SamplingParams, generate
+from lpo_train.decoding.engine import encode_prompts
+from lpo_train.pairs import GroupFeatures, PairFeatures, SampleFeatures, SideFeatures, group_row
+from lpo_train.rewards import PRIVATE_COLUMN, reward_name, score_traces
+from lpo_train.trainers.lpo_io import unit_record
+from lpo_train.trainers.lpo_metrics import choice_entropy, generation_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class LPOTrainingFailed(RuntimeError):
+    """Training learned nothing (no pairs, no valid reward): raised instead of presenting a head."""
 
 from lpo_train.decoding.adaptive import behaviour_is_iid, exploration_probs, stratified_inclusion
 from lpo_train.decoding.randomness import seed_for
@@ -99,3 +113,174 @@ def check_head_matches(head, args) -> None:
             raise ValueError(f"--{name} {asked} conflicts with the head being continued ({source} has {name} "
                              f"{value}): leave --{name} unset to use the head's, or train a new head without "
                              "head_name_or_path.")
+
+
+# --- the trainer's rollout: prompts -> sampled, scored, grouped responses -> training units ----------
+
+def set_input_statistics(trainer, dataset, max_prompts: int = 256) -> None:
+    """The head's input standardisation, from the hidden states the head will see on (up to
+    ``max_prompts``) training prompts: the last prompt position for a sequence-level head, the
+    first generated positions too for a token-level one. The same prompts on every process."""
+    prompts = dataset["prompt"][:max_prompts]
+    token_level = trainer.args.level == "token"
+    with trainer._head_for_generation() as head:
+        traces = generate(trainer.lm, trainer.tokenizer, prompts, FixedTemperature(1.0 if token_level else 0.0),
+                          SamplingParams(max_new_tokens=min(16, trainer.args.max_completion_length) if token_level
+                                         else 1, trace_hidden=True, seed=trainer.args.seed,
+                                         batch_size=trainer.args.generation_batch_size))
+        head.set_input_statistics(torch.cat([t.hidden for t in traces]).float())
+
+
+def drop_long_prompts(trainer, dataset, args):
+    """Prompts longer than ``max_prompt_length`` are dropped once, before training, and counted;
+    if none is left that is an error, not a run that silently trains on nothing."""
+    lengths = [len(ids) for ids in encode_prompts(trainer.tokenizer, dataset["prompt"])]
+    keep = [i for i, n in enumerate(lengths) if n <= args.max_prompt_length]
+    if not keep:
+        raise ValueError(f"Every prompt of the dataset is longer than max_prompt_length={args.max_prompt_length} "
+                         f"tokens (shortest: {min(lengths)}); raise max_prompt_length or shorten the prompts.")
+    if len(keep) < len(dataset):
+        logger.warning("Dropped %d of %d prompts longer than max_prompt_length=%d tokens.",
+                       len(dataset) - len(keep), len(dataset), args.max_prompt_length)
+        dataset = dataset.select(keep)
+    trainer.num_prompts_dropped = len(lengths) - len(keep)
+    return dataset
+
+
+def rollout(trainer, rows: list[dict]) -> Rollout:
+    """Sample N responses per prompt with the head choosing (the configured exploration), score them, and
+    group them as the objectives read them (``GroupDraw``s)."""
+    with trainer._head_for_generation() as head:
+        traces = sample(trainer, rows, head) if rows else []
+    rewards, per_func = score_traces(trainer.reward_funcs, trainer.reward_weights, rows, traces)
+    draws = group_draws(rows, traces, rewards, per_func, trainer.args, [prompt_seed(trainer, r) for r in rows],
+                        len(trainer.bare_head().config.grid))
+    return Rollout(rows, traces, rewards, per_func, draws)
+
+
+def rollout_units(trainer, rows: list[dict], keep_records: bool = False):
+    """A rollout's training units as features (the traced head inputs of the responses they use), with
+    ``keep_records`` a storable record per unit, and the counts (comparisons, valid rewards, rewards)."""
+    run = rollout(trainer, rows)
+    units, stats = trainer.objective.units(run.draws, trainer.args)
+    n, traces = trainer.args.num_generations, run.traces
+    if trainer.objective.unit == "pair":
+        roles = {(u.prompt_index, u.chosen): "chosen" for u in units}
+        roles.update({(u.prompt_index, u.rejected): "rejected" for u in units})
+        features = [PairFeatures(side_features(trainer, traces[group_row(u.prompt_index, u.chosen, n)]),
+                                 side_features(trainer, traces[group_row(u.prompt_index, u.rejected, n)]),
+                                 u.chosen_reward, u.rejected_reward, rows[u.prompt_index].get("family"))
+                    for u in units]
+    else:
+        roles = {(u.prompt_index, s): "compared" if u.coefficients is None else f"coefficient {c:+.3f}"
+                 for u in units for s, c in zip(u.samples, u.coefficients or [None] * len(u.samples))}
+        features = [GroupFeatures([side_features(trainer, traces[group_row(u.prompt_index, s, n)]) for s in u.samples],
+                                  list(u.rewards), None if u.coefficients is None else list(u.coefficients),
+                                  rows[u.prompt_index].get("family")) for u in units]
+    log_generation(trainer, rows, traces, run.rewards, run.per_func, roles, stats)
+    stored = [unit_record(rows[u.prompt_index], u, f, traces, n, prompt_seed(trainer, rows[u.prompt_index]))
+              for u, f in zip(units, features)] if keep_records else []
+    counts = torch.tensor([stats.pairs, int((~run.rewards.isnan()).sum()), len(run.rewards)], dtype=torch.float64)
+    return features, stored, counts
+
+
+@torch.no_grad()
+def reference_features(trainer, row, head) -> SampleFeatures:
+    """The likelihood objective's unit: the reference completion teacher-forced through the frozen LM once
+    (cached: later epochs reuse it), keeping what the head's loss needs, as a trace does: the hidden
+    states that predict each reference token (the prompt's last one for a sequence-level head) and
+    log P(y_t | choice k) under every grid choice, with the call's truncations. ``head``: the bare head, inside the
+    caller's one ``_head_for_generation`` per step (under ZeRO-3 a collective gather: every rank enters it once
+    per step whatever its cache holds, so the ranks make the same collective calls)."""
+    args = trainer.args
+    reference = row[args.reference_column]
+    if isinstance(reference, list):  # TRL conversational completion: the assistant's content
+        reference = "".join(m["content"] for m in reference if m.get("role", "assistant") == "assistant")
+    key = (str(row["prompt"]), str(reference))
+    if key not in trainer._references:
+        from lpo_train.decoding.stream import head_logits
+
+        prompt_ids = encode_prompts(trainer.tokenizer, [row["prompt"]])[0]
+        ref_ids = trainer.tokenizer(reference, add_special_tokens=False)["input_ids"][:args.max_completion_length]
+        if not ref_ids:
+            raise ValueError(f"An empty reference completion (column {args.reference_column!r}) for prompt "
+                             f"{str(row['prompt'])[:80]!r}: give each prompt a non-empty reference.")
+        device = next(trainer.lm.parameters()).device
+        ids = torch.tensor([prompt_ids + ref_ids], device=device)
+        states = trainer.lm.get_decoder()(input_ids=ids).last_hidden_state[0, len(prompt_ids) - 1:-1]
+        logits = head_logits(trainer.lm.get_output_embeddings(),
+                             getattr(trainer.lm.config, "final_logit_softcapping", None), states)
+        token_logps = AdaptiveDecoderRule(head).choice_logps(logits, ids[0, len(prompt_ids):],
+                                                             args.decoding_truncation())
+        hidden = states if args.level == "token" else states[:1]
+        side = SideFeatures(hidden, torch.zeros(len(hidden), dtype=torch.long), token_logps.float())
+        trainer._references[key] = SampleFeatures(side, math.nan, 0.0, row.get("family"))
+    return trainer._references[key]
+
+
+def prompt_seed(trainer, row) -> int:
+    # seeds depend on the prompt and its dataset position, not on its rank or batch: 1 and 2 processes sample
+    # alike, and a prompt that occurs twice in the dataset gets two different draws
+    return seed_for(trainer.args.seed, trainer.state.global_step, str(row["prompt"]), row.get(PRIVATE_COLUMN))
+
+
+def sample(trainer, rows, head):
+    args = trainer.args
+    seeds = [prompt_seed(trainer, r) for r in rows]
+    was_training, lm_was_training = head.training, trainer.lm.training
+    head.eval()
+    trainer.lm.eval()  # no LoRA dropout while sampling (the Trainer puts the joint module in train mode)
+    rule = AdaptiveDecoderRule(head, args.selection, exploration=args.exploration, epsilon=args.exploration_epsilon)
+    # traces keep their hidden states on the device: only the paired rows' are ever copied off it
+    traces = generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,
+                      SamplingParams(max_new_tokens=args.max_completion_length, num_samples=args.num_generations,
+                                     prompt_seeds=seeds, **args.engine_options(),
+                                     batch_size=args.generation_batch_size, trace_hidden=True,
+                                     trace_choice_logps=args.loss_type == "lpo_latent"))
+    head.train(was_training)
+    trainer.lm.train(lm_was_training)
+    return traces
+
+
+def side_features(trainer, trace) -> SideFeatures:
+    choices = trace.choices if trainer.args.level == "token" else trace.choices[:1]
+    words = (torch.tensor(trace.prompt_ids + trace.token_ids), len(trace.prompt_ids)) if trainer.args.use_peft \
+        else ()  # the joint loss's word term teacher-forces prompt + response
+    return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps, *words)
+
+
+def log_generation(trainer, rows, traces, rewards, per_func, roles, stats) -> None:
+    head = trainer.bare_head()
+    grid = head.config.grid
+    entropies, expected = [], []
+    if traces:  # the head's own distribution (not the exploration's) at each decision, as the engine traced it
+        probs = torch.cat([t.choice_probs for t in traces])
+        per_decision = torch.stack([choice_entropy(probs), probs @ head.grid.to(probs.device)], -1)
+        counts = torch.tensor([len(t.choice_probs) for t in traces], device=probs.device)
+        owner = torch.repeat_interleave(torch.arange(len(traces), device=probs.device), counts)
+        sums = per_decision.new_zeros(len(traces), 2).index_add_(0, owner, per_decision)
+        entropies, expected = (sums / counts[:, None]).T.tolist()
+    metrics = generation_metrics(rows, traces, rewards, per_func, stats,
+                                 [reward_name(f) for f in trainer.reward_funcs], grid, entropies, expected,
+                                 "pairs" if trainer.objective.unit == "pair" else "comparisons")
+    trainer._record(metrics)
+    trainer._completions_step = trainer.state.global_step + 1  # the optimizer step these samples are for
+    trainer._completions = [{
+        "prompt": str(rows[t.prompt_index]["prompt"]), "completion": t.text,
+        "reward": reward, "choices": [grid[c] for c in (t.choices or [])],
+        "family": rows[t.prompt_index].get("family"), "pair_role": roles.get((t.prompt_index, t.sample_index), ""),
+    } for t, reward in zip(traces, rewards.tolist())]
+
+
+def check_prompts(dataset, args, likelihood: bool):
+    """The prompt dataset LPO trains on, checked before the (slow) LM load: not empty, a 'prompt' column, and a
+    reference per prompt for the likelihood objective."""
+    if len(dataset) == 0:
+        raise ValueError("The prompt dataset is empty.")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"The prompt dataset needs a 'prompt' column (TRL prompt-only format); "
+                         f"it has {dataset.column_names}.")
+    if likelihood and args.reference_column not in dataset.column_names:
+        raise ValueError(f"loss_type 'likelihood' needs a reference completion per prompt: the dataset has no column "
+                         f"{args.reference_column!r} (it has {dataset.column_names}); set reference_column.")
+    return dataset
