@@ -114,7 +114,7 @@ def main() -> None:
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()
         trainer.state.global_step += 1  # as Trainer does: each step's completions are new, so each log writes them
-        last_bytes.extend(trainer._metrics.get("features/bytes_per_pair", []))
+        last_bytes.extend(trainer._metrics.get("features/bytes_per_pair", trainer._metrics.get("features/bytes_per_group", [])))
         trainer.log({})  # logging every step (the metrics' reduction, the completions file) is part of the cost
         trainer.completions_callback.writer.flush()  # the file is written off the training thread: wait for it, so its
         # cost is timed here and not in the next (sampling-only) call
@@ -140,7 +140,7 @@ def main() -> None:
     # each round samples at its own step (seeds, hence lengths, change): the round's own ratio is paired
     paired = statistics.median(a / b for a, b in zip(times["lpo_step"], times["sample_only"]))
     print(f"LPO step / sampling only: {med['lpo_step'] / med['sample_only']:.3f}x (ratio of the medians); "
-          f"{paired:.3f}x (median of the rounds' paired ratios) (traced features: {bytes_per_pair:.0f} bytes per pair)")
+          f"{paired:.3f}x (median of the rounds' paired ratios) (traced features: {bytes_per_pair:.0f} bytes per unit: a pair, or a group for lpo_regression)")
     if args.joint:
         print(f"joint step (head + LoRA) / head-only LPO step: {med['joint_step'] / med['lpo_step']:.2f}x")
     torch.set_grad_enabled(True)

@@ -282,7 +282,7 @@ class RewardScorer(ChunkScorer):
                      for r in rows]
             columns = {k: [data[i][k] for i in idx] for k in data[0] if k != "prompt"}
             total, _ = compute_rewards(self.funcs, self.weights, [data[i]["prompt"] for i in idx], texts, **columns)
-            self.values[self.growing] = total.nan_to_num(nan=float("-inf"))
+            self.values[self.growing] = total.nan_to_num(nan=float("-inf")).to(self.values.dtype)
         return self.values.clone()
 
     def select(self, src, alive):

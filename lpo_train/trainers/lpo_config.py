@@ -46,7 +46,7 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
         "sequence-level head's N samples of a prompt take distinct grid values drawn from the head without "
         "replacement, a token-level head's choices come from (1 - exploration_epsilon) head + "
         "exploration_epsilon uniform; 'uniform_mix': that mixture at both levels; 'none': the head as it is "
-        "(on-policy; a confident head then makes every pair tie). See README, 'Exploration'.", "stratified")
+        "(on-policy; a confident head then makes every pair tie). See docs/training.md, 'Exploration'.", "stratified")
     exploration_epsilon: float = _help("Weight of the uniform distribution in the exploration mixture.", 0.1)
     # --- rewards, pairs, loss ----------------------------------------------------------------
     reward_funcs: list[str] = _help(

@@ -1,6 +1,6 @@
 """What ``LPOTrainer`` logs, as pure functions, and the one cross-process reduction of its metrics.
 
-Metric meanings (README, "Metrics"):
+Metric meanings: the one table is docs/metrics.md ("Training: LPOTrainer"); in short:
 - TRL's DPO names, on the head's choices: ``rewards/chosen`` = beta * (log P(tau_c) - log P_ref(tau_c)),
   ``rewards/rejected`` likewise, ``rewards/margins`` = their difference (the loss's logit),
   ``rewards/accuracies`` = share of pairs with rewards/chosen > rewards/rejected, ``logps/chosen|rejected``

@@ -178,6 +178,10 @@ def rollout_units(trainer, rows: list[dict], keep_records: bool = False):
                                   list(u.rewards), None if u.coefficients is None else list(u.coefficients),
                                   rows[u.prompt_index].get("family")) for u in units]
     log_generation(trainer, rows, traces, run.rewards, run.per_func, roles, stats)
+    sides = [side for f in features for side in ((f.chosen, f.rejected) if isinstance(f, PairFeatures) else f.sides)]
+    if sides:  # what the traced features of one unit cost (budget this at paper scale)
+        unit = "pair" if trainer.objective.unit == "pair" else "group"
+        trainer._record({f"features/bytes_per_{unit}": sum(x.nbytes() for x in sides) / len(features)})
     stored = [unit_record(rows[u.prompt_index], u, f, traces, n, prompt_seed(trainer, rows[u.prompt_index]))
               for u, f in zip(units, features)] if keep_records else []
     counts = torch.tensor([stats.pairs, int((~run.rewards.isnan()).sum()), len(run.rewards)], dtype=torch.float64)
