@@ -27,9 +27,11 @@ demo: $(STAMP)
 	$(VENV)/bin/lpo-train demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check lpo_train tests scripts
 	$(PY) -m pytest -q -ra --durations=10
 
 test-fast: $(STAMP)
+	$(VENV)/bin/ruff check lpo_train tests scripts
 	$(PY) -m pytest -q -ra -m "not slow"
 
 clean:

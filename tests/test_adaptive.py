@@ -3,7 +3,12 @@ import torch
 
 from lpo_train import AdaptiveDecoderConfig, AdaptiveDecoderHead
 from lpo_train.decoding import (
-    AdaptiveDecoderRule, FixedTemperature, SamplingParams, StepInput, generate, knob_distribution,
+    AdaptiveDecoderRule,
+    FixedTemperature,
+    SamplingParams,
+    StepInput,
+    generate,
+    knob_distribution,
     next_token_distribution,
 )
 from lpo_train.decoding.sampling import sample_from

@@ -3,8 +3,8 @@ import torch
 
 from lpo_train.decoding import FixedTemperature, SamplingParams, generate, next_token_distribution
 from lpo_train.decoding.engine import encode_prompts
-from lpo_train.decoding.stream import left_pad
 from lpo_train.decoding.rules import entropy
+from lpo_train.decoding.stream import left_pad
 
 PROMPTS = ["What is the answer?", "hi", "The quick brown fox jumps over the lazy dog and then"]
 
@@ -113,9 +113,8 @@ def test_vanishing_temperature_is_greedy_not_nan():
 
 
 def test_sample_from_matches_the_distribution_and_never_draws_zero_mass():
-    from lpo_train.decoding.sampling import sample_from
-
     from lpo_train.decoding.randomness import row_uniforms
+    from lpo_train.decoding.sampling import sample_from
 
     probs = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0]).expand(50000, 5)
     draws = sample_from(probs, row_uniforms(torch.arange(50000), step=0))

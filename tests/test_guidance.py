@@ -6,8 +6,18 @@ import torch
 from lpo_train.decoding import FixedTemperature, SamplingParams, generate
 from lpo_train.decoding.engine import encode_prompts
 from lpo_train.guidance import (
-    ChunkBeamSearch, ChunkScorer, ExplicitGuidance, ExplicitScorer, ImplicitGuidance, ImplicitScorer, RewardScorer,
-    end_scores, guided_generate, load_value_model, make_value_model, token_values,
+    ChunkBeamSearch,
+    ChunkScorer,
+    ExplicitGuidance,
+    ExplicitScorer,
+    ImplicitGuidance,
+    ImplicitScorer,
+    RewardScorer,
+    end_scores,
+    guided_generate,
+    load_value_model,
+    make_value_model,
+    token_values,
 )
 from lpo_train.guidance.token import StepOutput
 

@@ -4,10 +4,13 @@ from transformers import LogitsProcessorList
 
 from lpo_train.decoding import KLD, edt_temperature, entropy
 from lpo_train.decoding.engine import encode_prompts
-from lpo_train.decoding.stream import left_pad
 from lpo_train.decoding.hf import (
-    AdaptiveDecoderLogitsProcessor, DynatempLogitsProcessor, EDTLogitsProcessor, RuleLogitsProcessor,
+    AdaptiveDecoderLogitsProcessor,
+    DynatempLogitsProcessor,
+    EDTLogitsProcessor,
+    RuleLogitsProcessor,
 )
+from lpo_train.decoding.stream import left_pad
 from lpo_train.heads import AdaptiveDecoderHead
 
 PROMPTS = ["What is the answer?", "hi"]

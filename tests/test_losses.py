@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from lpo_train.losses import (
-    choice_logps, latent_logratio, lpo_joint_loss, lpo_latent_loss, lpo_loss, nll_chosen_loss,
+    choice_logps,
+    latent_logratio,
+    lpo_joint_loss,
+    lpo_latent_loss,
+    lpo_loss,
+    nll_chosen_loss,
 )
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lpo_train import AdaptiveDecoderForCausalLM, AdaptiveDecoderHead
+from lpo_train.pairs import SideFeatures
 from lpo_train.trainers import LPOTrainer, lpo_rollout
 from lpo_train.trainers.lpo_joint import JointHeadLM, word_batch
-from lpo_train.pairs import SideFeatures
 from tests.helpers.configs import toy_lpo_config
 
 

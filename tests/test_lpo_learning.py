@@ -11,9 +11,8 @@ from lpo_train.decoding import AdaptiveDecoderRule, SamplingParams, generate
 from lpo_train.decoding.adaptive import exploration_probs, stratified_choices
 from lpo_train.losses import lpo_loss, uniform_reference_logps
 from lpo_train.trainers import LPOTrainer
-from tests.helpers.configs import toy_lpo_config
 from lpo_train.trainers.lpo import LPOTrainingFailed
-
+from tests.helpers.configs import toy_lpo_config
 
 _config = toy_lpo_config
 
@@ -190,7 +189,7 @@ def test_public_entry_points_and_help_list_config_first():
     import subprocess
     import sys
 
-    from lpo_train import AdaptiveDecoderHead as Head, LPOConfig as Config, LPOTrainer as Trainer  # noqa: F401
+    from lpo_train import AdaptiveDecoderHead as Head  # noqa: F401
     from lpo_train.models.loading import portable_name
 
     assert portable_name("smollm2") == "HuggingFaceTB/SmolLM2-135M-Instruct" and portable_name("toy:small") == "toy:small"

@@ -240,3 +240,22 @@ def test_likelihood_under_zero3_makes_the_same_collective_calls_on_every_rank(to
     ranks = list(_heads(out).values())
     assert len(ranks) == 2 and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     assert ranks[0]["mlp.2.weight"].shape == (512, 512)
+
+
+@pytest.mark.slow
+def test_ranks_with_unequal_pair_counts_take_the_one_process_step(toy_lm_folder, tmp_path):
+    # arith's 0/1 reward ties whole groups, so the two ranks form different numbers of pairs: each rank divides by
+    # the step's global count (times the process count, as DDP averages), so every pair weighs alike and two ranks
+    # take the one-process step (a rank dividing by its own count would weigh its pairs by 1 / (2 x n_rank))
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = dict(toy_families="arith story", toy_prompts_per_family="8")
+    subprocess.run([sys.executable, HELPER, *_args(one, per_device_train_batch_size="4", **common)],
+                   check=True, env=_env(), cwd=ROOT, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    HELPER, *_args(two, per_device_train_batch_size="2", **common)],
+                   check=True, env=_env(ACCELERATE_USE_CPU="1"), cwd=ROOT, timeout=300)
+    (single,) = _heads(one).values()
+    ranks = list(_heads(two).values())
+    for k in single:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+        assert torch.allclose(ranks[0][k], single[k], atol=1e-4), k

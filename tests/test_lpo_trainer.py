@@ -8,7 +8,6 @@ from lpo_train import AdaptiveDecoderHead
 from lpo_train.trainers import LPOTrainer
 from tests.helpers.configs import toy_lpo_config
 
-
 _config = toy_lpo_config
 
 

@@ -1,8 +1,15 @@
 import pytest
 
 from lpo_train.evaluation.metrics import (
-    bootstrap_ci, corpus_bleu, distinct_n, majority_at_n, ngram_repeat_rate,
-    percent_non_greedy, rouge_l, self_bleu, win_rate,
+    bootstrap_ci,
+    corpus_bleu,
+    distinct_n,
+    majority_at_n,
+    ngram_repeat_rate,
+    percent_non_greedy,
+    rouge_l,
+    self_bleu,
+    win_rate,
 )
 
 

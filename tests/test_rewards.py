@@ -6,7 +6,11 @@ import torch
 from lpo_train.models import build_reward_model
 from lpo_train.registry import builtin_rewards
 from lpo_train.rewards import (
-    RewardModel, compute_rewards, repetition_rate, resolve_reward, resolve_rewards,
+    RewardModel,
+    compute_rewards,
+    repetition_rate,
+    resolve_reward,
+    resolve_rewards,
 )
 
 

@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from lpo_train.decoding import (
-    EDT, KLD, Dynatemp, SamplingParams, StepInput, dynatemp_temperature, edt_temperature, entropy,
-    generate, kld_temperature,
+    EDT,
+    KLD,
+    Dynatemp,
+    SamplingParams,
+    StepInput,
+    dynatemp_temperature,
+    edt_temperature,
+    entropy,
+    generate,
+    kld_temperature,
 )
 
 

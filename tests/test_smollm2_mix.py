@@ -4,8 +4,16 @@ import pytest
 
 from lpo_train.data import load_prompt_dataset
 from lpo_train.rewards import resolve_reward
-from lpo_train.tasks.smollm2_mix import (DEFAULT_FAMILIES, all_rows, copy_score, list_items, list_score, make_rows,
-                                         named_item, pick_scores)
+from lpo_train.tasks.smollm2_mix import (
+    DEFAULT_FAMILIES,
+    all_rows,
+    copy_score,
+    list_items,
+    list_score,
+    make_rows,
+    named_item,
+    pick_scores,
+)
 
 
 def test_list_reward_counts_distinct_valid_items():

@@ -2,8 +2,17 @@ import pytest
 
 from lpo_train.tasks import toy
 from lpo_train.tasks.toy import (
-    arith_reward, arith_score, constrained_reward, constrained_score, distinct_ngram_ratio,
-    is_grammatical, make_corpus, make_prompts, sentiment_reward, story_reward, story_score,
+    arith_reward,
+    arith_score,
+    constrained_reward,
+    constrained_score,
+    distinct_ngram_ratio,
+    is_grammatical,
+    make_corpus,
+    make_prompts,
+    sentiment_reward,
+    story_reward,
+    story_score,
     toy_reward,
 )
 

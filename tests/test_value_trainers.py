@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from lpo_train.trainers.value import (
-    ExplicitValueConfig, ExplicitValueTrainer, ValueDataArguments, build_preference_pairs, pairwise_accuracy,
+    ExplicitValueConfig,
+    ExplicitValueTrainer,
+    ValueDataArguments,
+    build_preference_pairs,
+    pairwise_accuracy,
     train_implicit_value,
 )
 

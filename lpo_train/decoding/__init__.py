@@ -3,8 +3,18 @@
 from lpo_train.decoding.adaptive import AdaptiveDecoderRule
 from lpo_train.decoding.engine import SamplingParams, Trace, generate, next_token_distribution
 from lpo_train.decoding.rules import (
-    EDT, KLD, AuxStream, Dynatemp, FixedTemperature, Rule, StepInput, StepOutput,
-    dynatemp_temperature, edt_temperature, entropy, kld_temperature,
+    EDT,
+    KLD,
+    AuxStream,
+    Dynatemp,
+    FixedTemperature,
+    Rule,
+    StepInput,
+    StepOutput,
+    dynatemp_temperature,
+    edt_temperature,
+    entropy,
+    kld_temperature,
 )
 from lpo_train.decoding.sampling import Truncation, knob_distribution, sample_from, truncate, warp
 

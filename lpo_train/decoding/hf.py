@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-from lpo_train.decoding.rules import MIN_TEMPERATURE, EDT, Dynatemp, Rule, StepInput
+from lpo_train.decoding.rules import EDT, MIN_TEMPERATURE, Dynatemp, Rule, StepInput
 from lpo_train.heads import AdaptiveDecoderHead
 
 

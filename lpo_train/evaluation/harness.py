@@ -17,16 +17,20 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lpo_train.cli_args import help_field as _help
+from lpo_train.config import PromptDataArguments, SamplingArguments, default_of
 from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams, generate
 from lpo_train.evaluation import baselines, metrics, plots
 from lpo_train.evaluation.fingerprints import (
-    file_fingerprint, head_files_fingerprint, rows_fingerprint, run_fingerprint, strategy_fingerprint,  # noqa: F401
+    file_fingerprint,  # noqa: F401
+    head_files_fingerprint,
+    rows_fingerprint,
+    run_fingerprint,
+    strategy_fingerprint,
 )
 from lpo_train.evaluation.report import summarise, write_report
 from lpo_train.evaluation.tracking import TRACKERS, log_evaluation
 from lpo_train.pairs import group_slices
-from lpo_train.cli_args import help_field as _help
-from lpo_train.config import PromptDataArguments, SamplingArguments, default_of
 
 ANSWER_EXTRACTORS = ("first_number", "last_number", "text")
 

@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 from lpo_train.cli_args import help_field as _help
 from lpo_train.config import DecodingArguments, PromptDataArguments, default_of
 
@@ -123,7 +124,13 @@ def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] |
     """``(rule, scorer)`` for ``config``; ``models`` caches loaded models by path across calls."""
     from lpo_train.decoding import FixedTemperature
     from lpo_train.guidance import (
-        ARGS, ExplicitGuidance, ExplicitScorer, ImplicitGuidance, ImplicitScorer, RewardScorer, load_value_model,
+        ARGS,
+        ExplicitGuidance,
+        ExplicitScorer,
+        ImplicitGuidance,
+        ImplicitScorer,
+        RewardScorer,
+        load_value_model,
     )
     from lpo_train.models.loading import load_causal_lm
 

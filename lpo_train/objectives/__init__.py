@@ -9,11 +9,11 @@ to.
 
 from __future__ import annotations
 
-from lpo_train.objectives.base import GroupDraw, Objective, SampleBatch, PairBatch  # noqa: F401
+from lpo_train.objectives.base import GroupDraw, Objective, PairBatch, SampleBatch  # noqa: F401
+from lpo_train.objectives.likelihood import LIKELIHOOD  # noqa: F401
 from lpo_train.objectives.pairwise import EQ10, JOINT, LATENT, NLL_CHOSEN  # noqa: F401
 from lpo_train.objectives.policy_gradient import GROUP_RELATIVE  # noqa: F401
 from lpo_train.objectives.regression import REGRESSION  # noqa: F401
-from lpo_train.objectives.likelihood import LIKELIHOOD  # noqa: F401
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (REGRESSION, EQ10, LATENT, JOINT, NLL_CHOSEN,
                                                          GROUP_RELATIVE, LIKELIHOOD)}

@@ -14,7 +14,7 @@ user's own reward distributions; docs/objectives.md records every objective x ex
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, MISSING
+from dataclasses import MISSING, dataclass, field, fields
 from types import SimpleNamespace
 
 import torch
@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    from lpo_train.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
     from lpo_train.decoding.adaptive import EXPLORATIONS
+    from lpo_train.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
     parser = argparse.ArgumentParser(prog="lpo-train check-objective", description=main.__doc__)
     parser.add_argument("--bandit", nargs="*", default=None, help="JSON files of reward distributions: "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+
 from lpo_train.text import completion_text, distinct_ngram_ratio  # noqa: F401 (re-exported)
 
 FAMILIES = ("arith", "story", "constrained", "sentiment")

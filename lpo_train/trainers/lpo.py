@@ -21,7 +21,7 @@ from transformers import Trainer, set_seed
 from lpo_train.heads import AdaptiveDecoderHead
 from lpo_train.models.loading import load_causal_lm
 from lpo_train.objectives import get_objective
-from lpo_train.rewards import reward_name, resolve_rewards
+from lpo_train.rewards import resolve_rewards, reward_name
 from lpo_train.trainers import lpo_batches, lpo_offline, lpo_rollout
 from lpo_train.trainers.lpo_callbacks import CollapseWarningCallback, CompletionsCallback, FamilyGradNormCallback
 from lpo_train.trainers.lpo_config import LPOConfig

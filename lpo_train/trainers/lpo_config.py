@@ -6,15 +6,13 @@ from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
+from lpo_train.cli_args import help_field as _help
 from lpo_train.config import LoraArguments, PromptDataArguments, SamplingArguments
 from lpo_train.decoding.adaptive import EXPLORATIONS
 from lpo_train.heads import GRID_PRESETS, INPUT_NORMS, KNOBS, LEVELS, SELECTIONS
 from lpo_train.losses import SCALE_REWARDS
 from lpo_train.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, get_objective
 from lpo_train.pairs import PAIR_MODES
-from lpo_train.cli_args import help_field as _help
-
-
 
 
 @dataclass

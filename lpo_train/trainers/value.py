@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments
+
 from lpo_train.cli_args import help_field as _help
 from lpo_train.config import LoraArguments, PromptDataArguments, SamplingArguments, default_of
 
