@@ -46,6 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 from lpo_train.tasks.smollm2_mix import DEFAULT_FAMILIES  # noqa: E402
+
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "lpo_seq.yaml"
 TEMPS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 # --objectives: the likelihood objective (no reward, no sampled response) fits one reference per train prompt

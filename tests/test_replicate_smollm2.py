@@ -115,7 +115,7 @@ def test_the_summary_says_whether_the_aim_is_met(tmp_path, monkeypatch):
     assert not aim["met"] and not aim["mean_reward_above"]["meanshift"] and aim["mean_reward_above"]["T=0.4"]
 
 
-def test_the_evaluation_chooses_the_best_fixed_T_on_the_train_split(tmp_path):
+def test_the_evaluation_chooses_the_best_fixed_t_on_the_train_split(tmp_path):
     args = replicate.argparse.Namespace(families=list(replicate.DEFAULT_FAMILIES), num_generations=6,
                                         max_completion_length=32)
     config = replicate.eval_config([tmp_path / "h"], 1, tmp_path, args)
