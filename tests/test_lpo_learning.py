@@ -179,10 +179,10 @@ def test_collapse_warning_fires_only_when_the_head_is_peaked_and_groups_tie():
     from lpo_train.trainers.lpo_metrics import collapse_warning
 
     k = 6
-    assert collapse_warning({"choice/entropy": 0.05, "frac_prompts_tied": 0.8}, k, 7).startswith(
+    assert collapse_warning({"choice/entropy": 0.05, "frac_reward_zero_std": 0.8}, k, 7).startswith(
         "The head's choice distribution has collapsed (entropy 0.050 nats of a possible 1.792) and 80% ")
-    assert collapse_warning({"choice/entropy": 0.05, "frac_prompts_tied": 0.2}, k, 7) is None  # pairs still form
-    assert collapse_warning({"choice/entropy": 1.5, "frac_prompts_tied": 0.9}, k, 7) is None  # not peaked
+    assert collapse_warning({"choice/entropy": 0.05, "frac_reward_zero_std": 0.2}, k, 7) is None  # pairs still form
+    assert collapse_warning({"choice/entropy": 1.5, "frac_reward_zero_std": 0.9}, k, 7) is None  # not peaked
 
 
 def test_public_entry_points_and_help_list_config_first():

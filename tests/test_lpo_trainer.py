@@ -26,6 +26,7 @@ def test_two_steps_train_only_the_head(toy_lm_folder, tmp_path, level):
                 "choice/frac_0", "choice/arith/frac_0", "choice/story/frac_1"):
         assert key in logs, key
     first = trainer.state.log_history[0]
+    assert first["frac_reward_zero_std"] == first["frac_prompts_tied"]  # TRL's name and the deprecated alias
     if level == "sequence":  # a uniform head: every pair costs ln 2, and both sides have log P = -log K
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
         assert first["logps/chosen"] == pytest.approx(-math.log(6), abs=1e-5)

@@ -73,7 +73,7 @@ class CollapseWarningCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.warned or not logs or not math.isfinite(logs.get("choice/entropy", math.nan)) \
-                or "frac_prompts_tied" not in logs:
+                or "frac_reward_zero_std" not in logs:
             return
         message = collapse_warning(logs, self.num_choices, state.global_step)
         if message:

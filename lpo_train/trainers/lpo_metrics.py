@@ -54,7 +54,9 @@ def generation_metrics(rows, traces, rewards, per_func, stats, reward_names, gri
     finite = rewards[~rewards.isnan()]
     metrics = {"reward": finite.mean().item() if len(finite) else math.nan,
                "reward_std": finite.std().item() if len(finite) > 1 else 0.0,
-               "frac_prompts_tied": stats.frac_tied, f"num_{unit}": float(stats.pairs),
+               # TRL's name; frac_prompts_tied is its deprecated alias (same value), kept for one release
+               "frac_reward_zero_std": stats.frac_tied, "frac_prompts_tied": stats.frac_tied,
+               f"num_{unit}": float(stats.pairs),
                "prompts_without_valid_rewards": float(stats.invalid),
                "completions/mean_length": (sum(len(t.token_ids) for t in traces) / len(traces)) if traces else 0.0}
     for j, name in enumerate(reward_names):
@@ -191,9 +193,9 @@ class FamilyGradNorms:
 
 def collapse_warning(metrics: dict, k: int, step: int) -> str | None:
     """A message when the head's choice distribution has collapsed while most prompts' responses tie."""
-    if k < 2 or not metrics["choice/entropy"] < 0.1 * math.log(k) or metrics["frac_prompts_tied"] < 0.5:
+    if k < 2 or not metrics["choice/entropy"] < 0.1 * math.log(k) or metrics["frac_reward_zero_std"] < 0.5:
         return None
     return (f"The head's choice distribution has collapsed (entropy {metrics['choice/entropy']:.3f} nats of a "
-            f"possible {math.log(k):.3f}) and {100 * metrics['frac_prompts_tied']:.0f}% of the prompts' responses tied "
+            f"possible {math.log(k):.3f}) and {100 * metrics['frac_reward_zero_std']:.0f}% of the prompts' responses tied "
             f"at step {step}: pairs are drying up. Keep exploration on, lower the learning rate, or raise "
             "num_generations.")
