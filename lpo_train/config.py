@@ -31,11 +31,13 @@ class PromptDataArguments:
     toy_families: list[str] | None = _help("Toy-world families when dataset_name is 'toy'.", None)
     toy_prompts_per_family: int = _help("Toy-world prompts per family when dataset_name is 'toy'.", 64)
 
-    def load_prompts(self, seed: int = 0, prompt_column: str = "prompt"):
-        """The prompt ``datasets.Dataset`` (``seed``: used when ``dataset_seed`` is unset)."""
+    def load_prompts(self, seed: int = 0, prompt_column: str = "prompt", name: str | None = None,
+                     split: str | None = None):
+        """The prompt ``datasets.Dataset`` (``seed``: used when ``dataset_seed`` is unset); ``name`` / ``split``:
+        another dataset under the same settings (e.g. an evaluation set)."""
         from lpo_train.data import load_prompt_dataset
 
-        return load_prompt_dataset(self.dataset_name, self.dataset_split,
+        return load_prompt_dataset(name or self.dataset_name, split or self.dataset_split,
                                    seed if self.dataset_seed is None else self.dataset_seed,
                                    self.toy_families, self.toy_prompts_per_family, prompt_column)
 

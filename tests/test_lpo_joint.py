@@ -225,6 +225,41 @@ def test_an_adapter_as_the_model_is_rejected_for_joint_training(trained, tmp_pat
         LPOTrainer(model=str(trained[3]), args=_joint(tmp_path))
 
 
+def test_trl_peft_config_sets_the_adapter_and_the_card(toy_lm_folder, tmp_path):
+    """TRL's ``peft_config=`` (a LoraConfig) instead of the lora_* fields: its rank, alpha and targets are the
+    adapter trained, named in the card; the user's object is left as it was."""
+    from peft import LoraConfig
+
+    user = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "o_proj"])
+    before = copy.deepcopy(user.to_dict())
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=_joint(tmp_path, max_steps=1, lora_dropout=0.05),
+                         peft_config=user)  # the lora_* fields at their defaults: the LoraConfig decides
+    lora = {n: p for n, p in trainer.lm.named_parameters() if p.requires_grad}
+    assert lora and {n.split(".lora_")[0].rsplit(".", 1)[1] for n in lora} == {"q_proj", "o_proj"}
+    assert all(p.shape[0] == 4 for n, p in lora.items() if "lora_A" in n)  # rank 4, not the field's 16
+    assert trainer.lm.peft_config["default"].lora_alpha == 8
+    trainer.train()
+    trainer.save_model()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| LoRA | r 4, alpha 8, targets o_proj, q_proj, lr 0.01 |" in card
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == 4
+    assert user.to_dict() == before  # task_type and base_model_name_or_path were set on a copy
+
+
+@pytest.mark.parametrize("joint, overrides, peft_config, error, match", [
+    (False, dict(loss_type="lpo"), "lora", ValueError, "lpo_joint"),
+    (True, dict(lora_r=8), "lora", ValueError, r"given twice.*lora_r"),
+    (True, dict(), {"r": 4}, TypeError, "peft.LoraConfig"),
+])
+def test_bad_peft_configs_are_rejected_before_the_lm_loads(tmp_path, joint, overrides, peft_config, error, match):
+    from peft import LoraConfig
+
+    args = (_joint if joint else toy_lpo_config)(tmp_path, max_steps=1, **overrides)
+    with pytest.raises(error, match=match):  # a model that does not exist: the check comes first
+        LPOTrainer(model="does/not-exist", args=args,
+                   peft_config=LoraConfig(r=4) if peft_config == "lora" else peft_config)
+
+
 # these build new configs and trainers (which reset the accelerator state the shared fixture's trainer uses):
 # last
 @pytest.mark.parametrize("overrides, match", [

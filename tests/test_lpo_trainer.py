@@ -143,7 +143,7 @@ def test_too_long_prompts_are_dropped_before_training_and_all_too_long_is_an_err
     data = datasets.Dataset.from_list([short, long, short, long])
     trainer = LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_prompt_length=40), train_dataset=data)
     assert len(trainer.train_dataset) == 2 and trainer.num_prompts_dropped == 2
-    with pytest.raises(ValueError, match="Every prompt of the dataset is longer than max_prompt_length=5"):
+    with pytest.raises(ValueError, match="Every prompt of the train dataset is longer than max_prompt_length=5"):
         LPOTrainer(model=str(toy_lm_folder), args=_config(tmp_path, max_prompt_length=5))
 
 

@@ -22,11 +22,17 @@ from lpo_train.heads import AdaptiveDecoderHead
 from lpo_train.models.loading import load_causal_lm
 from lpo_train.objectives import get_objective
 from lpo_train.rewards import resolve_rewards, reward_name
-from lpo_train.trainers import lpo_batches, lpo_offline, lpo_rollout
+from lpo_train.trainers import lpo_batches, lpo_eval, lpo_offline, lpo_rollout
 from lpo_train.trainers.lpo_callbacks import CollapseWarningCallback, CompletionsCallback, FamilyGradNormCallback
 from lpo_train.trainers.lpo_config import LPOConfig
 from lpo_train.trainers.lpo_io import check_output_dir, model_card_rows, save_head_artifact, stored_features
-from lpo_train.trainers.lpo_joint import JointHeadLM, joint_optimizer, load_adapter_weights, peft_lm_for_joint
+from lpo_train.trainers.lpo_joint import (
+    JointHeadLM,
+    check_peft_config,
+    joint_optimizer,
+    load_adapter_weights,
+    peft_lm_for_joint,
+)
 from lpo_train.trainers.lpo_metrics import reduce_across_processes
 from lpo_train.trainers.lpo_rollout import LPOTrainingFailed, Rollout, check_head_matches, check_prompts  # noqa: F401
 
@@ -38,22 +44,35 @@ def model_grid(trainer) -> tuple[float, ...]:
 class LPOTrainer(Trainer):
     """Train an AdaptiveDecoder head. ``model``: the frozen LM (a model object, path, Hub id, 'toy:small' or
     'smollm2'); ``processing_class``: its tokenizer (default: loaded with it); ``head``: a head to start from
-    (default: a fresh uniform one, or ``head_name_or_path``)."""
+    (default: a fresh uniform one, or ``head_name_or_path``); ``eval_dataset``: held-out prompts for ``evaluate``
+    (default: ``eval_dataset_name``); ``peft_config``: a ``peft.LoraConfig`` for joint LPO (``lpo_joint``), as
+    TRL's trainers take it, instead of the ``lora_*`` fields."""
 
     def __init__(self, model=None, reward_funcs=None, args: LPOConfig | None = None, train_dataset=None,
-                 head: AdaptiveDecoderHead | None = None, processing_class=None, callbacks=None):
+                 eval_dataset=None, head: AdaptiveDecoderHead | None = None, processing_class=None, callbacks=None,
+                 peft_config=None):
         args = args or LPOConfig(output_dir="outputs/lpo")
         spec = model if model is not None else args.model_name_or_path
         if spec is None:
             raise ValueError("Give the frozen LM: LPOTrainer(model=...) or LPOConfig(model_name_or_path=...).")
         # everything a user can get wrong is checked before the (slow) LM load
         check_output_dir(args)
+        self.lora_config = check_peft_config(peft_config, args)
         self.objective = get_objective(args.loss_type)
         likelihood = self.objective.unit == "reference"  # no reward: the head fits reference completions
         self.reward_funcs, self.reward_weights = ([], []) if likelihood and not (reward_funcs or args.reward_funcs) \
             else resolve_rewards(reward_funcs if reward_funcs is not None else args.reward_funcs, args.reward_weights)
         train_dataset = check_prompts(args.load_prompts(seed=args.seed) if train_dataset is None else train_dataset,
                                       args, likelihood)
+        if eval_dataset is None and args.eval_dataset_name:
+            eval_dataset = args.load_prompts(seed=args.seed, name=args.eval_dataset_name,
+                                             split=args.eval_dataset_split)
+        if eval_dataset is not None:
+            eval_dataset = check_prompts(eval_dataset, args, likelihood=False, what="eval")
+            if not self.reward_funcs:
+                raise ValueError("An eval dataset is scored with the reward functions, and this run has none "
+                                 "(loss_type 'likelihood' without reward_funcs): set reward_funcs, or drop "
+                                 "eval_dataset / eval_dataset_name.")
         self._references: dict = {}  # likelihood: each reference's teacher-forced features, computed once
         if head is None and args.head_name_or_path:
             head = AdaptiveDecoderHead.from_pretrained(args.head_name_or_path)
@@ -66,8 +85,10 @@ class LPOTrainer(Trainer):
                                                  head_hidden_size=args.head_hidden_size,
                                                  num_layers=args.head_num_layers, input_norm=args.head_input_norm)
         train_dataset = lpo_rollout.with_positions(lpo_rollout.drop_long_prompts(self, train_dataset, args))
+        if eval_dataset is not None:
+            eval_dataset = lpo_rollout.with_positions(lpo_rollout.drop_long_prompts(self, eval_dataset, args, "eval"))
         if args.use_peft:  # Eq. 9 with a trainable LM: the Trainer optimises the head and a LoRA adapter together
-            self.lm = peft_lm_for_joint(self.lm, args)
+            self.lm = peft_lm_for_joint(self.lm, self.lora_config)
             if head.config.extra.get("adapter_in_repo"):  # a jointly trained head continues with its own adapter
                 folder = Path(str(args.head_name_or_path or ""))
                 if not (folder / "adapter_model.safetensors").is_file():
@@ -77,7 +98,8 @@ class LPOTrainer(Trainer):
                 load_adapter_weights(self.lm, folder)
         head.check_compatible(self.lm)
         super().__init__(model=JointHeadLM(head, self.lm) if args.use_peft else head, args=args,
-                         train_dataset=train_dataset, data_collator=lambda rows: rows, callbacks=callbacks)
+                         train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=lambda rows: rows,
+                         callbacks=callbacks)
         self.processing_class = self.tokenizer  # TRL's attribute (after Trainer's init: see ``train``)
         self.loss_is_scaled_for_ga = True  # compute_loss already divides by the step's unit count
         self.lm.to(self.accelerator.device)
@@ -190,6 +212,20 @@ class LPOTrainer(Trainer):
             loss = lpo_batches.compute_loss(self, model, inputs)
         return (loss, None) if return_outputs else loss
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The head's held-out reward and choices (``lpo_eval``): on ``eval_dataset`` (prompts) or the trainer's,
+        logged and returned as ``{metric_key_prefix}_<metric>``."""
+        dataset = self.eval_dataset if eval_dataset is None else lpo_rollout.with_positions(
+            lpo_rollout.drop_long_prompts(self, check_prompts(eval_dataset, self.args, False, "eval"), self.args,
+                                          "eval"))
+        if dataset is None:
+            raise ValueError("Nothing to evaluate on: give LPOTrainer(eval_dataset=...), eval_dataset_name, or "
+                             "evaluate(eval_dataset=...).")
+        metrics = lpo_eval.evaluate_head(self, dataset, metric_key_prefix)
+        Trainer.log(self, dict(metrics))  # not LPOTrainer.log: the training metrics pending stay for their own log
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
     def _prepare_inputs(self, inputs):
         return inputs  # already on device (built in collate)
 
@@ -223,7 +259,7 @@ class LPOTrainer(Trainer):
         """Called by ``push_to_hub``: keep lpo-train's head card rather than Trainer's LM card."""
         if self.is_world_process_zero():
             rows = model_card_rows(self.args, self.state.log_history, [reward_name(f) for f in self.reward_funcs],
-                                   self.state.global_step)
+                                   self.state.global_step, self.lora_config)
             self.bare_head().generate_model_card(extra_sections=rows).save(Path(self.args.output_dir) / "README.md")
 
     def train(self, resume_from_checkpoint=None, **kwargs):

