@@ -7,6 +7,9 @@
     python scripts/replicate_toy.py rules --seeds 0 1 2            # (e) -> docs/results/rules.json
     python scripts/replicate_toy.py objectives --seeds 0 1 2       # losses compared -> docs/results/objectives_toy.json
     python scripts/replicate_toy.py joint_lora --seeds 0 1 2       # head + LoRA vs head only -> docs/results/joint_lora_toy.json
+    python scripts/replicate_toy.py mixed_seq_regression --seeds 0 1 2   # (a), (b), (c) with the default objective
+    python scripts/replicate_toy.py repetition_regression --seeds 0 1 2  #   lpo_regression -> docs/results/*_regression.json
+    python scripts/replicate_toy.py constrained_tok_regression --seeds 0 1 2
 
 Seed s means: the small toy LM pretrained with seed s (``toy:small:s``), the head trained with
 seed s (its initialisation, training prompts and samples), held-out evaluation prompts drawn
@@ -29,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "toy"
 
+REGRESSION = ["--loss_type", "lpo_regression", "--beta", "0.1"]
 # name -> (train recipe or None, evaluation recipe, {head label: train overrides}[, evaluation overrides])
 REPLICATIONS = {
     "mixed_seq": ("lpo_seq.yaml", "eval_mixed_seq.yaml", {"AD-seq (LPO)": []}),
@@ -46,6 +50,12 @@ REPLICATIONS = {
         "NLL on chosen (nll_chosen)": ["--loss_type", "nll_chosen"],
     }),
     "rules": (None, "eval_rules.yaml", {}),
+    # (a), (b), (c) with the library's default objective (lpo_regression, beta 0.1: the KL weight in reward units)
+    # instead of the recipes' Eq. 10: the same recipes, prompts, exploration, budget and seeds
+    "mixed_seq_regression": ("lpo_seq.yaml", "eval_mixed_seq.yaml", {"AD-seq (lpo_regression)": REGRESSION}),
+    "repetition_regression": ("lpo_tok_repetition.yaml", "eval_repetition.yaml",
+                              {"AD-tok (lpo_regression)": REGRESSION}),
+    "constrained_tok_regression": ("lpo_tok.yaml", "eval_constrained_tok.yaml", {"AD-tok (lpo_regression)": REGRESSION}),
     # the objectives issue's toy comparison: the same recipe, prompts, exploration and seeds for the three
     # reward-based losses; the likelihood objective (no reward) fits recipes/toy/data/references.jsonl
     # (32 references of the same families, made with the seed-0 toy LM) instead of sampled responses
@@ -63,11 +73,13 @@ REPLICATIONS = {
         "head + LoRA (joint)": [],
     }),
 }
-SAMPLED_TOO = {"mixed_seq", "constrained_tok"}  # also evaluate the heads with sampled selection (paper Table 5)
+SAMPLED_TOO = {"mixed_seq", "constrained_tok", "mixed_seq_regression", "constrained_tok_regression"}  # also evaluate the heads with sampled selection (paper Table 5)
 OUT_JSON = {"mixed_seq": "mixed_seq.json", "repetition": "repetition_tok.json",
             "repetition_wide_grid": "repetition_tok_wide_grid.json",
             "constrained_tok": "constrained_tok.json", "loss_ablation": "loss_ablation.json", "rules": "rules.json",
-            "objectives": "objectives_toy.json", "joint_lora": "joint_lora_toy.json"}
+            "objectives": "objectives_toy.json", "joint_lora": "joint_lora_toy.json",
+            "mixed_seq_regression": "mixed_seq_regression.json", "repetition_regression": "repetition_tok_regression.json",
+            "constrained_tok_regression": "constrained_tok_regression.json"}
 
 
 def _slug(label: str) -> str:
@@ -106,7 +118,7 @@ def run_seed(name: str, seed: int, out: Path) -> tuple[dict, dict[str, str], dic
     (config,) = TrlParser(dataclass_types=[EvalConfig]).parse_args_and_config(args)
     summary = evaluate(config)
     print((seed_dir / "eval" / "report.md").read_text())
-    if name == "constrained_tok":
+    if name.startswith("constrained_tok"):
         add_constraint_first_win_rates(summary, load_rows(config), seed_dir / "eval" / "strategies", config.temperatures)
     results = json.loads((seed_dir / "eval" / "results.json").read_text())
     return summary, heads, results.get("baselines")
@@ -222,23 +234,25 @@ def headline(name: str, agg: dict) -> dict:
     """The issue's required top-level fields, from the aggregated strategies."""
     s = agg["strategies"]
     fmt = lambda t: f"{float(t):.1f}"  # noqa: E731  "0" -> "0.0"
-    if name == "mixed_seq":
-        head = s["AD-seq (LPO)"]
-        return {"method": "AD-seq (LPO, Eq. 10), argmax selection",
+    label = next(iter(REPLICATIONS[name][2]), None)  # the replication's (first) head
+    objective = "lpo_regression" if name.endswith("_regression") else "LPO, Eq. 10"
+    if name.startswith("mixed_seq"):
+        head = s[label]
+        return {"method": f"AD-seq ({objective}), argmax selection",
                 "win_rate_vs_fixed": {fmt(t): v["mean"] for t, v in head["win_rate_vs_fixed"].items()},
                 "win_rate_vs_fixed_std": {fmt(t): v["std"] for t, v in head["win_rate_vs_fixed"].items()},
                 "mean_temperature_by_family": {f: v["mean"] for f, v in head["mean_value_by_family"].items()}}
-    if name == "constrained_tok":
-        head = s["AD-tok (LPO)"]
-        return {"method": "AD-tok (LPO, Eq. 10), argmax selection",
+    if name.startswith("constrained_tok"):
+        head = s[label]
+        return {"method": f"AD-tok ({objective}), argmax selection",
                 "mean_temperature_constrained": head["mean_value_sentence_start"]["mean"],
                 "mean_temperature_other": head["mean_value_other"]["mean"],
                 "win_rate_vs_fixed": {fmt(t): v["mean"] for t, v in head["win_rate_vs_fixed"].items()},
                 "constraint_first_win_rate_vs_fixed": {
                     fmt(t): v["mean"] for t, v in head["constraint_first_win_rate_vs_fixed"].items()}}
     if name.startswith("repetition"):
-        head, greedy = s["AD-tok (LPO)"], s["T=0"]
-        return {"method": "AD-tok (LPO, Eq. 10), reward -(3-gram repeats), argmax selection",
+        head, greedy = s[label], s["T=0"]
+        return {"method": f"AD-tok ({objective}), reward -(3-gram repeats), argmax selection",
                 "repeat_3gram_percent": {"AD-tok": head["repeat_3gram"]["mean"], "greedy": greedy["repeat_3gram"]["mean"]},
                 "percent_non_greedy": head["percent_non_greedy"]["mean"]}
     if name == "loss_ablation":
