@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from lpo_train.pairs import Pair, build_pairs
+from lpo_train.pairs import PAIR_MODES, Pair, build_pairs
 
 
 def test_best_vs_worst_with_deterministic_ties():
@@ -74,3 +74,10 @@ def test_bradley_terry_pairs_by_hand():
     sharp, _ = bradley_terry_pairs([[1.0, 0.0], [0.0, 1.0]], bt_scale=100.0)
     assert [(p.chosen, p.rejected) for p in sharp] == [(0, 1), (1, 0)]  # a steep sigmoid: the higher reward
 
+
+def test_value_pair_modes_are_declared_here():
+    from lpo_train.pairs import BRADLEY_TERRY, VALUE_PAIR_MODES
+    from lpo_train.trainers import value
+
+    assert value.PAIR_MODES is VALUE_PAIR_MODES and VALUE_PAIR_MODES == (BRADLEY_TERRY, "best_worst")
+    assert "best_worst" in PAIR_MODES and BRADLEY_TERRY not in PAIR_MODES  # LPO's pair_mode: deterministic modes
