@@ -88,6 +88,8 @@ def test_explicit_value_trainer_learns_a_token_rule(tiny_lm, tmp_path):
                                logging_steps=50)
     model = make_value_model(base)
     trainer = ExplicitValueTrainer(model, args, recs[:120], recs[120:], processing_class=tok)
+    assert args.remove_unused_columns is True and trainer.args is not args  # the caller's args are left as they were
+    assert trainer.args.remove_unused_columns is False
     before = trainer.pairwise_accuracy(recs[:120])
     trainer.train()
     after = trainer.pairwise_accuracy(recs[:120])
@@ -180,7 +182,9 @@ def test_explicit_value_on_a_lora_backbone_saves_a_plain_value_model(tiny_lm_pat
 
     data, args = _story_value_run(tiny_lm_path, tmp_path, num_train_epochs=2, value_head=value_head)
     lora = LoraArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    metrics = train_explicit_value(data, args, lora.peft_config())
+    peft_config = lora.peft_config()
+    metrics = train_explicit_value(data, args, peft_config)
+    assert peft_config.modules_to_save is None and args.remove_unused_columns is True  # the caller's, unchanged
     assert metrics["lora_backbone"] is True and metrics["eval_pairwise_accuracy"] is not None
     assert metrics["value_head"] == value_head and metrics["backbone"] == "lora"
     value, _ = load_value_model(tmp_path / "v")  # a plain checkpoint: no adapter files, the flag in its config

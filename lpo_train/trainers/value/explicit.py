@@ -9,6 +9,7 @@ held-out pairwise accuracy of end scores (two responses to one prompt with diffe
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +76,8 @@ class _ValueCollator:
 class ExplicitValueTrainer(Trainer):
     """Trains a value model (token or shared head) on every prefix of scored responses (see the module docstring).
 
-    ``train_dataset`` / ``eval_dataset``: records from ``sample_responses`` (lists of dicts).
+    ``train_dataset`` / ``eval_dataset``: records from ``sample_responses`` (lists of dicts). ``args`` is not
+    modified: the trainer works on a copy (with ``remove_unused_columns`` off: the collator needs every column).
     """
 
     def __init__(self, model, args: ExplicitValueConfig, train_dataset, eval_dataset=None, processing_class=None,
@@ -85,6 +87,7 @@ class ExplicitValueTrainer(Trainer):
         if not is_value_model(model):
             raise ValueError("ExplicitValueTrainer needs a value model; build one with "
                              "lpo_train.guidance.make_value_model(backbone).")
+        args = copy.copy(args)  # the caller's config stays as it was (a shallow copy: __post_init__ not rerun)
         args.remove_unused_columns = False
         pad = processing_class.pad_token_id if processing_class is not None and processing_class.pad_token_id is not None else 0
         self.eval_records = eval_dataset
@@ -133,7 +136,8 @@ class ExplicitValueTrainer(Trainer):
 def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, peft_config=None) -> dict:
     """A value model (``args``: ``ExplicitValueConfig``; token or shared head) on the sampler's scored responses. ``peft_config``:
     a LoRA backbone with the (new, zero) value head fully trained beside it (PEFT's ``modules_to_save``), merged
-    into a plain value-model checkpoint when saved, so every reader loads it as before."""
+    into a plain value-model checkpoint when saved, so every reader loads it as before. Neither ``args`` nor
+    ``peft_config`` is modified."""
     from lpo_train.guidance.value_model import freeze_to_head, make_value_model
     from lpo_train.models.loading import load_causal_lm, trainable_lm
 
@@ -163,6 +167,7 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
                              "saves, which is not supported under DeepSpeed / FSDP here; train it on one process, "
                              "or without --use_peft.")
         head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
+        peft_config = copy.copy(peft_config)  # the caller's LoraConfig keeps its modules_to_save
         peft_config.modules_to_save = [head_name.rsplit(".", 1)[-1]]
         model = get_peft_model(model, peft_config)
     trainer = ExplicitValueTrainer(model, args, train, held or None, processing_class=tokenizer)
