@@ -1,4 +1,4 @@
-"""The explicit value model (``lpo-train train-value --kind explicit``).
+"""The explicit value model (``lpo-train train-value explicit``).
 
 ``ExplicitValueTrainer`` fits a value model (``guidance.value_model``: backbone + bias-free hidden x vocabulary
 head, a token or a shared head) on every prefix of the sampled responses. Loss (the IVG authors never released
@@ -163,7 +163,7 @@ def train_explicit_value(data: ValueDataArguments, args: ExplicitValueConfig, pe
         from peft import get_peft_model
 
         if args.deepspeed or getattr(args, "fsdp", None):
-            raise ValueError("train-value --kind explicit --use_peft merges the LoRA into the value model when it "
+            raise ValueError("train-value explicit --use_peft merges the LoRA into the value model when it "
                              "saves, which is not supported under DeepSpeed / FSDP here; train it on one process, "
                              "or without --use_peft.")
         head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())

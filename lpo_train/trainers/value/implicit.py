@@ -1,7 +1,7 @@
-"""The implicit value (``lpo-train train-value --kind implicit``): a small "untuned" LM samples N responses per
-prompt, a gold reward labels them, ``build_preference_pairs`` makes pairs (Bradley-Terry sampled labels as in
-weak-to-strong search, or deterministic best vs worst), and TRL's ``DPOTrainer`` tunes a copy of the model. tuned vs
-untuned then give the implicit value beta * log pi_tuned / pi_untuned."""
+"""The implicit value (``lpo-train train-value implicit``): a small "untuned" LM samples N responses per prompt, a
+gold reward labels them, ``build_preference_pairs`` makes pairs (Bradley-Terry sampled labels as in weak-to-strong
+search, or deterministic best vs worst), and TRL's ``DPOTrainer`` tunes a copy of the model. tuned vs untuned then
+give the implicit value beta * log pi_tuned / pi_untuned."""
 
 from __future__ import annotations
 

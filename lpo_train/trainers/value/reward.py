@@ -1,4 +1,4 @@
-"""The sequence reward model (``lpo-train train-value --kind reward``; best-of-N, ARGS): TRL's ``RewardTrainer`` on the
+"""The sequence reward model (``lpo-train train-value reward``; best-of-N, ARGS): TRL's ``RewardTrainer`` on the
 same kind of pairs as the implicit value."""
 
 from __future__ import annotations
