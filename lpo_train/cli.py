@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train an AdaptiveDecoder head with LPO: --config recipe.yaml [--key value ...]")
     sub.add_parser("evaluate", help="decoding strategies vs the fixed-temperature grid: --config ... [--key value]")
-    sub.add_parser("train-value", help="train a guidance model: --kind implicit|explicit|reward --config ... [--key value]")
+    sub.add_parser("train-value", help="train a guidance model: implicit|explicit|reward --config ... [--key value]")
     sub.add_parser("generate", help="guided decoding to JSONL: --method base|bon|eft|tokenrm|cbs|ivg|args [--config ...]")
     sub.add_parser("check-objective", help="train heads on bandits with known optima: does an objective reach the "
                    "expected-reward optimum? (docs/objectives.md)")

@@ -7,6 +7,9 @@ the lowest sample index wins, so pairs are deterministic; with ``tie_seeds`` (on
 seeded random order per group decides instead. LPO needs the latter: with stratified exploration, sample 0
 carries the head's own favourite, and "lowest index wins" would feed the head its own
 preference back as "chosen" whenever rewards tie (a loop that collapses it onto an arbitrary value).
+
+Two callers, one module: LPO's ``pair_mode`` (``PAIR_MODES``, ``build_pairs``) and ``lpo-train train-value``'s
+(``VALUE_PAIR_MODES``: ``bradley_terry_pairs`` or ``build_pairs``' best vs worst).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-PAIR_MODES = ("best_worst", "all", "constrained")
+BEST_WORST, ALL, CONSTRAINED, BRADLEY_TERRY = "best_worst", "all", "constrained", "bradley_terry"
+PAIR_MODES = (BEST_WORST, ALL, CONSTRAINED)  # build_pairs: LPO's pair_mode
+VALUE_PAIR_MODES = (BRADLEY_TERRY, BEST_WORST)  # train-value's pair_mode: one pair per prompt
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,27 @@ def build_pairs(groups: list[list[float | None]], mode: str = "best_worst",
             ci, cr = max(ranked[:k], key=lambda x: (second[x[0]], -rank[x[0]]))
             ri, rr = min(ranked[-k:], key=lambda x: (second[x[0]], rank[x[0]]))
         pairs.append(Pair(p, ci, ri, cr, rr))
+    stats.pairs = len(pairs)
+    return pairs, stats
+
+
+def bradley_terry_pairs(groups: list[list[float | None]], bt_scale: float = 1.0,
+                        seed: int = 0) -> tuple[list[Pair], PairStats]:
+    """One pair per group with a label drawn from the reward gap (as in weak-to-strong search): the group's
+    first two valid responses, the first chosen with probability sigmoid(bt_scale * (r_a - r_b)) (a coin flip
+    when they tie, so tied groups give a pair too). One draw of ``random.Random(f"pairs-{seed}")`` per group with
+    two valid rewards, in group order; groups with fewer are skipped (``stats.invalid``)."""
+    rng = random.Random(f"pairs-{seed}")
+    stats, pairs = PairStats(groups=len(groups)), []
+    for p, rewards in enumerate(groups):
+        valid = _valid(rewards)
+        stats.dropped_rewards += len(rewards) - len(valid)
+        if len(valid) < 2:
+            stats.invalid += 1
+            continue
+        (a, ra), (b, rb) = valid[:2]
+        p_a = 1.0 / (1.0 + math.exp(-bt_scale * (ra - rb)))
+        pairs.append(Pair(p, a, b, ra, rb) if rng.random() < p_a else Pair(p, b, a, rb, ra))
     stats.pairs = len(pairs)
     return pairs, stats
 

@@ -68,7 +68,7 @@ def _train(kind: str, out: Path, seed: int, extra: list[str], world: str = "toy"
             raise SystemExit(f"{out} was trained from another version of {recipe.relative_to(ROOT)}: delete "
                              f"{out} and the decoding runs next to it ({out.parent / 'generate*'}) to rerun.")
     else:
-        train_value(["--kind", kind, "--config", str(recipe),
+        train_value([kind, "--config", str(recipe),
                      "--output_dir", str(out), "--dataset_seed", str(seed), "--seed", str(seed), *extra])
     stamp_file.write_text(stamp + "\n")
     return json.loads((out / "value_metrics.json").read_text())

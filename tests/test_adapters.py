@@ -1,5 +1,5 @@
 """PEFT: the implicit value from one set of weights (adapter on / off), adapters as base models, and
-train-value --kind implicit --use_peft."""
+train-value implicit --use_peft."""
 
 import copy
 import json
@@ -152,7 +152,7 @@ def test_train_value_implicit_use_peft_then_generate_with_the_adapter_alone(tiny
     from lpo_train.trainers.value import main as value_main
 
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"story number {i}"}) + "\n" for i in range(16)))
-    metrics = value_main(["--kind", "implicit", "--model_name_or_path", str(tiny_lm_path), "--dataset_name",
+    metrics = value_main(["implicit", "--model_name_or_path", str(tiny_lm_path), "--dataset_name",
                           str(tmp_path / "p.jsonl"), "--reward_funcs", "tests.helpers.my_rewards:length_reward",
                           "--num_generations", "4", "--max_completion_length", "8", "--pair_mode", "best_worst",
                           "--eval_fraction", "0", "--use_peft", "true", "--lora_r", "4", "--lora_target_modules",

@@ -46,7 +46,7 @@ def test_train_value_refuses_to_replace_a_trained_model(tmp_path, capsys, monkey
     monkeypatch.delenv("LPO_TRAIN_DEBUG", raising=False)
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "model.safetensors").write_bytes(b"")
-    command = ["train-value", "--kind", "explicit", "--model_name_or_path", str(tmp_path / "no_model"),
+    command = ["train-value", "explicit", "--model_name_or_path", str(tmp_path / "no_model"),
                "--output_dir", str(tmp_path / "v"), "--use_cpu", "true", "--report_to", "none"]
     with pytest.raises(SystemExit):
         main(command)

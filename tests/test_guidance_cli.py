@@ -89,7 +89,7 @@ def test_generate_bad_config_names_the_fix(guidance_folders, tiny_lm_path, tmp_p
 def test_train_value_cli_explicit(tiny_lm_path, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"story {i}"}) + "\n" for i in range(12)))
-    cli(["train-value", "--kind", "explicit", "--model_name_or_path", str(tiny_lm_path), "--dataset_name",
+    cli(["train-value", "explicit", "--model_name_or_path", str(tiny_lm_path), "--dataset_name",
          str(prompts), "--reward_funcs", "tests.helpers.my_rewards:length_reward", "--num_generations", "3",
          "--max_completion_length", "6", "--eval_fraction", "0.25", "--value_loss", "mse", "--num_train_epochs", "1",
          "--use_cpu", "true", "--report_to", "none", "--output_dir", str(tmp_path / "v")])
@@ -98,18 +98,22 @@ def test_train_value_cli_explicit(tiny_lm_path, tmp_path):
     from lpo_train.guidance import load_value_model
 
     load_value_model(tmp_path / "v")  # saved as a loadable value model
-    with pytest.raises(SystemExit, match="--kind implicit"):
+    with pytest.raises(SystemExit, match=r"needs a subcommand \(got '--config'\): lpo-train train-value implicit"):
         cli(["train-value", "--config", "x.yaml"])
 
 
 def test_train_value_cli_reward_model_then_args(tiny_lm_path, tmp_path):
-    """A sequence reward model from TRL's RewardTrainer, then used by ARGS through `generate`."""
+    """A sequence reward model from TRL's RewardTrainer, then used by ARGS through `generate`. Trained through the
+    deprecated `--kind reward` form (placed after other flags): it still runs, with a FutureWarning naming the
+    subcommand."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"story {i}"}) + "\n" for i in range(12)))
-    cli(["train-value", "--kind", "reward", "--model_name_or_path", str(tiny_lm_path), "--dataset_name",
-         str(prompts), "--reward_funcs", "tests.helpers.my_rewards:length_reward", "--num_generations", "3",
-         "--max_completion_length", "6", "--eval_fraction", "0.25", "--pair_mode", "best_worst", "--num_train_epochs", "1",
-         "--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--output_dir", str(tmp_path / "rm")])
+    with pytest.warns(FutureWarning, match="use 'lpo-train train-value reward ...'"):
+        cli(["train-value", "--model_name_or_path", str(tiny_lm_path), "--kind", "reward", "--dataset_name",
+             str(prompts), "--reward_funcs", "tests.helpers.my_rewards:length_reward", "--num_generations", "3",
+             "--max_completion_length", "6", "--eval_fraction", "0.25", "--pair_mode", "best_worst",
+             "--num_train_epochs", "1", "--use_cpu", "true", "--bf16", "false", "--report_to", "none",
+             "--output_dir", str(tmp_path / "rm")])
     metrics = json.loads((tmp_path / "rm" / "value_metrics.json").read_text())
     assert metrics["kind"] == "reward" and metrics["train_pairs"] > 0 and 0 <= metrics["eval_pairwise_accuracy"] <= 1
     out = tmp_path / "args.jsonl"
@@ -117,3 +121,55 @@ def test_train_value_cli_reward_model_then_args(tiny_lm_path, tmp_path):
          str(tmp_path / "rm"), "--args_k", "3", "--dataset_name", str(prompts), "--max_completion_length", "4",
          "--output_file", str(out)])
     assert len(out.read_text().splitlines()) == 12
+
+
+SUBCOMMAND_FIELDS = {  # a field only that subcommand's parser has, and one of another's it must not list
+    "implicit": ("--beta ", "--value_loss "),  # DPOConfig's beta
+    "explicit": ("--value_loss ", "--beta "),  # ExplicitValueConfig's
+    "reward": ("--center_rewards_coefficient ", "--use_peft "),  # RewardConfig's; no LoRA for the reward model
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SUBCOMMAND_FIELDS))
+def test_train_value_subcommand_help_lists_its_own_fields(kind, capsys):
+    own, other = SUBCOMMAND_FIELDS[kind]
+    with pytest.raises(SystemExit) as done:
+        cli(["train-value", kind, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: lpo-train train-value {kind} ")
+    options = [line.split()[0] for line in out.splitlines() if line.startswith("  --")]
+    assert options[0] == "--config" and "--pair_mode" in options  # the recipe first; the shared data fields too
+    assert own in out and other not in out
+
+
+def test_train_value_help_lists_the_subcommands(capsys):
+    from lpo_train.trainers.value import main
+
+    assert main(["--help"]) is None
+    out = capsys.readouterr().out
+    assert "{implicit,explicit,reward}" in out and "RewardTrainer" in out and "SUBCOMMAND --help" in out
+
+
+def test_train_value_old_kind_flag_maps_to_the_subcommand(capsys):
+    """--kind KIND (deprecated) anywhere, or --kind=KIND, is the subcommand KIND, with a FutureWarning; a bad or
+    missing kind, or one that contradicts the subcommand, is an error naming the new form."""
+    from lpo_train.trainers.value.cli import _from_kind_flag
+
+    with pytest.warns(FutureWarning, match="deprecated"):
+        assert _from_kind_flag(["--config", "r.yaml", "--kind", "implicit", "--beta", "0.1"]) == [
+            "implicit", "--config", "r.yaml", "--beta", "0.1"]
+    with pytest.warns(FutureWarning):
+        assert _from_kind_flag(["--kind=reward", "--x", "1"]) == ["reward", "--x", "1"]
+    with pytest.warns(FutureWarning):
+        assert _from_kind_flag(["explicit", "--kind", "explicit"]) == ["explicit"]
+    assert _from_kind_flag(["explicit", "--config", "r.yaml"]) == ["explicit", "--config", "r.yaml"]
+    with pytest.raises(SystemExit, match=r"needs a subcommand \(got 'value'\): lpo-train train-value implicit"):
+        _from_kind_flag(["--kind", "value"])
+    with pytest.raises(SystemExit, match="needs a subcommand: "):
+        _from_kind_flag(["--config", "r.yaml", "--kind"])
+    with pytest.raises(SystemExit, match="train-value reward was given --kind explicit too: drop --kind"):
+        _from_kind_flag(["reward", "--kind", "explicit"])
+    with pytest.warns(FutureWarning), pytest.raises(SystemExit) as done:  # the old form reaches the kind's parser
+        cli(["train-value", "--kind", "explicit", "--help"])
+    assert done.value.code == 0 and "--value_loss " in capsys.readouterr().out

@@ -193,8 +193,8 @@ def test_public_entry_points_and_help_list_config_first():
     from lpo_train.models.loading import portable_name
 
     assert portable_name("smollm2") == "HuggingFaceTB/SmolLM2-135M-Instruct" and portable_name("toy:small") == "toy:small"
-    for command in ("train", "evaluate", "generate", "train-value"):
-        out = subprocess.run([sys.executable, "-m", "lpo_train.cli", command, "--help"], capture_output=True, text=True,
+    for command in (["train"], ["evaluate"], ["generate"], ["train-value", "explicit"]):
+        out = subprocess.run([sys.executable, "-m", "lpo_train.cli", *command, "--help"], capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         options = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  --")]

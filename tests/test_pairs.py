@@ -1,8 +1,9 @@
 import math
+import random
 
 import pytest
 
-from lpo_train.pairs import Pair, build_pairs
+from lpo_train.pairs import PAIR_MODES, Pair, build_pairs
 
 
 def test_best_vs_worst_with_deterministic_ties():
@@ -54,3 +55,29 @@ def test_seeded_tie_break_does_not_favour_low_sample_indices():
     alone, in_batch = build_pairs(groups[:1], tie_seeds=[5])[0][0], build_pairs(groups[:3], tie_seeds=[9, 5, 7])[0][1]
     assert (alone.chosen, alone.rejected) == (in_batch.chosen, in_batch.rejected)  # the group's seed, not its place
     assert all(p.chosen == 0 and p.rejected == 2 for p in build_pairs(groups)[0])  # default: lowest index
+
+
+def test_bradley_terry_pairs_by_hand():
+    """First two valid rewards of each group; the first chosen when its draw falls under sigmoid(scale * gap);
+    one draw per group with two valid rewards, in group order; ties are a pair too (a coin flip)."""
+    from lpo_train.pairs import bradley_terry_pairs
+
+    groups = [[2.0, 0.0, 9.0], [0.5], [1.0, 1.0], [None, 0.0, 3.0]]
+    pairs, stats = bradley_terry_pairs(groups, bt_scale=0.5, seed=7)
+    draws = random.Random("pairs-7")
+    u0, u2, u3 = draws.random(), draws.random(), draws.random()  # group 1 (one reward) draws nothing
+    p0, p3 = 1 / (1 + math.exp(-0.5 * 2.0)), 1 / (1 + math.exp(-0.5 * -3.0))  # sigmoid(0.5 * (r_a - r_b))
+    assert pairs == [Pair(0, 0, 1, 2.0, 0.0) if u0 < p0 else Pair(0, 1, 0, 0.0, 2.0),
+                     Pair(2, 0, 1, 1.0, 1.0) if u2 < 0.5 else Pair(2, 1, 0, 1.0, 1.0),
+                     Pair(3, 1, 2, 0.0, 3.0) if u3 < p3 else Pair(3, 2, 1, 3.0, 0.0)]
+    assert stats.pairs == 3 and stats.invalid == 1 and stats.dropped_rewards == 1 and stats.groups == 4
+    sharp, _ = bradley_terry_pairs([[1.0, 0.0], [0.0, 1.0]], bt_scale=100.0)
+    assert [(p.chosen, p.rejected) for p in sharp] == [(0, 1), (1, 0)]  # a steep sigmoid: the higher reward
+
+
+def test_value_pair_modes_are_declared_here():
+    from lpo_train.pairs import BRADLEY_TERRY, VALUE_PAIR_MODES
+    from lpo_train.trainers import value
+
+    assert value.PAIR_MODES is VALUE_PAIR_MODES and VALUE_PAIR_MODES == (BRADLEY_TERRY, "best_worst")
+    assert "best_worst" in PAIR_MODES and BRADLEY_TERRY not in PAIR_MODES  # LPO's pair_mode: deterministic modes

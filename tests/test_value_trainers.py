@@ -40,6 +40,31 @@ def test_bradley_terry_labels_follow_the_sigmoid():
         build_preference_pairs(recs, "random")
 
 
+def test_value_pairs_by_hand():
+    """Which pairs form, computed by hand: best_worst takes the first record among equal best (worst) rewards and
+    skips all-tied prompts; bradley_terry pairs each prompt's first two records with one draw of
+    random.Random("pairs-<seed>") per prompt (in prompt_index order, whatever the record order) against
+    sigmoid(bt_scale * (r_a - r_b)); a prompt with one response gives no pair and no draw."""
+    import math
+    import random
+
+    recs = [_rec(3, 0.2, "d0"), _rec(1, 0.5, "b0"), _rec(3, 0.7, "d1"), _rec(1, 0.5, "b1"), _rec(2, 0.4, "c0"),
+            _rec(3, 0.7, "d2"), _rec(0, 1.0, "a0"), _rec(3, 0.2, "d3"), _rec(0, -1.0, "a1")]
+
+    def texts(pairs):
+        return [(p["chosen"][0]["content"], p["rejected"][0]["content"], p["chosen_reward"], p["rejected_reward"])
+                for p in pairs]
+
+    assert texts(build_preference_pairs(recs, "best_worst")) == [("a0", "a1", 1.0, -1.0), ("d1", "d0", 0.7, 0.2)]
+    draws = random.Random("pairs-4")
+    u0, u1, u3 = draws.random(), draws.random(), draws.random()  # prompts 0, 1, 3 (prompt 2 has one response)
+    p0, p3 = 1 / (1 + math.exp(-2.0 * 2.0)), 1 / (1 + math.exp(-2.0 * -0.5))
+    assert texts(build_preference_pairs(recs, "bradley_terry", bt_scale=2.0, seed=4)) == [
+        ("a0", "a1", 1.0, -1.0) if u0 < p0 else ("a1", "a0", -1.0, 1.0),
+        ("b0", "b1", 0.5, 0.5) if u1 < 0.5 else ("b1", "b0", 0.5, 0.5),
+        ("d0", "d1", 0.2, 0.7) if u3 < p3 else ("d1", "d0", 0.7, 0.2)]
+
+
 def test_pairwise_accuracy_by_hand():
     # group a: pairs (0,1) right, (0,2) wrong, (1,2) tie in reward -> skipped; group b: score tie -> 0.5
     scores, rewards, groups = [3.0, 1.0, 5.0, 2.0, 2.0], [1.0, 0.0, 0.0, 1.0, 0.5], ["a", "a", "a", "b", "b"]
@@ -63,6 +88,8 @@ def test_explicit_value_trainer_learns_a_token_rule(tiny_lm, tmp_path):
                                logging_steps=50)
     model = make_value_model(base)
     trainer = ExplicitValueTrainer(model, args, recs[:120], recs[120:], processing_class=tok)
+    assert args.remove_unused_columns is True and trainer.args is not args  # the caller's args are left as they were
+    assert trainer.args.remove_unused_columns is False
     before = trainer.pairwise_accuracy(recs[:120])
     trainer.train()
     after = trainer.pairwise_accuracy(recs[:120])
@@ -155,7 +182,9 @@ def test_explicit_value_on_a_lora_backbone_saves_a_plain_value_model(tiny_lm_pat
 
     data, args = _story_value_run(tiny_lm_path, tmp_path, num_train_epochs=2, value_head=value_head)
     lora = LoraArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    metrics = train_explicit_value(data, args, lora.peft_config())
+    peft_config = lora.peft_config()
+    metrics = train_explicit_value(data, args, peft_config)
+    assert peft_config.modules_to_save is None and args.remove_unused_columns is True  # the caller's, unchanged
     assert metrics["lora_backbone"] is True and metrics["eval_pairwise_accuracy"] is not None
     assert metrics["value_head"] == value_head and metrics["backbone"] == "lora"
     value, _ = load_value_model(tmp_path / "v")  # a plain checkpoint: no adapter files, the flag in its config

@@ -49,7 +49,7 @@ class GenerateConfig(PromptDataArguments, DecodingArguments):
     tuned_model: str | None = _help("Implicit value: the small tuned (e.g. DPO) model.", None)
     untuned_model: str | None = _help("Implicit value: its untuned reference (e.g. the SFT model); leave it out when "
                                       "tuned_model is a PEFT adapter (the untuned model is its adapter off).", None)
-    value_model: str | None = _help("Explicit value: a value model (lpo-train train-value --kind explicit).", None)
+    value_model: str | None = _help("Explicit value: a value model (lpo-train train-value explicit).", None)
     reward_funcs: list[str] | None = _help("Sequence rewards for chunk-level 'reward' guidance (best-of-N with a "
                                            "reward) and ARGS: names, 'module:function' or reward-model paths.", None)
     gold_reward_funcs: list[str] | None = _help("Rewards that score the final responses (reported, not used).", None)

@@ -72,7 +72,7 @@ class ExplicitGuidance(Rule):
             raise ValueError("This value model has a 'shared' head (one value per prefix, the same for every "
                              "candidate token), so token-level explicit guidance would change nothing. Use it for "
                              "chunk-level guidance (cbs / ivg / best-of-N), or train a token head: "
-                             "`lpo-train train-value --kind explicit --value_head token`.")
+                             "`lpo-train train-value explicit --value_head token`.")
         self.value_model, self.weight = value_model, float(weight)
         self.temperature = check_temperature(temperature)
         self.tokenizer, self.prompts, self.chat_template = tokenizer, prompts, chat_template

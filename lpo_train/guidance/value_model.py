@@ -123,7 +123,7 @@ def load_value_model(path, dtype: torch.dtype = torch.float32):
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     if not is_value_model(model):
         raise ValueError(f"{path} is not a value model (config has no {FLAG}); train one with "
-                         "`lpo-train train-value --kind explicit` or build one with make_value_model().")
+                         "`lpo-train train-value explicit` or build one with make_value_model().")
     return model.eval().requires_grad_(False), AutoTokenizer.from_pretrained(str(path))
 
 
