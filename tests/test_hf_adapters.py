@@ -94,3 +94,79 @@ def test_adaptive_processor_rejects_a_foreign_head(tiny_lm):
 
     with pytest.raises(ValueError, match="hidden size"):
         AdaptiveDecoderLogitsProcessor(AdaptiveDecoderHead(AdaptiveDecoderConfig(hidden_size=7)), model)
+
+
+def test_rules_the_processors_cannot_carry_are_refused():
+    from lpo_train.decoding import Rule, StepOutput
+
+    class NeedsHistory(Rule):
+        needs_history = True
+
+    with pytest.raises(ValueError, match="lpo-train engine"):
+        RuleLogitsProcessor(NeedsHistory())
+
+    class ReturnsProbs(Rule):
+        name = "probs"
+
+        def step(self, inp):
+            return StepOutput(temperature=inp.logits.new_ones(len(inp.logits)), probs=inp.logits.softmax(-1))
+
+    with pytest.raises(ValueError, match="returned a distribution"):
+        RuleLogitsProcessor(ReturnsProbs())(None, torch.zeros(1, 4))
+
+
+def _sampling_head(model, level, grid, seed=0):
+    torch.manual_seed(seed)
+    head = AdaptiveDecoderHead.for_model(model, level=level, grid=grid)
+    with torch.no_grad():
+        head.mlp[-1].weight.zero_()  # the same near-uniform choice distribution at every hidden state
+        head.mlp[-1].bias.copy_(torch.tensor([0.0, 0.3, -0.2]))
+    return head
+
+
+def _generate(model, tok, proc, ids, mask, steps, seed):
+    torch.manual_seed(seed)
+    return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                          max_new_tokens=steps, num_return_sequences=4, logits_processor=LogitsProcessorList([proc]),
+                          output_scores=True, output_logits=True, return_dict_in_generate=True,
+                          pad_token_id=tok.pad_token_id, eos_token_id=None)
+
+
+def test_sampled_token_level_head_tempers_each_row_by_its_own_choice(tiny_lm):
+    model, tok = tiny_lm
+    ids, mask = _batch(tok, PROMPTS)
+    grid = torch.tensor([0.5, 1.0, 2.0])
+    with AdaptiveDecoderLogitsProcessor(_sampling_head(model, "token", grid.tolist()), model, "sample") as proc:
+        out = _generate(model, tok, proc, ids, mask, 5, seed=3)
+        chosen = torch.stack(proc.chosen)  # [steps, rows]
+        again = _generate(model, tok, proc, ids, mask, 5, seed=3)
+        assert torch.equal(torch.stack(proc.chosen), chosen)  # repeatable under torch.manual_seed
+        assert torch.equal(again.sequences, out.sequences)
+    assert chosen.shape == (5, 8) and len(chosen.unique()) == 3  # every grid value drawn somewhere
+    assert any(len(chosen[:, r].unique()) > 1 for r in range(8))  # rows change their choice between steps
+    for step, (raw, processed) in enumerate(zip(out.logits, out.scores)):
+        assert torch.allclose(processed, raw / grid[chosen[step]][:, None], atol=1e-5)
+
+
+def test_sampled_sequence_level_head_keeps_each_rows_choice(tiny_lm):
+    model, tok = tiny_lm
+    ids, mask = _batch(tok, PROMPTS)
+    with AdaptiveDecoderLogitsProcessor(_sampling_head(model, "sequence", [0.5, 1.0, 2.0]), model, "sample") as proc:
+        _generate(model, tok, proc, ids, mask, 4, seed=1)
+        chosen = torch.stack(proc.chosen)
+    assert (chosen == chosen[0]).all()  # decided at the first step, kept
+    assert len(chosen[0].unique()) > 1  # sampled per row, not one choice for the batch
+
+
+def test_every_generate_call_starts_the_head_again(tiny_lm):
+    """A second call with another batch size and one-token prompts (no multi-token prefill to see) decides anew."""
+    model, tok = tiny_lm
+    head = AdaptiveDecoderHead.for_model(model, level="sequence", grid=[0.0, 0.5, 1.0])
+    with AdaptiveDecoderLogitsProcessor(head, model) as proc:
+        ids, mask = _batch(tok, PROMPTS)
+        model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                       max_new_tokens=3, logits_processor=LogitsProcessorList([proc]), pad_token_id=tok.pad_token_id)
+        one = torch.tensor([[5], [6], [7]])
+        model.generate(input_ids=one, attention_mask=torch.ones_like(one), do_sample=True, temperature=1.0, top_k=0,
+                       max_new_tokens=3, logits_processor=LogitsProcessorList([proc]), pad_token_id=tok.pad_token_id)
+        assert len(proc.chosen) == 3 and all(c.shape == (3,) for c in proc.chosen)

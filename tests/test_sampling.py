@@ -71,3 +71,17 @@ def test_temperature_knob_with_truncations_equals_hf_per_row():
     for row in range(3):
         ref = hf_probs(logits[row:row + 1], float(temps[row]), 50, 0.9)
         assert (ours[row] - ref[0]).abs().max() < 1e-6
+
+
+def test_tempered_logits_are_the_tempered_distribution_before_softmax():
+    from lpo_train.decoding.sampling import tempered, tempered_logits
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    t = torch.tensor([0.0, 0.5, 1e-5, 2.0])  # two greedy rows (T = 0 and T below MIN_TEMPERATURE)
+    scaled = tempered_logits(logits, t)
+    assert torch.equal(scaled[[1, 3]], logits[[1, 3]] / t[[1, 3], None])
+    for r in (0, 2):  # only the argmax stays
+        assert scaled[r].isfinite().sum() == 1 and scaled[r, logits[r].argmax()] == logits[r].max()
+    assert torch.equal(torch.softmax(scaled, -1), tempered(logits, t))
+    assert torch.equal(tempered(logits, t)[[0, 2]], torch.nn.functional.one_hot(logits[[0, 2]].argmax(-1), 50).float())

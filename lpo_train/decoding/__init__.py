@@ -1,7 +1,7 @@
 """The one decoding engine and the rules it runs."""
 
 from lpo_train.decoding.adaptive import AdaptiveDecoderRule
-from lpo_train.decoding.engine import SamplingParams, Trace, generate, next_token_distribution
+from lpo_train.decoding.engine import SamplingParams, generate, next_token_distribution
 from lpo_train.decoding.rules import (
     EDT,
     KLD,
@@ -17,6 +17,7 @@ from lpo_train.decoding.rules import (
     kld_temperature,
 )
 from lpo_train.decoding.sampling import Truncation, knob_distribution, sample_from, truncate, warp
+from lpo_train.decoding.trace import Trace
 
 __all__ = [
     "EDT", "KLD", "AdaptiveDecoderRule", "AuxStream", "Dynatemp", "FixedTemperature", "Rule",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from lpo_train.decoding.trace import Trace
+
 FINISH_REASONS = ("length", "eos", "stop")  # codes 0, 1, 2 of RowRecord.finish
 
 
@@ -66,9 +68,7 @@ class RowRecord:
                 setattr(self, name, buf[src])
 
     def traces(self, tokenizer, rows: list[tuple[int, int]], prompt_ids: list[list[int]], stop_strings,
-               scores: torch.Tensor | None = None) -> list:
-        from lpo_train.decoding.engine import Trace
-
+               scores: torch.Tensor | None = None) -> list[Trace]:
         lengths = self.lengths.tolist()
         tokens, values, choices = (x.tolist() for x in (self.tokens, self.values, self.choices))
         entropies = self.entropies.tolist() if self.entropies is not None else None

@@ -55,6 +55,21 @@ def _one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
 
 
+def tempered_logits(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """z / T per row ([B] temperatures), as HF's ``TemperatureLogitsWarper``; rows with T <= MIN_TEMPERATURE
+    (0 included) keep only their argmax logit (every other entry -inf), so no row divides by a vanishing
+    temperature and softmax of the result is ``tempered`` (what the HF ``generate`` adapters return)."""
+    t = _rows(temperature, logits.shape[0], logits)
+    greedy_rows = t <= MIN_TEMPERATURE
+    safe = torch.where(greedy_rows, torch.ones_like(t), t)
+    scaled = logits / safe[:, None]
+    if _any(greedy_rows):
+        top = logits.argmax(-1, keepdim=True)
+        only_top = torch.full_like(logits, float("-inf")).scatter(-1, top, logits.gather(-1, top))
+        scaled = torch.where(greedy_rows[:, None], only_top, scaled)
+    return scaled
+
+
 def tempered(logits: torch.Tensor, temperature) -> torch.Tensor:
     """softmax(z / T) per row, as HF's ``TemperatureLogitsWarper`` then softmax; rows with T <=
     MIN_TEMPERATURE (0 included) are one-hot on the argmax, so a vanishing temperature never overflows
@@ -63,13 +78,7 @@ def tempered(logits: torch.Tensor, temperature) -> torch.Tensor:
         if float(temperature) <= MIN_TEMPERATURE:
             return _one_hot_argmax(logits)
         return torch.softmax(logits if float(temperature) == 1.0 else logits / float(temperature), dim=-1)
-    t = _rows(temperature, logits.shape[0], logits)
-    greedy_rows = t <= MIN_TEMPERATURE
-    safe = torch.where(greedy_rows, torch.ones_like(t), t)
-    probs = torch.softmax(logits / safe[:, None], dim=-1)
-    if _any(greedy_rows):
-        probs = torch.where(greedy_rows[:, None], _one_hot_argmax(logits), probs)
-    return probs
+    return torch.softmax(tempered_logits(logits, temperature), dim=-1)  # a greedy row: softmax of one finite logit
 
 
 def truncate(probs: torch.Tensor, top_k=0, top_p=1.0, min_p=0.0) -> torch.Tensor:

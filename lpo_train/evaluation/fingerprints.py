@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import hashlib
 import importlib.util
 import inspect
 import json
@@ -20,14 +19,12 @@ from pathlib import Path
 
 import torch
 
-
-def _digest() -> "hashlib.blake2b":
-    return hashlib.blake2b(digest_size=16)
+from lpo_train.utils.io import json_fingerprint, new_digest
 
 
 def weights_fingerprint(module) -> str:
     """A hash of a model's weights (names, shapes, dtypes and bytes)."""
-    digest = _digest()
+    digest = new_digest()
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
@@ -37,14 +34,14 @@ def weights_fingerprint(module) -> str:
 
 def file_fingerprint(*paths: Path) -> str:
     """A hash of the files' bytes (a missing file hashes as missing)."""
-    digest = _digest()
+    digest = new_digest()
     for p in paths:
         digest.update(Path(p).read_bytes() if Path(p).exists() else b"<missing>")
     return digest.hexdigest()
 
 
 def rows_fingerprint(rows: list[dict]) -> str:
-    return hashlib.blake2b(json.dumps(rows, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+    return json_fingerprint(rows)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -57,7 +54,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     state = {"class": type(tokenizer).__name__, "backend": backend,
              "chat_template": getattr(tokenizer, "chat_template", None),
              "special_tokens": {k: str(v) for k, v in tokenizer.special_tokens_map.items()}}
-    return hashlib.blake2b(json.dumps(state, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+    return json_fingerprint(state)
 
 
 @functools.lru_cache(maxsize=1)
@@ -166,7 +163,7 @@ def strategy_fingerprint(base: dict, name: str, overrides: dict, extra: dict | N
     """The run's fingerprint plus the strategy itself: its name (temperatures, rule options), its
     truncations and ``extra`` (a head's files, KLD's evidence column)."""
     key = {**base, "strategy": name, "overrides": overrides, **(extra or {})}
-    return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
+    return json_fingerprint(key, default=None)
 
 
 def head_files_fingerprint(folder: Path) -> str:

@@ -31,6 +31,7 @@ from lpo_train.evaluation.fingerprints import (
 from lpo_train.evaluation.report import summarise, write_report
 from lpo_train.evaluation.tracking import TRACKERS, log_evaluation
 from lpo_train.pairs import group_slices
+from lpo_train.utils.io import write_text_atomic
 
 ANSWER_EXTRACTORS = ("first_number", "last_number", "text")
 
@@ -278,7 +279,7 @@ class _Runner:
                   "or rewards changed); recomputing it", flush=True)
         data = {**run_strategy(model, self.tokenizer, rows, rule, overrides, self.funcs, self.weights, self.config),
                 "fingerprint": key}
-        _write_atomic(file, json.dumps(data))  # a half-written file is never taken for a finished one
+        write_text_atomic(file, json.dumps(data))  # a half-written file is never taken for a finished one
         return data
 
 
@@ -340,12 +341,6 @@ def _json_safe(value):
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 
 def evaluate(config: EvalConfig) -> dict:
     """Run every strategy (and, with a head, its baselines); write results.json, report.md and the plots.
@@ -398,7 +393,7 @@ def evaluate(config: EvalConfig) -> dict:
     results = {"config": asdict(config), "prompts": prompts, "strategies": summary}
     if baseline_result is not None:
         results["baselines"] = baseline_result
-    _write_atomic(out / "results.json", json.dumps(_json_safe(results), indent=2))
+    write_text_atomic(out / "results.json", json.dumps(_json_safe(results), indent=2))
     write_report(summary, config, out / "report.md", baseline_result, prompts)
     figures = {"reward_vs_temperature": out / "reward_vs_temperature.png"}
     plots.plot_reward_vs_temperature(summary, config.temperatures, figures["reward_vs_temperature"])

@@ -47,13 +47,10 @@ def style(i: int) -> dict:
 def save(fig, path: Path, dpi: int = 110) -> None:
     """Write the figure atomically (temp file + rename): an interrupted or disk-full run never leaves
     a truncated PNG under the final name."""
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".partial.png")
-    try:
+    from lpo_train.utils.io import atomic_path
+
+    with atomic_path(path, keep_suffix=True) as tmp:  # <stem>.partial.png: matplotlib reads the format from it
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def plot_reward_vs_temperature(summary: dict, temperatures: list[float], path: Path) -> None:

@@ -183,6 +183,7 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
     from lpo_train.guidance import guided_generate
     from lpo_train.models.loading import load_causal_lm
     from lpo_train.rewards import resolve_rewards, score_traces
+    from lpo_train.utils.io import write_json_lines
 
     models = models if models is not None else {}
     check_output_file(config.output_file)  # before anything is decoded
@@ -212,13 +213,7 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
     stats["generated_tokens"] = sum(len(t.token_ids) for t in best)
     if gold is not None:
         stats["mean_gold_reward"] = sum(gold) / len(gold)
-    out = Path(config.output_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with tmp.open("w") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
-    tmp.rename(out)  # a half-written file is never taken for a finished run
+    out = write_json_lines(config.output_file, records)  # atomic: a half-written file is never a finished run
     out.with_name(out.stem + ".meta.json").write_text(json.dumps({"config": asdict(config), "stats": stats}, indent=2))
     return {"records": records, "stats": stats}
 

@@ -15,8 +15,9 @@ from dataclasses import replace
 
 import torch
 
-from lpo_train.decoding.engine import RowSearch, SamplingParams, Trace, generate
+from lpo_train.decoding.engine import RowSearch, SamplingParams, generate
 from lpo_train.decoding.rules import FixedTemperature, Rule
+from lpo_train.decoding.trace import Trace
 from lpo_train.guidance.scorers import ChunkScorer
 from lpo_train.pairs import group_slices
 

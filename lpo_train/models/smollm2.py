@@ -8,12 +8,12 @@ The weights are close to, not identical with, the upstream checkpoint (4-bit rou
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import torch
 
 from lpo_train.cache import cache_dir
+from lpo_train.utils.io import atomic_path
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -50,11 +50,9 @@ def _convert(target: Path, dtype: torch.dtype) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(dtype).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)  # atomic: a half-written folder is never taken for a complete one
+    with atomic_path(target) as tmp:  # a half-written folder is never taken for a complete one
+        model.to(dtype).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def smollm2_path(dtype: str = "float32") -> Path:

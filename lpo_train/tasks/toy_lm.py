@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from lpo_train.cache import cache_dir
 from lpo_train.models.kit import build_tiny_lm, train_bpe_tokenizer
 from lpo_train.tasks.toy import TOY_SIZES, make_corpus
+from lpo_train.utils.io import atomic_path
 
 WORLD_VERSION = 1  # bump when the world or the recipe changes, so stale caches are not reused
 SEQ_LEN = 96
@@ -82,15 +82,12 @@ def pretrain_toy_lm(size: str = "small", seed: int = 0, steps: int | None = None
                   f"loss {sum(losses[-log_every:]) / log_every:.4f} ({time.time() - start:.0f}s)", flush=True)
     model.eval().to("cpu")
     target = Path(output_dir) if output_dir else toy_lm_dir(size, seed)
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    info = {"size": size, "seed": seed, "steps": steps, "lr": lr, "world_version": WORLD_VERSION,
-            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "seconds": time.time() - start}
-    (tmp / "toy_world.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)  # a folder without toy_world.json is never taken for a finished model
+    with atomic_path(target) as tmp:  # a folder without toy_world.json is never taken for a finished model
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {"size": size, "seed": seed, "steps": steps, "lr": lr, "world_version": WORLD_VERSION,
+                "final_loss": sum(losses[-50:]) / len(losses[-50:]), "seconds": time.time() - start}
+        (tmp / "toy_world.json").write_text(json.dumps(info, indent=2))
     return target
 
 

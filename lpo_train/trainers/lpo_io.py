@@ -3,7 +3,6 @@ hygiene, the completions tables (written off the training thread), the head's ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from lpo_train.pairs import GroupFeatures, PairFeatures, SideFeatures, group_row
+from lpo_train.utils.io import atomic_path
 
 
 def stored_features(row: dict, dtype: torch.dtype) -> PairFeatures | GroupFeatures:
@@ -53,14 +53,6 @@ def unit_record(row: dict, unit, features, traces, num_generations: int, seed: i
 FINGERPRINT_KEY = b"lpo_train_pairs"
 
 
-def fingerprint_texts(texts) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for text in texts:
-        digest.update(text.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def write_pairs_dataset(dataset, path, fingerprint: dict) -> None:
     """The offline units as parquet, with what produced them in the file's metadata, through a ``.partial`` file:
     a half-written file is never taken for a finished one."""
@@ -70,9 +62,8 @@ def write_pairs_dataset(dataset, path, fingerprint: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     table = dataset.data.table
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), FINGERPRINT_KEY: json.dumps(fingerprint)})
-    tmp = Path(str(path) + ".partial")
-    pq.write_table(table, tmp)
-    tmp.rename(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def check_pairs_fingerprint(path, expected: dict) -> None:
@@ -163,9 +154,8 @@ def _write_parquet(completions: list[dict], step: int, path: Path) -> None:
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    pq.write_table(pa.Table.from_pylist([{"step": step, **row} for row in completions]), partial)
-    partial.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist([{"step": step, **row} for row in completions]), tmp)
 
 
 def _log_tables(completions: list[dict], step: int, report_to) -> None:

@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 from lpo_train.rewards import PRIVATE_COLUMN, reward_name
-from lpo_train.trainers.lpo_io import check_pairs_fingerprint, fingerprint_texts, write_pairs_dataset
+from lpo_train.trainers.lpo_io import check_pairs_fingerprint, write_pairs_dataset
 from lpo_train.trainers.lpo_rollout import LPOTrainingFailed, rollout_units, with_positions
+from lpo_train.utils.io import texts_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def pairs_fingerprint(trainer) -> dict:
             "num_generations": args.num_generations, "seed": args.seed, "exploration": args.exploration,
             "exploration_epsilon": args.exploration_epsilon, **args.truncation(),
             "max_completion_length": args.max_completion_length, "dataset": args.dataset_name,
-            "prompts": fingerprint_texts(str(p) for p in trainer.train_dataset["prompt"])}
+            "prompts": texts_fingerprint(str(p) for p in trainer.train_dataset["prompt"])}
 
 
 def build_pairs_dataset(trainer, prompts, path: str | Path | None = None, chunk_size: int = 64):

@@ -1,0 +1,1 @@
+"""Small helpers shared across lpo-train (``io``: atomic writes, JSON lines, fingerprints)."""
