@@ -18,6 +18,8 @@ _LAZY = {
     "ExplicitScorer": "lpo_train.guidance", "ImplicitScorer": "lpo_train.guidance",
     "guided_generate": "lpo_train.guidance", "load_causal_lm": "lpo_train.models.loading",
     "load_prompt_dataset": "lpo_train.data", "AdaptiveDecoderForCausalLM": "lpo_train.adaptive_model",
+    "register_reward": "lpo_train.registry", "register_dataset": "lpo_train.registry",
+    "register_model": "lpo_train.registry",
 }
 __all__ = ["GRID_PRESETS", "AdaptiveDecoderConfig", "AdaptiveDecoderHead", *_LAZY]
 

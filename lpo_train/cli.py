@@ -19,10 +19,11 @@ def _toy_pretrain(args) -> None:
 
 
 def _toy_sweep(args) -> dict:
-    from lpo_train.evaluation.sweep import aggregate, format_table, save_sweep, sweep_temperatures
+    from lpo_train.evaluation.sweep import DEFAULT_TEMPERATURES, aggregate, format_table, save_sweep, sweep_temperatures
     from lpo_train.tasks.toy import make_prompts, toy_reward
     from lpo_train.tasks.toy_lm import load_toy_lm
 
+    args.temperatures = args.temperatures or list(DEFAULT_TEMPERATURES)  # demo's evaluation reads it too
     tables, start = [], time.time()
     for seed in args.seeds:
         model, tokenizer = load_toy_lm(args.size, seed)
@@ -79,8 +80,8 @@ def _add_sweep_args(p) -> None:
     p.add_argument("--families", nargs="+", default=["arith", "story", "constrained", "sentiment"])
     p.add_argument("--n-per-family", type=int, default=32)
     p.add_argument("--num-generations", type=int, default=4, help="samples per prompt (N)")
-    p.add_argument("--temperatures", type=float, nargs="+",
-                   default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2])
+    p.add_argument("--temperatures", type=float, nargs="+", default=None,
+                   help="default: the sweep's grid (lpo_train.evaluation.sweep.DEFAULT_TEMPERATURES)")
 
 
 TRL_STYLE = {  # commands parsed by TRL's parser (--config recipe.yaml plus --key value overrides)

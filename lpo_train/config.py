@@ -1,5 +1,5 @@
 """Config fields shared by every command, each defined once (TRL's parser composes dataclasses):
-the prompt dataset and its seed, and the sampling arguments, under TRL's names where TRL has one.
+the prompt dataset and its seed, the sampling arguments and the rewards, under TRL's names where TRL has one.
 ``LPOConfig``, ``EvalConfig``, the value trainers' ``ValueDataArguments`` and ``GenerateConfig``
 inherit them; a command that needs another default says so with ``default_of``."""
 
@@ -78,6 +78,16 @@ class SamplingArguments(DecodingArguments):
 
 
 @dataclass
+class RewardArguments:
+    """The rewards a command scores responses with (TRL's ``reward_funcs``), resolved by ``lpo_train.rewards``."""
+
+    reward_funcs: list[str] | None = _help(
+        "Rewards: built-in or registered names (lpo_train.registry.register_reward), 'package.module:function' "
+        "paths or sequence-classification model paths/ids.", None)
+    reward_weights: list[float] | None = _help("One weight per reward function (default all 1).", None)
+
+
+@dataclass
 class LoraArguments:
     """A LoRA adapter instead of full fine-tuning, under TRL's ``ModelConfig`` names and defaults (built
     with TRL's ``get_peft_config``)."""
@@ -101,4 +111,5 @@ class LoraArguments:
                                            lora_target_modules=self.lora_target_modules))
 
 
-SHARED_FIELDS = tuple(f.name for cls in (PromptDataArguments, SamplingArguments) for f in dataclasses.fields(cls))
+SHARED_FIELDS = tuple(f.name for cls in (PromptDataArguments, SamplingArguments, RewardArguments)
+                      for f in dataclasses.fields(cls))

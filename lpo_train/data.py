@@ -1,10 +1,11 @@
 """The one prompt-data layer: every trainer, ``evaluate``, ``generate`` and the value trainers load
 prompts here.
 
-``dataset_name`` is one of: ``toy`` (the toy world; ``toy_families``, ``toy_prompts_per_family``),
-``smollm2_mix[:train|eval][:FAMILY+FAMILY]`` (the real-model suite), ``reasoning_gym:TASK[+TASK][:SIZE]``,
+``dataset_name`` is one of: a registered dataset (``NAME`` or ``NAME:OPTIONS``; the tasks in
+``lpo_train/tasks`` register theirs, a user registers one with ``lpo_train.registry.register_dataset``),
 a local ``.json`` / ``.jsonl`` / ``.parquet`` / ``.csv`` file or a folder of such files, or a Hub dataset id.
-Generated suites take ``seed``: the caller passes its own prompt seed explicitly (nothing is guessed).
+Registered datasets take ``seed``: the caller passes its own prompt seed explicitly (nothing is guessed).
+This module reads the dataset registry and never names a task.
 """
 
 from __future__ import annotations
@@ -14,14 +15,6 @@ from pathlib import Path
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}  # datasets' builders
 LOCAL_SUFFIXES = tuple(LOCAL_BUILDERS)
-
-
-def write_json_lines(path: Path, rows: list[dict]) -> Path:
-    """``rows`` as a JSONL prompt file (one object per line) that ``load_prompt_dataset`` reads back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _check_json_lines(path: Path) -> None:
@@ -50,34 +43,38 @@ def _check_json_lines(path: Path) -> None:
 
 def load_prompt_dataset(name: str | None, split: str = "train", seed: int = 0, toy_families=None,
                         toy_prompts_per_family: int = 64, prompt_column: str = "prompt"):
-    """A ``datasets.Dataset`` of prompts (TRL prompt-only format plus any reward columns)."""
+    """A ``datasets.Dataset`` of prompts (TRL prompt-only format plus any reward columns). A registered
+    dataset's loader gets ``name``, ``seed``, ``split`` and the options ``toy_families`` and
+    ``toy_prompts_per_family`` (``lpo_train.registry.register_dataset``)."""
     import datasets
 
+    from lpo_train.registry import DATASETS
+
     if name is None:
-        raise ValueError("No prompt dataset: set dataset_name (a .json/.jsonl/.parquet/.csv file, a Hub id, 'toy' or "
-                         "'smollm2_mix').")
-    from lpo_train.tasks import reasoning, smollm2_mix
-
-    if name == "toy":
-        from lpo_train.tasks.toy import make_prompts
-
-        rows = make_prompts(list(toy_families or ["arith", "story"]), toy_prompts_per_family, seed=seed)
-    elif smollm2_mix.is_suite(name):
-        rows = smollm2_mix.make_rows(name, seed)
-    elif reasoning.is_reasoning_gym(name):
-        rows = reasoning.make_reasoning_gym_rows(name, seed)
-    elif Path(name).suffix.lower() in LOCAL_SUFFIXES or _looks_local(name) or Path(name).exists():
-        return _checked(_load_local(name, split), name, prompt_column)
-    else:
-        try:
-            data = datasets.load_dataset(name, split=split)
-        except (FileNotFoundError, ConnectionError) as e:  # no such Hub dataset, or offline
-            raise FileNotFoundError(
-                f"dataset_name {name!r} is not a local file or folder, and as a Hub dataset id it could not be loaded "
-                f"({type(e).__name__}: {e}). Give an existing {'/'.join(LOCAL_SUFFIXES)} file, a Hub dataset id, "
-                "'toy', 'smollm2_mix' or 'reasoning_gym:TASK'.") from e
+        raise ValueError(f"No prompt dataset: set dataset_name (a {'/'.join(LOCAL_SUFFIXES)} file, a Hub id or a "
+                         f"registered dataset: {DATASETS.names()}).")
+    loader = DATASETS.find(name)
+    if loader is not None:
+        data = loader(name, seed=seed, split=split, toy_families=toy_families,
+                      toy_prompts_per_family=toy_prompts_per_family)
+        if isinstance(data, list):
+            data = datasets.Dataset.from_list(data)
+        elif not isinstance(data, datasets.Dataset):
+            raise TypeError(f"The dataset loader registered as {DATASETS.key(name)!r} returned "
+                            f"{type(data).__name__}; it must return a list of rows (dicts) or a datasets.Dataset.")
         return _checked(data, name, prompt_column)
-    return _checked(datasets.Dataset.from_list(rows), name, prompt_column)
+    if Path(name).suffix.lower() in LOCAL_SUFFIXES or _looks_local(name) or Path(name).exists():
+        return _checked(_load_local(name, split), name, prompt_column)
+    if ":" in name:  # NAME:OPTIONS with an unregistered NAME (a Hub id never holds ':')
+        raise ValueError(DATASETS.unknown(name, "dataset_name"))
+    try:
+        data = datasets.load_dataset(name, split=split)
+    except (FileNotFoundError, ConnectionError) as e:  # no such Hub dataset, or offline
+        raise FileNotFoundError(
+            f"dataset_name {name!r} is not a local file or folder, and as a Hub dataset id it could not be loaded "
+            f"({type(e).__name__}: {e}). Give an existing {'/'.join(LOCAL_SUFFIXES)} file, a Hub dataset id or a "
+            f"registered dataset: {DATASETS.names()} (lpo_train.registry.register_dataset adds one).") from e
+    return _checked(data, name, prompt_column)
 
 
 def _looks_local(name: str) -> bool:
@@ -92,8 +89,11 @@ def _load_local(name: str, split: str):
     path = Path(name).expanduser()
     suffix = path.suffix.lower()
     if not path.exists():
+        from lpo_train.registry import DATASETS
+
         raise FileNotFoundError(f"The prompt file or folder {name} does not exist (dataset_name). Give an existing "
-                                f"{'/'.join(LOCAL_SUFFIXES)} file or folder, 'toy', 'smollm2_mix' or a Hub dataset id.")
+                                f"{'/'.join(LOCAL_SUFFIXES)} file or folder, a Hub dataset id or a registered "
+                                f"dataset: {DATASETS.names()}.")
     if path.is_dir():
         return datasets.load_dataset(str(path), split=split)
     if suffix not in LOCAL_BUILDERS:

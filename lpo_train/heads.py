@@ -20,8 +20,9 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_GRID = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the one default temperature grid (heads, evaluation, sweeps)
 GRID_PRESETS = {
-    "default": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),  # UltraMathStories, GSM8K, UltraFeedback
+    "default": DEFAULT_GRID,  # UltraMathStories, GSM8K, UltraFeedback
     "repetition": (0.0, 0.1, 0.2, 0.4, 0.6),  # Wikitext-2 n-gram repeats
     "majority4": (0.0, 0.4, 0.8, 1.0),  # GSM8K majority voting
     "majority5": (0.0, 0.4, 0.8, 1.0, 1.2),

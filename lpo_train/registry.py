@@ -1,36 +1,139 @@
-"""Where tasks register what they provide: built-in rewards (by name) and model specs (by prefix,
-e.g. ``toy:small``). ``rewards`` and ``models`` read the registry and never import a task; the
-task package registers its entries when it is first needed (``load_builtin_tasks``)."""
+"""One plug-in registry for what tasks and users provide: rewards, prompt datasets and model specs.
+
+Each kind is a ``Registry``; an entry registers itself in its own module, with the decorator (or by a
+plain call)::
+
+    @register_reward("my_reward")            # reward_funcs: ["my_reward"]
+    def my_reward(prompts, completions, **columns): ...
+
+    @register_dataset("my_prompts")          # dataset_name: "my_prompts" or "my_prompts:ANY:OPTIONS"
+    def my_prompts(spec, seed=0, split="train", **options): ...   # -> list of rows, or a datasets.Dataset
+
+    @register_model("my_lm", hub_id=None)    # model_name_or_path: "my_lm" or "my_lm:ANY:OPTIONS"
+    def my_lm(spec): ...                     # -> a model folder or a Hub id
+
+The generic code (``rewards``, ``data``, ``models.loading``) reads the registries and never names a task;
+the built-in entries (``lpo_train/tasks/*``, ``lpo_train/models/smollm2.py``) are imported on first lookup
+(``load_builtins``). A dataset or model name is matched by the part of the spec before its first ':'
+(the rest is the entry's own options, e.g. ``smollm2_mix:eval:capital+copy``); a reward name as a whole.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
-REWARDS: dict[str, Callable] = {}
-MODEL_SPECS: dict[str, Callable[[str], str]] = {}  # spec prefix -> resolver(spec) -> a model folder
-
-
-def register_reward(name: str, fn: Callable) -> Callable:
-    if REWARDS.get(name, fn) is not fn:
-        raise ValueError(f"A reward named {name!r} is already registered.")
-    REWARDS[name] = fn
-    return fn
+BUILTIN_MODULES = ("lpo_train.rewards", "lpo_train.tasks", "lpo_train.models.smollm2")  # modules that register the built-in entries
 
 
-def register_model_spec(prefix: str, resolver: Callable[[str], str]) -> None:
-    MODEL_SPECS[prefix] = resolver
+def load_builtins() -> None:
+    """Import the modules of the built-in entries once (each registers its own)."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
 
 
-def load_builtin_tasks() -> None:
-    """Import the task package once: its modules register their rewards and model specs."""
-    import lpo_train.tasks  # noqa: F401
+class Registry:
+    """Named entries of one kind (``kind``: what error messages call them). ``prefixed``: a spec names an entry
+    by its part before the first ':' (datasets, models); otherwise by the whole string (rewards)."""
+
+    def __init__(self, kind: str, register_with: str, prefixed: bool = False):
+        self.kind, self.register_with, self.prefixed = kind, register_with, prefixed
+        self._entries: dict[str, object] = {}
+
+    def register(self, name: str, entry=None):
+        """Register ``entry`` under ``name``; without ``entry``, a decorator. A name taken by another entry is an
+        error; the same definition again (a re-run module or notebook cell) replaces it."""
+        if entry is None:
+            return lambda obj: self.register(name, obj)
+        if not isinstance(name, str) or not name.strip() or (self.prefixed and any(c in name for c in ":/\\")):
+            rule = "a non-empty string without ':', '/' or '\\'" if self.prefixed else "a non-empty string"
+            raise ValueError(f"A {self.kind} name must be {rule}, got {name!r}.")
+        old = self._entries.get(name)
+        if old is not None and old is not entry and _identity(old) != _identity(entry):
+            raise ValueError(f"A {self.kind} named {name!r} is already registered ({_identity(old)}); "
+                             f"register yours under another name.")
+        self._entries[name] = entry
+        return entry
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def entries(self) -> dict[str, object]:
+        load_builtins()
+        return self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self.entries())
+
+    def key(self, spec: str) -> str:
+        """The name a spec refers to: its part before the first ':' for prefixed kinds, else the spec."""
+        return spec.partition(":")[0] if self.prefixed else spec
+
+    def find(self, spec: str):
+        """The entry ``spec`` names, or None. A path or Hub id (with '/' or '\\') never names one."""
+        if self.prefixed and any(c in spec for c in "/\\"):
+            return None
+        return self.entries().get(self.key(spec))
+
+    def unknown(self, spec: str, what: str) -> str:
+        """The sentence for a spec that names no entry: the registered names and how to add one."""
+        return (f"{what} {spec!r}: no {self.kind} named {self.key(spec)!r} is registered. Registered {self.kind}s: "
+                f"{self.names()}; register your own with lpo_train.registry.{self.register_with}.")
+
+
+def _identity(obj) -> str:
+    obj = obj.resolve if isinstance(obj, ModelSpec) else obj
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: ``resolve(spec)`` gives a model folder (or a Hub id) for ``spec`` (its name and any
+    ':options'); ``hub_id``: what a trained head's config and card record as its base model, so that the
+    artifact works on another machine (default: the spec itself), and, offline, an id resolved by ``resolve``."""
+
+    resolve: Callable[[str], str]
+    hub_id: str | None = None
+
+
+REWARDS = Registry("reward", "register_reward")
+DATASETS = Registry("dataset", "register_dataset", prefixed=True)
+MODELS = Registry("model spec", "register_model", prefixed=True)
+
+
+def register_reward(name: str, fn: Callable | None = None):
+    """A reward by name (``reward_funcs``); TRL's reward signature. A decorator without ``fn``."""
+    return REWARDS.register(name, fn)
+
+
+def register_dataset(name: str, loader: Callable | None = None):
+    """A prompt dataset by name (``dataset_name``): ``loader(spec, seed=0, split='train', **options)`` returns its
+    rows (dicts with a 'prompt') or a ``datasets.Dataset``; ``options`` are the shared dataset fields
+    (``toy_families``, ``toy_prompts_per_family``): accept ``**options``. A decorator without ``loader``."""
+    return DATASETS.register(name, loader)
+
+
+def register_model(name: str, resolve: Callable[[str], str] | None = None, hub_id: str | None = None):
+    """A model spec by name (``model_name_or_path``): ``resolve(spec)`` returns a model folder or Hub id;
+    ``hub_id`` as in ``ModelSpec``. A decorator without ``resolve`` (it returns the resolver unchanged)."""
+    if resolve is None:
+        return lambda fn: register_model(name, fn, hub_id)
+    spec = MODELS.register(name, ModelSpec(resolve, hub_id))
+    return spec.resolve
 
 
 def builtin_rewards() -> dict[str, Callable]:
-    load_builtin_tasks()
-    return REWARDS
+    """Every registered reward by name (the built-in ones and any a user registered)."""
+    return REWARDS.entries()
 
 
-def model_spec_resolver(spec: str) -> Callable[[str], str] | None:
-    load_builtin_tasks()
-    return next((r for prefix, r in MODEL_SPECS.items() if spec == prefix or spec.startswith(prefix + ":")), None)
+def find_model_spec(spec: str, offline: bool = False) -> ModelSpec | None:
+    """The registered model ``spec`` names; ``offline``, also one whose ``hub_id`` is ``spec``."""
+    found = MODELS.find(spec)
+    if found is None and offline:
+        name = next((n for n, m in MODELS.entries().items() if m.hub_id == spec), None)
+        if name is not None:  # the registered copy stands in for the Hub id
+            entry = MODELS.entries()[name]
+            return ModelSpec(lambda _: entry.resolve(name), entry.hub_id)
+    return found

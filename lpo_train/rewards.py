@@ -100,8 +100,9 @@ def resolve_reward(spec) -> Callable:
         return fn
     if Path(spec).is_dir() or "/" in spec:
         return RewardModel(spec)
-    raise ValueError(f"Unknown reward {spec!r}. Built-in rewards: {builtin_reward_names()}; or give "
-                     "'package.module:function', a callable, or a sequence-classification model path/id.")
+    raise ValueError(f"Unknown reward {spec!r}. Built-in rewards: {builtin_reward_names()} (with any registered by "
+                     "lpo_train.registry.register_reward); or give 'package.module:function', a callable, or a "
+                     "sequence-classification model path/id.")
 
 
 def reward_name(fn) -> str:

@@ -12,8 +12,8 @@ import random
 import re
 from pathlib import Path
 
-from lpo_train.data import write_json_lines
 from lpo_train.tasks.smollm2_mix import LEXICONS, PICK_FAMILIES, make_rows
+from lpo_train.utils.io import write_json_lines
 
 ITEMS = {  # one-word items of each pick category (every one is in the reward's lexicon; checked below)
     "animals": "giraffe zebra otter penguin koala falcon lizard dolphin badger camel owl rabbit",

@@ -8,10 +8,10 @@ story prompts (where it is not), so a head fit to them should learn to be cold o
 
 from pathlib import Path
 
-from lpo_train.data import write_json_lines
 from lpo_train.decoding import FixedTemperature, SamplingParams, generate
 from lpo_train.tasks.toy import make_prompts
 from lpo_train.tasks.toy_lm import load_toy_lm
+from lpo_train.utils.io import write_json_lines
 
 
 def main() -> None:

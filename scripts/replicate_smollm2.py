@@ -45,10 +45,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+from lpo_train.heads import DEFAULT_GRID  # noqa: E402
 from lpo_train.tasks.smollm2_mix import DEFAULT_FAMILIES  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "lpo_seq.yaml"
-TEMPS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+TEMPS = list(DEFAULT_GRID)
 # --objectives: the likelihood objective (no reward, no sampled response) fits one reference per train prompt
 # (scripts/make_smollm2_references.py), 4 epochs at lr 1e-2 over cached features, as in the toy comparison
 LOSS_ARGS = {"likelihood": ["--dataset_name", str(ROOT / "recipes" / "smollm2-135m" / "data" / "references.jsonl"),

@@ -228,3 +228,51 @@ def test_an_adapter_over_an_adapter_has_base_plus_first_adapter_as_its_untuned_m
     with torch.no_grad():
         assert torch.allclose(adapter_off(model)(ids).logits, merged_first(ids).logits, atol=1e-4)
         assert torch.allclose(model(ids).logits, second(ids).logits, atol=1e-4)
+
+
+def _models_import_graph() -> dict[str, set[str]]:
+    """Module -> the lpo_train.models modules it imports (at the top or inside a function), from the source."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "lpo_train" / "models"
+    modules = {p.stem for p in folder.glob("*.py")}
+    graph = {}
+    for path in folder.glob("*.py"):
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            edges |= {t.rsplit(".", 1)[1] for t in targets
+                      if t.startswith("lpo_train.models.") and t.count(".") == 2 and t.rsplit(".", 1)[1] in modules}
+        graph[path.stem] = edges - {path.stem}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    return next((c for n in sorted(graph) if n not in state and (c := visit(n))), None)
+
+
+def test_the_models_package_imports_have_no_cycle():
+    graph = _models_import_graph()
+    assert "adapters" in graph["loading"]  # loading reads adapters (so the graph sees imports at all)
+    assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]  # the check finds a cycle when there is one
+    assert _cycle(graph) is None, f"import cycle in lpo_train/models: {' -> '.join(_cycle(graph))}"

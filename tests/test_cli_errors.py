@@ -57,8 +57,8 @@ def test_train_value_refuses_to_replace_a_trained_model(tmp_path, capsys, monkey
 
 
 def test_which_errors_are_user_errors(tmp_path):
-    from lpo_train.data import write_json_lines
     from lpo_train.guidance.run import GenerateConfig
+    from lpo_train.utils.io import write_json_lines
 
     with pytest.raises(ValueError) as check:  # a check's own raise
         GenerateConfig(method="beam")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from lpo_train.data import load_prompt_dataset, write_json_lines
+from lpo_train.data import load_prompt_dataset
+from lpo_train.utils.io import write_json_lines
 
 
 def test_missing_empty_and_malformed_files(tmp_path):

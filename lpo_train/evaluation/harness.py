@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lpo_train.cli_args import help_field as _help
-from lpo_train.config import PromptDataArguments, SamplingArguments, default_of
+from lpo_train.config import PromptDataArguments, RewardArguments, SamplingArguments, default_of
 from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams, generate
 from lpo_train.evaluation import baselines, metrics, plots
 from lpo_train.evaluation.fingerprints import (
@@ -30,6 +30,7 @@ from lpo_train.evaluation.fingerprints import (
 )
 from lpo_train.evaluation.report import summarise, write_report
 from lpo_train.evaluation.tracking import TRACKERS, log_evaluation
+from lpo_train.heads import DEFAULT_GRID
 from lpo_train.pairs import group_slices
 from lpo_train.utils.io import write_text_atomic
 
@@ -39,7 +40,7 @@ ANSWER_EXTRACTORS = ("first_number", "last_number", "text")
 
 
 @dataclass
-class EvalConfig(PromptDataArguments, SamplingArguments):
+class EvalConfig(PromptDataArguments, SamplingArguments, RewardArguments):
     model_name_or_path: str = _help("The LM: a path, a Hub id, 'toy:small' or 'smollm2'.", "toy:small")
     dataset_name: str = default_of(PromptDataArguments, "dataset_name", "toy")
     dataset_split: str = default_of(PromptDataArguments, "dataset_split", "test")
@@ -47,8 +48,6 @@ class EvalConfig(PromptDataArguments, SamplingArguments):
     dataset_seed: int = default_of(PromptDataArguments, "dataset_seed", 4242)  # held out from training's seeds
     num_generations: int = default_of(SamplingArguments, "num_generations", 4)
     max_completion_length: int = default_of(SamplingArguments, "max_completion_length", 64)
-    reward_funcs: list[str] = _help("Rewards, as in training: names, 'module:function' or model paths.", None)
-    reward_weights: list[float] | None = _help("One weight per reward function.", None)
     temperatures: list[float] = _help("The fixed-temperature grid every method is compared with.", None)
     strategies: list[str] = _help(
         "Extra strategies: 'edt:T0=1,theta=1', 'dynatemp:temp=0.8,range=0.3', 'min_p:0.1' (at T=1), "
@@ -81,7 +80,7 @@ class EvalConfig(PromptDataArguments, SamplingArguments):
     def __post_init__(self):
         self.toy_families = self.toy_families or ["arith", "story"]
         self.reward_funcs = self.reward_funcs or (["toy"] if self.dataset_name == "toy" else [])
-        self.temperatures = [float(t) for t in (self.temperatures or [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])]
+        self.temperatures = [float(t) for t in (self.temperatures or DEFAULT_GRID)]
         self.strategies = self.strategies or []
         self.report_to = [t for t in (self.report_to or []) if t != "none"]
         unknown = set(self.report_to) - set(TRACKERS)

@@ -12,8 +12,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from lpo_train.decoding import FixedTemperature
+from lpo_train.heads import DEFAULT_GRID
 
-DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2)
+# The default grid and one value above it: the sweep looks for the best fixed T, and 1.2 shows whether the
+# reward still rises past the grid's top (an optimum at 1.0 would otherwise look like an edge effect).
+DEFAULT_TEMPERATURES = (*DEFAULT_GRID, 1.2)
 
 
 def sweep_temperatures(model, tokenizer, rows: list[dict], reward_fn, temperatures=DEFAULT_TEMPERATURES,

@@ -6,8 +6,9 @@ every call (the whole model, its decoder body, its output layer) runs inside PEF
 LoRA adapter over the untuned one, the two are ``peft_model`` and ``adapter_off(peft_model)``, each
 decoded as its own stream with its own KV cache (the adapter changes the keys and values).
 
-``load_adapter_model(folder or Hub id)`` loads an adapter onto the base model its
-``adapter_config.json`` names (any spec ``load_causal_lm`` takes: a Hub id, a path, 'toy:small').
+``adapter_config(folder or Hub id)`` reads an adapter's ``adapter_config.json``; ``models.loading`` loads
+the adapter onto the base model it names (``load_adapter_model``). This module never imports
+``models.loading`` (tests/test_adapters.py checks that the models package's imports have no cycle).
 """
 
 from __future__ import annotations
@@ -104,34 +105,3 @@ def adapter_config(spec: str) -> dict | None:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-save the adapter.") from e
 
-
-def load_adapter_model(spec: str, config: dict, dtype: str = "float32"):
-    """``(peft_model, tokenizer)``: the base named in ``config`` (``base_model_name_or_path``), then the
-    adapter at ``spec`` on top of it (PEFT's ``PeftModel.from_pretrained``)."""
-    from peft import PeftModel
-
-    from lpo_train.models.loading import load_causal_lm
-
-    base_spec = config.get("base_model_name_or_path")
-    where = Path(spec) / "adapter_config.json"
-    if not base_spec:
-        raise ValueError(f"{where} names no base model (base_model_name_or_path is empty): set it to the base "
-                         "model's Hub id, path or lpo-train spec.")
-    try:
-        base, tokenizer = load_causal_lm(base_spec, dtype)
-    except (FileNotFoundError, OSError) as e:
-        raise FileNotFoundError(f"The adapter {spec} is for the base model {base_spec!r} ({where}: "
-                                f"base_model_name_or_path), which could not be loaded: {e}") from e
-    if is_peft_model(base):  # an adapter trained on base + another adapter: that one is part of its base
-        base = base.merge_and_unload()
-    try:
-        model = PeftModel.from_pretrained(base, spec)
-    except (RuntimeError, ValueError, KeyError) as e:  # shape mismatches, missing target modules
-        raise ValueError(f"The adapter {spec} does not fit its base model {base_spec!r} ({type(e).__name__}: {e}). "
-                         f"Check base_model_name_or_path in {where}.") from e
-    if (Path(spec) / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(spec)
-    model.lpo_adapter = str(spec)  # what a head's card records beside the base model
-    return model, tokenizer

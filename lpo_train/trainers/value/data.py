@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lpo_train.cli_args import help_field as _help
-from lpo_train.config import PromptDataArguments, SamplingArguments, default_of
+from lpo_train.config import PromptDataArguments, RewardArguments, SamplingArguments, default_of
 from lpo_train.pairs import BEST_WORST, BRADLEY_TERRY, VALUE_PAIR_MODES, bradley_terry_pairs, build_pairs
 
 PAIR_MODES = VALUE_PAIR_MODES  # train-value's pair_mode (declared in lpo_train.pairs)
 
 
 @dataclass
-class ValueDataArguments(PromptDataArguments, SamplingArguments):
+class ValueDataArguments(PromptDataArguments, SamplingArguments, RewardArguments):
     """Where the training responses come from (shared by both kinds). ``dataset_seed`` also seeds the
     sampling and the labels."""
 
@@ -29,8 +29,6 @@ class ValueDataArguments(PromptDataArguments, SamplingArguments):
     dataset_name: str | None = default_of(PromptDataArguments, "dataset_name", "toy")
     toy_prompts_per_family: int = default_of(PromptDataArguments, "toy_prompts_per_family", 256)
     dataset_seed: int = default_of(PromptDataArguments, "dataset_seed", 0)
-    reward_funcs: list[str] = _help("Gold rewards: built-in names, 'module:function' or model paths.", None)
-    reward_weights: list[float] | None = _help("One weight per reward function.", None)
     num_generations: int = default_of(SamplingArguments, "num_generations", 4)
     max_completion_length: int = default_of(SamplingArguments, "max_completion_length", 48)
     sampling_temperature: float = _help("Temperature of the sampler.", 1.0)
