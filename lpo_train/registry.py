@@ -107,11 +107,28 @@ def register_reward(name: str, fn: Callable | None = None):
     return REWARDS.register(name, fn)
 
 
-def register_dataset(name: str, loader: Callable | None = None):
+DATASET_REWARDS: dict[str, list[str]] = {}  # dataset name -> the rewards a command uses when given none
+
+
+def register_dataset(name: str, loader: Callable | None = None, default_rewards: list[str] | None = None):
     """A prompt dataset by name (``dataset_name``): ``loader(spec, seed=0, split='train', **options)`` returns its
     rows (dicts with a 'prompt') or a ``datasets.Dataset``; ``options`` are the shared dataset fields
-    (``toy_families``, ``toy_prompts_per_family``): accept ``**options``. A decorator without ``loader``."""
+    (``toy_families``, ``toy_prompts_per_family``): accept ``**options``. ``default_rewards``: the reward names
+    ``train`` / ``evaluate`` / ``train-value`` use on this dataset when ``reward_funcs`` is not set. A decorator
+    without ``loader``."""
+    if loader is None:
+        return lambda fn: register_dataset(name, fn, default_rewards)
+    if default_rewards:
+        DATASET_REWARDS[name] = list(default_rewards)
     return DATASETS.register(name, loader)
+
+
+def default_rewards(dataset_name: str | None) -> list[str]:
+    """The rewards registered with ``dataset_name``'s dataset (``register_dataset(..., default_rewards=...)``), or
+    [] (then the command needs ``reward_funcs``)."""
+    if not dataset_name or DATASETS.find(str(dataset_name)) is None:  # find loads the built-in entries
+        return []
+    return list(DATASET_REWARDS.get(DATASETS.key(str(dataset_name)), []))
 
 
 def register_model(name: str, resolve: Callable[[str], str] | None = None, hub_id: str | None = None):

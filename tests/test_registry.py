@@ -122,3 +122,26 @@ def _names_in_strings(path: Path, names: list[str]) -> list[str]:
 def test_the_generic_modules_name_no_task_or_model(module):
     names = sorted(set(DATASETS.names()) | set(MODELS.names()))
     assert _names_in_strings(ROOT / module, names) == []
+
+
+def test_a_dataset_names_its_default_rewards_for_every_command(tmp_path):
+    """register_dataset(..., default_rewards=...) is what train, evaluate and train-value use without reward_funcs
+    (the toy world's 'toy' reward comes this way); a dataset without them, a file or a Hub id gets none."""
+    from lpo_train.evaluation.harness import EvalConfig
+    from lpo_train.registry import DATASET_REWARDS, DATASETS, default_rewards, register_dataset
+    from lpo_train.trainers.value import ValueDataArguments
+    from tests.helpers.configs import toy_lpo_config
+
+    register_dataset("with_reward", lambda spec, seed=0, split="train", **o: [{"prompt": "x"}],
+                     default_rewards=["arith"])
+    try:
+        assert default_rewards("with_reward:opts") == ["arith"] and default_rewards("toy") == ["toy"]
+        assert default_rewards("prompts.jsonl") == [] and default_rewards("org/data") == [] == default_rewards(None)
+        assert toy_lpo_config(tmp_path, dataset_name="with_reward").reward_funcs == ["arith"]
+        assert EvalConfig(dataset_name="with_reward", output_dir=str(tmp_path / "e")).reward_funcs == ["arith"]
+        assert ValueDataArguments(dataset_name="with_reward").reward_funcs == ["arith"]
+        assert EvalConfig(dataset_name="with_reward", reward_funcs=["story"],
+                          output_dir=str(tmp_path / "e")).reward_funcs == ["story"]  # given ones win
+    finally:
+        DATASETS.unregister("with_reward")
+        DATASET_REWARDS.pop("with_reward", None)

@@ -32,6 +32,7 @@ from lpo_train.evaluation.report import summarise, write_report
 from lpo_train.evaluation.tracking import TRACKERS, log_evaluation
 from lpo_train.heads import DEFAULT_GRID
 from lpo_train.pairs import group_slices
+from lpo_train.registry import default_rewards
 from lpo_train.utils.io import write_text_atomic
 
 ANSWER_EXTRACTORS = ("first_number", "last_number", "text")
@@ -79,7 +80,7 @@ class EvalConfig(PromptDataArguments, SamplingArguments, RewardArguments):
 
     def __post_init__(self):
         self.toy_families = self.toy_families or ["arith", "story"]
-        self.reward_funcs = self.reward_funcs or (["toy"] if self.dataset_name == "toy" else [])
+        self.reward_funcs = self.reward_funcs or default_rewards(self.dataset_name)
         self.temperatures = [float(t) for t in (self.temperatures or DEFAULT_GRID)]
         self.strategies = self.strategies or []
         self.report_to = [t for t in (self.report_to or []) if t != "none"]

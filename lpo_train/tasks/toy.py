@@ -296,7 +296,7 @@ def _register() -> None:
     for name, fn in ((NAME, toy_reward), ("arith", arith_reward), ("arith_final", arith_final_reward),
                      ("story", story_reward), ("constrained", constrained_reward), ("sentiment", sentiment_reward)):
         register_reward(name, fn)
-    register_dataset(NAME, load_toy_prompts)
+    register_dataset(NAME, load_toy_prompts, default_rewards=[NAME])
 
 
 _register()

@@ -13,6 +13,7 @@ from lpo_train.heads import GRID_PRESETS, INPUT_NORMS, KNOBS, LEVELS, SELECTIONS
 from lpo_train.losses import SCALE_REWARDS
 from lpo_train.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, get_objective
 from lpo_train.pairs import PAIR_MODES
+from lpo_train.registry import default_rewards
 
 
 @dataclass
@@ -106,7 +107,7 @@ class LPOConfig(PromptDataArguments, SamplingArguments, RewardArguments, LoraArg
         if self.toy_families is None:
             self.toy_families = ["arith", "story"]
         if self.reward_funcs is None:
-            self.reward_funcs = ["toy"] if self.dataset_name == "toy" else []
+            self.reward_funcs = default_rewards(self.dataset_name)
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 to form pairs, got {self.num_generations}.")
         if self.head_name_or_path is None:  # a continued head decides these (the trainer checks a conflict)

@@ -13,6 +13,7 @@ from pathlib import Path
 from lpo_train.cli_args import help_field as _help
 from lpo_train.config import PromptDataArguments, RewardArguments, SamplingArguments, default_of
 from lpo_train.pairs import BEST_WORST, BRADLEY_TERRY, VALUE_PAIR_MODES, bradley_terry_pairs, build_pairs
+from lpo_train.registry import default_rewards
 
 PAIR_MODES = VALUE_PAIR_MODES  # train-value's pair_mode (declared in lpo_train.pairs)
 
@@ -39,7 +40,7 @@ class ValueDataArguments(PromptDataArguments, SamplingArguments, RewardArguments
 
     def __post_init__(self):
         self.toy_families = self.toy_families or ["sentiment"]
-        self.reward_funcs = self.reward_funcs or (["toy"] if self.dataset_name == "toy" else [])
+        self.reward_funcs = self.reward_funcs or default_rewards(self.dataset_name)
         if self.pair_mode not in PAIR_MODES:
             raise ValueError(f"pair_mode must be one of {PAIR_MODES}, got {self.pair_mode!r}.")
         if self.num_generations < 2:
