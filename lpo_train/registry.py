@@ -27,10 +27,36 @@ from dataclasses import dataclass
 BUILTIN_MODULES = ("lpo_train.rewards", "lpo_train.tasks", "lpo_train.models.smollm2")  # modules that register the built-in entries
 
 
+PLUGIN_GROUP = "lpo_train.plugins"  # entry points of installed packages whose modules register entries
+PLUGIN_ENV = "LPO_TRAIN_PLUGINS"  # or modules named here (comma-separated), e.g. for the command line
+_plugins_loaded: set[str] = set()
+
+
 def load_builtins() -> None:
-    """Import the modules of the built-in entries once (each registers its own)."""
+    """Import the modules of the built-in entries once (each registers its own), then the user's plug-ins: the
+    modules named in ``$LPO_TRAIN_PLUGINS`` and the ``lpo_train.plugins`` entry points of installed packages, so
+    that entries registered there reach the command line too."""
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
+    for module in plugin_modules():
+        if module in _plugins_loaded:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ImportError(f"The lpo-train plug-in module {module!r} (from ${PLUGIN_ENV} or a package's "
+                              f"{PLUGIN_GROUP!r} entry point) cannot be imported: {e}. Fix the name, or put its folder "
+                              "on PYTHONPATH.") from e
+        _plugins_loaded.add(module)
+
+
+def plugin_modules() -> list[str]:
+    """The plug-in modules: ``$LPO_TRAIN_PLUGINS`` (comma-separated), then the ``lpo_train.plugins`` entry points."""
+    import os
+    from importlib.metadata import entry_points
+
+    named = [m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()]
+    return named + [ep.value.partition(":")[0] for ep in entry_points(group=PLUGIN_GROUP)]
 
 
 class Registry:

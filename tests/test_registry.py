@@ -145,3 +145,29 @@ def test_a_dataset_names_its_default_rewards_for_every_command(tmp_path):
     finally:
         DATASETS.unregister("with_reward")
         DATASET_REWARDS.pop("with_reward", None)
+
+
+def test_a_plugin_module_registers_for_the_command_line(tmp_path, monkeypatch):
+    """LPO_TRAIN_PLUGINS names a module that registers a dataset: a fresh process (as a command-line run is, the
+    command line) finds it; a plug-in that cannot be imported is an error naming the variable."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "my_plugin_tasks.py").write_text(
+        "from lpo_train.registry import register_dataset\n"
+        "register_dataset('plugin_sums', lambda spec, seed=0, split='train', **o: "
+        "[{'prompt': f'What is {i} + 1?'} for i in range(3)], default_rewards=['arith'])\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)]), "HF_HUB_OFFLINE": "1",
+           "LPO_TRAIN_PLUGINS": "my_plugin_tasks"}
+    code = ("from lpo_train.evaluation.harness import EvalConfig, load_rows; "
+            "c = EvalConfig(dataset_name='plugin_sums', output_dir='unused'); print(len(load_rows(c)), c.reward_funcs)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "3 ['arith']"
+    from lpo_train import registry
+
+    monkeypatch.setenv("LPO_TRAIN_PLUGINS", "no_such_plugin_module")
+    with pytest.raises(ImportError, match="LPO_TRAIN_PLUGINS"):
+        registry.load_builtins()
