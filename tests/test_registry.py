@@ -148,8 +148,8 @@ def test_a_dataset_names_its_default_rewards_for_every_command(tmp_path):
 
 
 def test_a_plugin_module_registers_for_the_command_line(tmp_path, monkeypatch):
-    """LPO_TRAIN_PLUGINS names a module that registers a dataset: a fresh process (as a command-line run is, the
-    command line) finds it; a plug-in that cannot be imported is an error naming the variable."""
+    """LPO_TRAIN_PLUGINS names a module that registers a dataset: a fresh process (as a command-line run is) finds
+    it; a plug-in that cannot be imported is an error naming the variable."""
     import os
     import subprocess
     import sys
