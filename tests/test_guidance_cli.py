@@ -52,6 +52,23 @@ def test_generate_writes_jsonl_for_every_method(guidance_folders, tiny_lm_path, 
     assert all((r["score"] is not None) == searched for r in records)
 
 
+def test_generate_weighs_its_rewards_with_the_shared_reward_weights(guidance_folders, tiny_lm_path, tmp_path):
+    """generate's reward_funcs / reward_weights are the shared fields (as in train and evaluate): best-of-N with the
+    length reward at weight -1 keeps each prompt's shortest candidate, scored -length; at weight 1 the longest."""
+    scores = {}
+    for weight in ("1", "-1"):
+        out = tmp_path / f"bon{weight}.jsonl"
+        cli(["generate", "--method", "bon", "--model_name_or_path", str(tiny_lm_path), "--dataset_name",
+             str(guidance_folders / "prompts.jsonl"), "--max_completion_length", "8", "--num_candidates", "4",
+             "--reward_funcs", "tests.helpers.my_rewards:length_reward", "--reward_weights", weight,
+             "--output_file", str(out)])
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert all(r["score"] == pytest.approx(float(weight) * len(r["response"])) for r in records)
+        scores[weight] = [len(r["response"]) for r in records]
+    assert all(short <= long for short, long in zip(scores["-1"], scores["1"]))
+    assert scores["-1"] != scores["1"]
+
+
 def test_generate_grid_cell_by_configuration_matches_the_api(guidance_folders, tiny_lm_path, tmp_path):
     """explicit token level x implicit chunk level, set by flags, equals the Python API."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

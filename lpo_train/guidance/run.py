@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lpo_train.cli_args import help_field as _help
-from lpo_train.config import DecodingArguments, PromptDataArguments, default_of
+from lpo_train.config import DecodingArguments, PromptDataArguments, RewardArguments, default_of
 
 METHODS = {  # method -> (token guidance, chunk guidance); beam search follows from the chunk guidance
     "base": ("none", "none"),
@@ -41,7 +41,10 @@ CHUNK_GUIDANCE = ("none", "implicit", "explicit", "reward")
 
 
 @dataclass
-class GenerateConfig(PromptDataArguments, DecodingArguments):
+class GenerateConfig(PromptDataArguments, DecodingArguments, RewardArguments):
+    """``reward_funcs`` / ``reward_weights`` (the shared fields): the sequence rewards of chunk-level 'reward'
+    guidance (best-of-N with a reward) and of ARGS."""
+
     method: str = _help(f"Preset: one of {sorted(METHODS)} (see the table in lpo_train/guidance/run.py).", "ivg")
     token_guidance: str | None = _help(f"Override the token-level guidance: one of {TOKEN_GUIDANCE}.", None)
     chunk_guidance: str | None = _help(f"Override the chunk-level guidance: one of {CHUNK_GUIDANCE}.", None)
@@ -50,8 +53,6 @@ class GenerateConfig(PromptDataArguments, DecodingArguments):
     untuned_model: str | None = _help("Implicit value: its untuned reference (e.g. the SFT model); leave it out when "
                                       "tuned_model is a PEFT adapter (the untuned model is its adapter off).", None)
     value_model: str | None = _help("Explicit value: a value model (lpo-train train-value explicit).", None)
-    reward_funcs: list[str] | None = _help("Sequence rewards for chunk-level 'reward' guidance (best-of-N with a "
-                                           "reward) and ARGS: names, 'module:function' or reward-model paths.", None)
     gold_reward_funcs: list[str] | None = _help("Rewards that score the final responses (reported, not used).", None)
     beam_width: int = _help("W: hypotheses kept at each chunk boundary.", 4)
     num_candidates: int = _help("K: successors per hypothesis (best-of-N: N).", 4)
@@ -151,7 +152,7 @@ def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] |
         rule = ExplicitGuidance(value, config.w_token, config.temperature, tokenizer=tok)
     elif config.token_guidance == "args":
         rule = ARGS(config.reward_funcs, config.args_weight, config.args_k,
-                    0.0 if config.args_greedy else config.temperature, rows=rows)
+                    0.0 if config.args_greedy else config.temperature, reward_weights=config.reward_weights, rows=rows)
     inc = config.incremental_scoring
     if config.chunk_guidance == "implicit" and config.token_guidance == "implicit":
         scorer = ImplicitScorer.from_guidance(rule, config.beta_chunk)  # the token level's streams, not a second run
@@ -162,7 +163,7 @@ def build(config: GenerateConfig, models: dict | None = None, rows: list[dict] |
         value, tok = get(config.value_model, value=True)
         scorer = ExplicitScorer(value, config.beta_chunk, tokenizer=tok, incremental=inc)
     elif config.chunk_guidance == "reward":
-        scorer = RewardScorer(config.reward_funcs)
+        scorer = RewardScorer(config.reward_funcs, config.reward_weights)
     return rule, scorer
 
 
