@@ -32,13 +32,14 @@ class PromptDataArguments:
     toy_prompts_per_family: int = _help("Toy-world prompts per family when dataset_name is 'toy'.", 64)
 
     def load_prompts(self, seed: int = 0, prompt_column: str = "prompt", name: str | None = None,
-                     split: str | None = None):
+                     split: str | None = None, seed_offset: int = 0):
         """The prompt ``datasets.Dataset`` (``seed``: used when ``dataset_seed`` is unset); ``name`` / ``split``:
-        another dataset under the same settings (e.g. an evaluation set)."""
+        another dataset under the same settings (e.g. an evaluation set); ``seed_offset`` is added to the seed (an
+        evaluation set of a generated dataset, such as the toy world's, is drawn with other random numbers)."""
         from lpo_train.data import load_prompt_dataset
 
         return load_prompt_dataset(name or self.dataset_name, split or self.dataset_split,
-                                   seed if self.dataset_seed is None else self.dataset_seed,
+                                   (seed if self.dataset_seed is None else self.dataset_seed) + seed_offset,
                                    self.toy_families, self.toy_prompts_per_family, prompt_column)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lpo_train.utils.io import write_json_lines  # noqa: F401  (its home before lpo_train.utils.io; kept importable)
+
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}  # datasets' builders
 LOCAL_SUFFIXES = tuple(LOCAL_BUILDERS)
 

@@ -66,12 +66,15 @@ class Registry:
     def __init__(self, kind: str, register_with: str, prefixed: bool = False):
         self.kind, self.register_with, self.prefixed = kind, register_with, prefixed
         self._entries: dict[str, object] = {}
+        self._extras: dict[str, dict] = {}  # per name, what the entry was registered with (e.g. default rewards)
 
-    def register(self, name: str, entry=None):
-        """Register ``entry`` under ``name``; without ``entry``, a decorator. A name taken by another entry is an
-        error; the same definition again (a re-run module or notebook cell) replaces it."""
+    def register(self, name: str, entry=None, **extras):
+        """Register ``entry`` under ``name`` (with ``extras``, read back by ``extra``); without ``entry``, a
+        decorator. A name taken by another entry, built-in ones included, is an error; the same definition again (a
+        re-run module or notebook cell) replaces it."""
         if entry is None:
-            return lambda obj: self.register(name, obj)
+            return lambda obj: self.register(name, obj, **extras)
+        load_builtins()  # so that a user's entry meets the built-in names (re-entrant while they register)
         if not isinstance(name, str) or not name.strip() or (self.prefixed and any(c in name for c in ":/\\")):
             rule = "a non-empty string without ':', '/' or '\\'" if self.prefixed else "a non-empty string"
             raise ValueError(f"A {self.kind} name must be {rule}, got {name!r}.")
@@ -80,10 +83,16 @@ class Registry:
             raise ValueError(f"A {self.kind} named {name!r} is already registered ({_identity(old)}); "
                              f"register yours under another name.")
         self._entries[name] = entry
+        self._extras[name] = dict(extras)
         return entry
 
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
+        self._extras.pop(name, None)
+
+    def extra(self, spec: str, key: str, default=None):
+        """What the entry ``spec`` names was registered with under ``key`` (``default`` when none or no entry)."""
+        return self._extras.get(self.key(spec), {}).get(key, default) if self.find(spec) is not None else default
 
     def entries(self) -> dict[str, object]:
         load_builtins()
@@ -109,8 +118,11 @@ class Registry:
 
 
 def _identity(obj) -> str:
+    """Where a definition comes from (module, name, first line): equal for the same code run again."""
     obj = obj.resolve if isinstance(obj, ModelSpec) else obj
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+    line = getattr(getattr(obj, "__code__", None), "co_firstlineno", None)
+    return (f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+            + (f" (line {line})" if line is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -133,28 +145,19 @@ def register_reward(name: str, fn: Callable | None = None):
     return REWARDS.register(name, fn)
 
 
-DATASET_REWARDS: dict[str, list[str]] = {}  # dataset name -> the rewards a command uses when given none
-
-
 def register_dataset(name: str, loader: Callable | None = None, default_rewards: list[str] | None = None):
     """A prompt dataset by name (``dataset_name``): ``loader(spec, seed=0, split='train', **options)`` returns its
     rows (dicts with a 'prompt') or a ``datasets.Dataset``; ``options`` are the shared dataset fields
     (``toy_families``, ``toy_prompts_per_family``): accept ``**options``. ``default_rewards``: the reward names
     ``train`` / ``evaluate`` / ``train-value`` use on this dataset when ``reward_funcs`` is not set. A decorator
     without ``loader``."""
-    if loader is None:
-        return lambda fn: register_dataset(name, fn, default_rewards)
-    if default_rewards:
-        DATASET_REWARDS[name] = list(default_rewards)
-    return DATASETS.register(name, loader)
+    return DATASETS.register(name, loader, default_rewards=list(default_rewards or []))
 
 
 def default_rewards(dataset_name: str | None) -> list[str]:
     """The rewards registered with ``dataset_name``'s dataset (``register_dataset(..., default_rewards=...)``), or
     [] (then the command needs ``reward_funcs``)."""
-    if not dataset_name or DATASETS.find(str(dataset_name)) is None:  # find loads the built-in entries
-        return []
-    return list(DATASET_REWARDS.get(DATASETS.key(str(dataset_name)), []))
+    return list(DATASETS.extra(str(dataset_name), "default_rewards", [])) if dataset_name else []
 
 
 def register_model(name: str, resolve: Callable[[str], str] | None = None, hub_id: str | None = None):

@@ -1,5 +1,7 @@
 """lpo_train.utils.io: atomic writes (files and folders), JSON lines, fingerprints."""
 
+from pathlib import Path
+
 import pytest
 
 from lpo_train.utils.io import (
@@ -82,6 +84,30 @@ def test_folders_are_written_and_replaced_whole(tmp_path):
             (tmp / "weights.bin").write_text("v3, half")
             raise Crash
     assert (target / "weights.bin").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_failed_folder_replace_keeps_the_previous_folder(tmp_path, monkeypatch):
+    """The old folder steps aside before the new one moves in: when that move fails, the old one comes back."""
+    import lpo_train.utils.io as io_module
+
+    target = tmp_path / "model"
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "weights.bin").write_text("v1")
+    real = io_module.os.replace
+
+    def failing(src, dst):
+        if Path(src).name == "model.partial":
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(io_module.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "weights.bin").write_text("v2")
+    assert (target / "weights.bin").read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 

@@ -56,6 +56,8 @@ def test_eval_reward_equals_fixed_temperature_sampling_with_the_same_seeds(toy_l
     # the same seeds at every evaluation: a second call reports the same numbers; it is in the log history
     assert trainer.evaluate()["eval_reward"] == metrics["eval_reward"]
     assert [e["eval_reward"] for e in trainer.state.log_history if "eval_reward" in e] == [metrics["eval_reward"]] * 2
+    trainer.args.per_device_eval_batch_size = 1  # sampled a prompt at a time: the same samples, the same numbers
+    assert trainer.evaluate() | {"eval_runtime": 0} == metrics | {"eval_runtime": 0}
 
 
 def test_evaluation_at_eval_steps_keeps_the_training_metrics(toy_lm_folder, tmp_path, eval_rows):
@@ -79,6 +81,33 @@ def test_eval_dataset_name_loads_prompts_and_turns_evaluation_on(toy_lm_folder, 
     assert args.eval_strategy == "steps" and args.eval_steps == args.logging_steps
     trainer = LPOTrainer(model=str(toy_lm_folder), args=args)
     assert len(trainer.eval_dataset) == 6 and trainer.eval_dataset["prompt"] == [r["prompt"] for r in eval_rows]
+
+
+def test_a_generated_eval_dataset_is_drawn_apart_from_the_training_prompts(toy_lm_folder, tmp_path):
+    """eval_dataset_name 'toy' (a generated dataset, no splits) is drawn with another seed than the training
+    prompts, so it is not the training set evaluated again."""
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=toy_lpo_config(tmp_path, eval_dataset_name="toy",
+                                                                       toy_prompts_per_family=16))
+    train = [str(p) for p in trainer.train_dataset["prompt"]]
+    held = [str(p) for p in trainer.eval_dataset["prompt"]]
+    assert len(held) == len(train) == 32 and held != train
+    assert sum(p in set(train) for p in held) < len(held) / 2, sum(p in set(train) for p in held)
+
+
+def test_named_eval_datasets_are_evaluated_each_under_its_name(toy_lm_folder, tmp_path, eval_rows):
+    """TRL's dict of eval datasets: each is evaluated at eval_steps and by evaluate() as eval_<name>_<metric>, with
+    the numbers it gets alone (its own rows, positions and seeds)."""
+    named = {family: Dataset.from_list([r for r in eval_rows if r["family"] == family]) for family in ("arith", "story")}
+    args = toy_lpo_config(tmp_path, eval_strategy="steps", eval_steps=2, max_steps=2)
+    trainer = LPOTrainer(model=str(toy_lm_folder), args=args, eval_dataset=named)
+    trainer.train()
+    logged = {k for e in trainer.state.log_history for k in e if k.endswith("_reward")}
+    assert {"eval_arith_reward", "eval_story_reward"} <= logged and "eval_reward" not in logged
+    metrics = trainer.evaluate()
+    assert metrics["eval_arith_reward"] == metrics["eval_arith_reward/arith"]
+    assert trainer.evaluate(named["story"])["eval_reward"] == metrics["eval_story_reward"]
+    assert trainer.evaluate("arith", metric_key_prefix="eval_arith")["eval_arith_reward"] == \
+        metrics["eval_arith_reward"]
 
 
 def test_bad_evaluation_settings_are_clear_errors(toy_lm_folder, tmp_path):

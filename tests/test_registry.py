@@ -82,7 +82,7 @@ def test_a_taken_name_and_a_bad_name_are_errors():
     with pytest.raises(ValueError, match="A model spec name must be a non-empty string without ':'"):
         register_model("my:lm", lambda spec: spec)
     toy_loader = DATASETS.entries()["toy"]
-    assert register_dataset("toy", toy_loader) is toy_loader  # the same entry again is no conflict
+    assert register_dataset("toy", toy_loader, default_rewards=["toy"]) is toy_loader  # the same entry again: no conflict
 
 
 def test_a_loader_returning_something_else_is_named():
@@ -128,7 +128,7 @@ def test_a_dataset_names_its_default_rewards_for_every_command(tmp_path):
     """register_dataset(..., default_rewards=...) is what train, evaluate and train-value use without reward_funcs
     (the toy world's 'toy' reward comes this way); a dataset without them, a file or a Hub id gets none."""
     from lpo_train.evaluation.harness import EvalConfig
-    from lpo_train.registry import DATASET_REWARDS, DATASETS, default_rewards, register_dataset
+    from lpo_train.registry import DATASETS, default_rewards, register_dataset
     from lpo_train.trainers.value import ValueDataArguments
     from tests.helpers.configs import toy_lpo_config
 
@@ -144,7 +144,10 @@ def test_a_dataset_names_its_default_rewards_for_every_command(tmp_path):
                           output_dir=str(tmp_path / "e")).reward_funcs == ["story"]  # given ones win
     finally:
         DATASETS.unregister("with_reward")
-        DATASET_REWARDS.pop("with_reward", None)
+    assert default_rewards("with_reward") == []  # gone with its entry
+    with pytest.raises(ValueError, match="already registered"):  # a built-in name: refused, defaults untouched
+        register_dataset("toy", lambda spec, **o: [], default_rewards=["arith"])
+    assert default_rewards("toy") == ["toy"]
 
 
 def test_a_plugin_module_registers_for_the_command_line(tmp_path, monkeypatch):

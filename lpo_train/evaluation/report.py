@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lpo_train.evaluation import baselines, metrics
+from lpo_train.utils.io import write_text_atomic
 
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -197,4 +198,4 @@ def write_report(summary: dict, config, path: Path, baseline_result: dict | None
                          f"{_fmt(s['mean_value_other'], '.2f')} |")
     if baseline_result is not None:
         lines += baseline_lines(baseline_result)
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")

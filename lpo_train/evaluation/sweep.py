@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lpo_train.decoding import FixedTemperature
 from lpo_train.heads import DEFAULT_GRID
+from lpo_train.utils.io import write_text_atomic
 
 # The default grid and one value above it: the sweep looks for the best fixed T, and 1.2 shows whether the
 # reward still rises past the grid's top (an optimum at 1.0 would otherwise look like an edge effect).
@@ -112,6 +113,6 @@ def save_sweep(tables: list[dict], seeds: list[int], output_dir: str | Path, met
         "mix_margin_mean": statistics.fmean(margins) if margins else None,
         "mix_margin_std": statistics.stdev(margins) if len(margins) > 1 else None,
     }
-    (output_dir / "sweep.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(output_dir / "sweep.json", json.dumps(summary, indent=2))
     plot_sweep(agg, output_dir / "sweep.png")
     return summary

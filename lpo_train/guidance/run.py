@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lpo_train.cli_args import help_field as _help
 from lpo_train.config import DecodingArguments, PromptDataArguments, RewardArguments, default_of
+from lpo_train.utils.io import write_text_atomic
 
 METHODS = {  # method -> (token guidance, chunk guidance); beam search follows from the chunk guidance
     "base": ("none", "none"),
@@ -215,7 +216,8 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
     if gold is not None:
         stats["mean_gold_reward"] = sum(gold) / len(gold)
     out = write_json_lines(config.output_file, records)  # atomic: a half-written file is never a finished run
-    out.with_name(out.stem + ".meta.json").write_text(json.dumps({"config": asdict(config), "stats": stats}, indent=2))
+    write_text_atomic(out.with_name(out.stem + ".meta.json"),
+                      json.dumps({"config": asdict(config), "stats": stats}, indent=2))
     return {"records": records, "stats": stats}
 
 

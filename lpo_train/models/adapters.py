@@ -8,7 +8,7 @@ decoded as its own stream with its own KV cache (the adapter changes the keys an
 
 ``adapter_config(folder or Hub id)`` reads an adapter's ``adapter_config.json``; ``models.loading`` loads
 the adapter onto the base model it names (``load_adapter_model``). This module never imports
-``models.loading`` (tests/test_adapters.py checks that the models package's imports have no cycle).
+``models.loading`` (tests/test_import_graph.py checks that the models package's imports have no cycle).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import torch
 from lpo_train.decoding.adaptive import exploration_probs, explore, stratified_inclusion
 from lpo_train.decoding.randomness import row_uniforms, seed_for
 from lpo_train.objectives.base import GroupDraw, PairBatch, SampleBatch
+from lpo_train.utils.io import write_text_atomic
 
 
 @dataclass
@@ -325,5 +326,5 @@ def main(argv: list[str] | None = None) -> int:
                                 "seed": r.seed, "steps": r.steps, "passed": r.passed, "probs": r.probs,
                                 "optimum": r.optimum, "means": r.means} for r in results]}
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(payload, indent=1))
+        write_text_atomic(args.output, json.dumps(payload, indent=1))
     return 1 if failed else 0

@@ -66,9 +66,9 @@ class LPOTrainer(Trainer):
                                       args, likelihood)
         if eval_dataset is None and args.eval_dataset_name:
             eval_dataset = args.load_prompts(seed=args.seed, name=args.eval_dataset_name,
-                                             split=args.eval_dataset_split)
-        if eval_dataset is not None:
-            eval_dataset = check_prompts(eval_dataset, args, likelihood=False, what="eval")
+                                             split=args.eval_dataset_split, seed_offset=lpo_eval.EVAL_SEED_OFFSET)
+        if eval_dataset is not None:  # a dataset, or TRL's dict of named ones (each evaluated as eval_<name>_...)
+            eval_dataset = lpo_eval.each(eval_dataset, lambda d, name: check_prompts(d, args, False, name))
             if not self.reward_funcs:
                 raise ValueError("An eval dataset is scored with the reward functions, and this run has none "
                                  "(loss_type 'likelihood' without reward_funcs): set reward_funcs, or drop "
@@ -86,7 +86,7 @@ class LPOTrainer(Trainer):
                                                  num_layers=args.head_num_layers, input_norm=args.head_input_norm)
         train_dataset = lpo_rollout.with_positions(lpo_rollout.drop_long_prompts(self, train_dataset, args))
         if eval_dataset is not None:
-            eval_dataset = lpo_rollout.with_positions(lpo_rollout.drop_long_prompts(self, eval_dataset, args, "eval"))
+            eval_dataset = lpo_eval.each(eval_dataset, lambda d, name: lpo_eval.prepare(self, args, d, name))
         if args.use_peft:  # Eq. 9 with a trainable LM: the Trainer optimises the head and a LoRA adapter together
             self.lm = peft_lm_for_joint(self.lm, self.lora_config)
             if head.config.extra.get("adapter_in_repo"):  # a jointly trained head continues with its own adapter
@@ -213,18 +213,8 @@ class LPOTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """The head's held-out reward and choices (``lpo_eval``): on ``eval_dataset`` (prompts) or the trainer's,
-        logged and returned as ``{metric_key_prefix}_<metric>``."""
-        dataset = self.eval_dataset if eval_dataset is None else lpo_rollout.with_positions(
-            lpo_rollout.drop_long_prompts(self, check_prompts(eval_dataset, self.args, False, "eval"), self.args,
-                                          "eval"))
-        if dataset is None:
-            raise ValueError("Nothing to evaluate on: give LPOTrainer(eval_dataset=...), eval_dataset_name, or "
-                             "evaluate(eval_dataset=...).")
-        metrics = lpo_eval.evaluate_head(self, dataset, metric_key_prefix)
-        Trainer.log(self, dict(metrics))  # not LPOTrainer.log: the training metrics pending stay for their own log
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+        """The head's held-out reward and choices on ``eval_dataset`` or the trainer's (``lpo_eval.evaluate``)."""
+        return lpo_eval.evaluate(self, eval_dataset, metric_key_prefix)
 
     def _prepare_inputs(self, inputs):
         return inputs  # already on device (built in collate)

@@ -20,6 +20,8 @@ from lpo_train.trainers import lpo_rollout
 from lpo_train.trainers.lpo_metrics import reduce_across_processes
 
 logger = logging.getLogger(__name__)
+EVAL_SEED_OFFSET = 4242  # eval_dataset_name's dataset seed = the training prompts' + this (as the replications draw
+# held-out toy prompts): a generated dataset (toy, reasoning_gym) then gives other prompts than training's
 
 
 def eval_seed(trainer, row) -> int:
@@ -27,20 +29,78 @@ def eval_seed(trainer, row) -> int:
     return seed_for(trainer.args.seed, "eval", str(row["prompt"]), row.get(PRIVATE_COLUMN))
 
 
+def each(data, prepare):
+    """``prepare(dataset, what)`` on an eval dataset, or on each of TRL's dict of named ones (``what`` names it in
+    messages: 'eval' or 'eval <name>')."""
+    if isinstance(data, dict):
+        return {name: prepare(d, f"eval {name}") for name, d in data.items()}
+    return prepare(data, "eval")
+
+
+def prepare(trainer, args, dataset, what: str = "eval"):
+    """Prompts (already checked) made ready to evaluate: over-long ones dropped (and said), rows numbered."""
+    return lpo_rollout.with_positions(lpo_rollout.drop_long_prompts(trainer, dataset, args, what))
+
+
+def evaluate(trainer, eval_dataset=None, prefix: str = "eval") -> dict[str, float]:
+    """``LPOTrainer.evaluate``: on ``eval_dataset`` (prompts; or the name of one of the trainer's named eval
+    datasets) or the trainer's, logged and returned as ``{prefix}_<metric>``; a dict of named datasets (TRL's form)
+    gives ``{prefix}_<name>_<metric>`` for each."""
+    from transformers import Trainer
+
+    if isinstance(eval_dataset, str) and isinstance(trainer.eval_dataset, dict):
+        dataset = trainer.eval_dataset[eval_dataset]  # Trainer's per-name call during training
+    elif eval_dataset is None:
+        dataset = trainer.eval_dataset
+    else:
+        dataset = each(eval_dataset, lambda d, what: prepare(trainer, trainer.args, lpo_rollout.check_prompts(
+            d, trainer.args, False, what), what))
+    if dataset is None:
+        raise ValueError("Nothing to evaluate on: give LPOTrainer(eval_dataset=...), eval_dataset_name, or "
+                         "evaluate(eval_dataset=...).")
+    named = dataset if isinstance(dataset, dict) else {None: dataset}
+    metrics = {}
+    for name, d in named.items():
+        found = evaluate_head(trainer, d, prefix if name is None else f"{prefix}_{name}")
+        Trainer.log(trainer, dict(found))  # not LPOTrainer.log: the training metrics pending stay for their own log
+        trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, found)
+        metrics.update(found)
+    return metrics
+
+
 def evaluate_head(trainer, dataset, prefix: str = "eval") -> dict[str, float]:
     """``{prefix}_<metric>``: the head's held-out metrics on ``dataset`` (prompts already checked and numbered);
-    this process samples every ``num_processes``-th prompt; every process makes the same collective calls."""
+    this process samples every ``num_processes``-th prompt, ``per_device_eval_batch_size`` prompts at a time (their
+    traced hidden states are dropped once scored); every process makes the same collective calls."""
     start = time.time()
     acc = trainer.accelerator
     rows = [dataset[i] for i in range(acc.process_index, len(dataset), acc.num_processes)]
+    size = max(1, trainer.args.per_device_eval_batch_size)
+    local: dict[str, list[float]] = defaultdict(list)
     with trainer._head_for_generation() as head:  # under ZeRO-3 a collective gather: every rank enters it once
         rule = AdaptiveDecoderRule(head, "argmax")
-        traces = lpo_rollout.sample(trainer, rows, head, rule=rule, seeds=[eval_seed(trainer, r) for r in rows]) \
-            if rows else []
+        for first in range(0, len(rows), size):
+            chunk = rows[first:first + size]
+            traces = lpo_rollout.sample(trainer, chunk, head, rule=rule, seeds=[eval_seed(trainer, r) for r in chunk],
+                                        for_loss=False)
+            _record(trainer, head, chunk, traces, local)
+    metrics = reduce_across_processes(acc, local)
+    if not math.isfinite(metrics.get("reward", math.nan)):
+        logger.warning("Evaluation at step %d: no valid reward on the %d evaluation prompts (every reward None, NaN "
+                       "or infinite): eval_reward is NaN. Check that the rewards read the eval dataset's columns.",
+                       trainer.state.global_step, len(dataset))
+    metrics = {f"{prefix}_{k}": v for k, v in metrics.items()}
+    metrics[f"{prefix}_runtime"] = round(time.time() - start, 4)
+    return metrics
+
+
+def _record(trainer, head, rows, traces, local: dict[str, list[float]]) -> None:
+    """Score ``traces`` (of ``rows``) and append each sample's metrics (and each decision's) to ``local``."""
+    if not traces:
+        return
     rewards, per_func = score_traces(trainer.reward_funcs, trainer.reward_weights, rows, traces)
-    grid = trainer.bare_head().config.grid
-    entropies, expected = lpo_rollout.head_decision_stats(trainer.bare_head(), traces)
-    local: dict[str, list[float]] = defaultdict(list)
+    grid = head.config.grid
+    entropies, expected = lpo_rollout.head_decision_stats(head, traces)
     names = [reward_name(f) for f in trainer.reward_funcs]
     for i, t in enumerate(traces):
         family = rows[t.prompt_index].get("family")
@@ -59,11 +119,3 @@ def evaluate_head(trainer, dataset, prefix: str = "eval") -> dict[str, float]:
                 local[f"{key}/frac_{g:g}"].extend(float(c == k) for c in t.choices)
         if family is not None:
             local[f"reward/{family}"].append(reward)
-    metrics = reduce_across_processes(acc, local)
-    if not math.isfinite(metrics.get("reward", math.nan)):
-        logger.warning("Evaluation at step %d: no valid reward on the %d evaluation prompts (every reward None, NaN "
-                       "or infinite): eval_reward is NaN. Check that the rewards read the eval dataset's columns.",
-                       trainer.state.global_step, len(dataset))
-    metrics = {f"{prefix}_{k}": v for k, v in metrics.items()}
-    metrics[f"{prefix}_runtime"] = round(time.time() - start, 4)
-    return metrics

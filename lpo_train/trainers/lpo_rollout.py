@@ -230,10 +230,11 @@ def prompt_seed(trainer, row) -> int:
     return seed_for(trainer.args.seed, trainer.state.global_step, str(row["prompt"]), row.get(PRIVATE_COLUMN))
 
 
-def sample(trainer, rows, head, rule=None, seeds: list[int] | None = None):
+def sample(trainer, rows, head, rule=None, seeds: list[int] | None = None, for_loss: bool = True):
     """The rows' traces, N per prompt, hidden states and the head's choice distribution traced. ``rule``: the head
     as training samples it (the configured selection and exploration) unless given; ``seeds``: one per row
-    (default the training step's ``prompt_seed``)."""
+    (default the training step's ``prompt_seed``); ``for_loss``: also what the objective needs beyond that
+    (``lpo_latent``'s per-choice token log-probabilities)."""
     args = trainer.args
     seeds = [prompt_seed(trainer, r) for r in rows] if seeds is None else seeds
     was_training, lm_was_training = head.training, trainer.lm.training
@@ -246,7 +247,7 @@ def sample(trainer, rows, head, rule=None, seeds: list[int] | None = None):
                       SamplingParams(max_new_tokens=args.max_completion_length, num_samples=args.num_generations,
                                      prompt_seeds=seeds, **args.engine_options(),
                                      batch_size=args.generation_batch_size, trace_hidden=True,
-                                     trace_choice_logps=args.loss_type == "lpo_latent"))
+                                     trace_choice_logps=for_loss and args.loss_type == "lpo_latent"))
     head.train(was_training)
     trainer.lm.train(lm_was_training)
     return traces

@@ -40,16 +40,25 @@ def _remove(path: Path) -> None:
 def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield the temporary path to write ``path``'s content to (a file or a folder; nothing exists there
     when the block starts: a stale leftover of a killed run is removed). When the block ends normally the
-    temporary is renamed to ``path`` (``os.replace``; an existing folder at ``path`` is removed first), replacing
-    any previous version; when it raises, the temporary is removed and ``path`` is left as it was."""
+    temporary is renamed to ``path`` (``os.replace``; an existing folder at ``path`` is first renamed aside and
+    removed only once the new one is in place), replacing any previous version; when it raises, the temporary is
+    removed and ``path`` is left as it was."""
     path = Path(path)
     tmp = partial_path(path, keep_suffix)
+    old = path.with_name(path.name + ".old" + PARTIAL)
     _remove(tmp)
+    _remove(old)
     try:
         yield tmp
         if tmp.is_dir() and path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)  # os.replace cannot put a folder over a non-empty one
-        os.replace(tmp, path)
+            os.replace(path, old)  # os.replace cannot put a folder over a non-empty one: the old one steps aside
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old.exists() and not path.exists():
+                os.replace(old, path)  # the previous version back
+            raise
+        _remove(old)
     except BaseException:
         _remove(tmp)
         raise

@@ -14,6 +14,7 @@ from lpo_train.cli_args import help_field as _help
 from lpo_train.config import PromptDataArguments, RewardArguments, SamplingArguments, default_of
 from lpo_train.pairs import BEST_WORST, BRADLEY_TERRY, VALUE_PAIR_MODES, bradley_terry_pairs, build_pairs
 from lpo_train.registry import default_rewards
+from lpo_train.utils.io import write_text_atomic
 
 PAIR_MODES = VALUE_PAIR_MODES  # train-value's pair_mode (declared in lpo_train.pairs)
 
@@ -173,4 +174,4 @@ def prepare_output_dir(data: ValueDataArguments, args) -> None:
 def write_metrics(output_dir, metrics: dict) -> None:
     path = Path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "value_metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(path / "value_metrics.json", json.dumps(metrics, indent=2))

@@ -17,6 +17,7 @@ from lpo_train.trainers.value.data import (
     trl_dataset,
     write_metrics,
 )
+from lpo_train.utils.io import write_text_atomic
 
 
 def train_implicit_value(data: ValueDataArguments, args, peft_config=None) -> dict:
@@ -42,7 +43,7 @@ def train_implicit_value(data: ValueDataArguments, args, peft_config=None) -> di
         path = Path(args.output_dir) / "adapter_config.json"
         saved = json.loads(path.read_text())
         saved["base_model_name_or_path"] = portable_name(data.model_name_or_path)
-        path.write_text(json.dumps(saved, indent=2))
+        write_text_atomic(path, json.dumps(saved, indent=2))
     metrics = {"kind": "implicit", "pair_mode": data.pair_mode, "train_pairs": len(pairs),
                "adapter": peft_config is not None,
                "eval_pairs": len(eval_pairs),
