@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from lpo_train.registry import DATASETS, MODELS, REWARDS
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINKED_IN = ("recipes", "scripts", "accelerate_configs")  # what the examples' relative paths name
@@ -141,6 +143,10 @@ def test_runnable_examples(group: list[Example], toy_lm_folder, tmp_path, monkey
         return LPOConfig(*args, **{**kwargs, **LPOCONFIG_OVERRIDES})
 
     monkeypatch.setattr(lpo_train, "LPOConfig", small_config, raising=False)
+    for registry in (REWARDS, DATASETS, MODELS):  # a page's own entries do not outlive its test
+        registry.entries()
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+        monkeypatch.setattr(registry, "_extras", dict(registry._extras))
     monkeypatch.chdir(work)
     namespace: dict = {"__name__": "__docs_example__"}
     for example in group:
