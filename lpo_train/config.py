@@ -44,7 +44,20 @@ class PromptDataArguments:
 
 
 @dataclass
-class DecodingArguments:
+class VLLMArguments:
+    """Plain sampling on vLLM instead of the engine, under TRL's ``GRPOConfig`` names and defaults
+    (``lpo_train.decoding.vllm``; what vLLM cannot sample is an error naming ``use_vllm``)."""
+
+    use_vllm: bool = _help("Sample with vLLM instead of lpo-train's engine (fixed temperatures, truncations and "
+                           "sequence-level temperature heads; anything decided per token needs the engine).", False)
+    vllm_mode: str = _help("'colocate': vLLM inside this process ('server' is not supported yet).", "colocate")
+    vllm_gpu_memory_utilization: float = _help("Fraction of GPU memory vLLM may take (colocate; unused on CPU).", 0.3)
+    vllm_tensor_parallel_size: int = _help("GPUs vLLM shards the model over (colocate).", 1)
+    vllm_max_model_length: int | None = _help("vLLM's context window (default: the model's).", None)
+
+
+@dataclass
+class DecodingArguments(VLLMArguments):
     max_completion_length: int = _help("Maximum new tokens per response.", 256)
     generation_batch_size: int = _help("Rows (prompt x sample) per engine forward batch.", 256)
     top_k: int = _help("Top-k after temperature (0 = off; HF generate's default is 50).", 0)
@@ -54,7 +67,10 @@ class DecodingArguments:
                                       "the first call compiles, tens of seconds).", False)
 
     def check_decoding(self) -> None:
+        from lpo_train.decoding.vllm import check_vllm_args
+
         self.decoding_truncation()  # raises a clear error
+        check_vllm_args(self)
         if self.max_completion_length < 1 or self.generation_batch_size < 1:
             raise ValueError("max_completion_length and generation_batch_size must be >= 1, got "
                              f"{self.max_completion_length} and {self.generation_batch_size}.")

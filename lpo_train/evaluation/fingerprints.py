@@ -156,7 +156,18 @@ def run_fingerprint(config, model, tokenizer, rows: list[dict], funcs) -> dict:
     return {"model": weights_fingerprint(model), "tokenizer": tokenizer_fingerprint(tokenizer),
             "suite": rows_fingerprint(rows), "num_generations": config.num_generations, "seed": config.seed,
             "max_completion_length": config.max_completion_length, "truncation": config.truncation(),
-            "rewards": [reward_fingerprint(f) for f in funcs], "reward_weights": config.reward_weights}
+            "rewards": [reward_fingerprint(f) for f in funcs], "reward_weights": config.reward_weights,
+            **sampler_fingerprint(config)}
+
+
+def sampler_fingerprint(config) -> dict:
+    """vLLM's samples are not the engine's (other random numbers): with ``use_vllm`` its version keys the results
+    (the engine's keys are unchanged)."""
+    if not getattr(config, "use_vllm", False):
+        return {}
+    import vllm
+
+    return {"sampler": f"vllm {vllm.__version__}", "vllm_max_model_length": config.vllm_max_model_length}
 
 
 def strategy_fingerprint(base: dict, name: str, overrides: dict, extra: dict | None = None) -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from lpo_train.cli_args import help_field as _help
 from lpo_train.config import PromptDataArguments, RewardArguments, SamplingArguments, default_of
-from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams, generate
+from lpo_train.decoding import EDT, KLD, AdaptiveDecoderRule, Dynatemp, FixedTemperature, SamplingParams
+from lpo_train.decoding.vllm import check_rule, model_folder, sample_with
 from lpo_train.evaluation import baselines, metrics, plots
 from lpo_train.evaluation.fingerprints import (
     file_fingerprint,  # noqa: F401
@@ -196,9 +197,10 @@ def run_strategy(model, tokenizer, rows, rule, overrides, funcs, weights, config
     from lpo_train.rewards import score_traces
 
     n = config.num_generations
-    traces = generate(model, tokenizer, [r["prompt"] for r in rows], rule,
-                      SamplingParams(max_new_tokens=config.max_completion_length, num_samples=n, seed=config.seed,
-                                     batch_size=config.generation_batch_size, **{**config.engine_options(), **overrides}))
+    traces = sample_with(config, model, tokenizer, [r["prompt"] for r in rows], rule,
+                         SamplingParams(max_new_tokens=config.max_completion_length, num_samples=n, seed=config.seed,
+                                        batch_size=config.generation_batch_size,
+                                        **{**config.engine_options(), **overrides}))
     total, _ = score_traces(funcs, weights, rows, traces)
     starts = [sentence_starts(tokenizer, t.token_ids) for t in traces]
     groups = group_slices(traces, n)  # prompt-major: one group of N per prompt
@@ -365,6 +367,10 @@ def evaluate(config: EvalConfig) -> dict:
     rows, dropped = drop_long_prompts(rows, tokenizer, limit)
     prompts = {"num_loaded": num_loaded, "num_dropped_too_long": dropped, "max_prompt_length": limit}
     rules = build_rules(config, model, rows)
+    if config.use_vllm:  # what vLLM cannot sample, named before anything is sampled
+        for name, (rule, _, own) in rules.items():
+            check_rule(rule, f"use_vllm (evaluate, strategy {name!r})")
+            model_folder(own)
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover

@@ -110,6 +110,10 @@ class GenerateConfig(PromptDataArguments, DecodingArguments, RewardArguments):
                 raise ValueError(f"implicit guidance needs untuned_model: tuned_model {self.tuned_model} is a full model, "
                                  "not a PEFT adapter (no adapter_config.json), so there is no adapter to switch off.")
         self.check_decoding()
+        if self.use_vllm and (self.token_guidance, self.chunk_guidance) != ("none", "none"):
+            raise ValueError(f"use_vllm samples plainly (method 'base'); method {self.method!r} (token guidance "
+                             f"{self.token_guidance!r}, chunk guidance {self.chunk_guidance!r}) steers or ranks inside "
+                             "the engine's decoding loop: set use_vllm false.")
         if self.beam_width < 1 or self.num_candidates < 1 or self.chunk_length < 0:
             raise ValueError("Need beam_width >= 1, num_candidates >= 1 and chunk_length >= 0 (0 = at the end).")
 
@@ -200,9 +204,15 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
                             stop_strings=tuple(config.stop_strings or ()), batch_size=config.generation_batch_size,
                             prompt_seeds=[seed_for(config.seed, i) for i in range(len(rows))])
     stats, start = {}, time.time()
-    ranked = guided_generate(model, tokenizer, [r["prompt"] for r in rows], rule=rule, scorer=scorer,
-                             width=config.beam_width, candidates=config.num_candidates,
-                             chunk_length=config.chunk_length or None, params=params, rows=rows, stats=stats)
+    if config.use_vllm:  # plain sampling only (checked in the config): one response per prompt, from vLLM
+        from lpo_train.decoding.vllm import sample_with
+
+        ranked = [[t] for t in sample_with(config, model, tokenizer, [r["prompt"] for r in rows], rule, params,
+                                           what="use_vllm (generate)")]
+    else:
+        ranked = guided_generate(model, tokenizer, [r["prompt"] for r in rows], rule=rule, scorer=scorer,
+                                 width=config.beam_width, candidates=config.num_candidates,
+                                 chunk_length=config.chunk_length or None, params=params, rows=rows, stats=stats)
     stats["seconds"] = time.time() - start
     best = [r[0] for r in ranked]
     gold = None
@@ -228,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(config)
     s = result["stats"]
     print(f"{config.method}: {len(result['records'])} responses -> {config.output_file} "
-          f"({s['forward_tokens']} base-model forward tokens, {s['seconds']:.1f} s"
+          + (f"({s['forward_tokens']} base-model forward tokens, " if "forward_tokens" in s else "(sampled by vLLM, ")
+          + f"{s['seconds']:.1f} s"
           + (f", mean gold reward {s['mean_gold_reward']:.4f})" if "mean_gold_reward" in s else ")"))
     return result

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, set_seed
 
+from lpo_train.decoding import vllm as vllm_backend
+from lpo_train.decoding.adaptive import AdaptiveDecoderRule
 from lpo_train.heads import AdaptiveDecoderHead
 from lpo_train.models.loading import load_causal_lm
 from lpo_train.objectives import get_objective
@@ -97,6 +99,12 @@ class LPOTrainer(Trainer):
                                      "as head_name_or_path, or continue the run with resume_from_checkpoint.")
                 load_adapter_weights(self.lm, folder)
         head.check_compatible(self.lm)
+        if args.use_vllm:  # what vLLM cannot sample, named before any sampling
+            vllm_backend.check_rule(AdaptiveDecoderRule(head, args.selection), "use_vllm (train)")
+            vllm_backend.model_folder(self.lm)
+            if args.world_size > 1:
+                raise ValueError(f"use_vllm with {args.world_size} processes is not supported yet (each rank would "
+                                 "build its own vLLM engine): train with one process, or use_vllm false.")
         super().__init__(model=JointHeadLM(head, self.lm) if args.use_peft else head, args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=lambda rows: rows,
                          callbacks=callbacks)

@@ -159,6 +159,16 @@ class LPOConfig(PromptDataArguments, SamplingArguments, RewardArguments, LoraArg
         if self.protocol == "offline" and not self.pairs_path:
             raise ValueError("protocol 'offline' needs pairs_path (where the pairs dataset is built or read).")
         self.check_decoding()
+        if self.use_vllm:
+            why = {"lpo_joint": "joint LoRA training samples from the current adapter, which vLLM does not hold",
+                   "lpo_latent": "lpo_latent's loss reads every choice's per-token log-probabilities, traced by the "
+                                 "engine", "likelihood": "likelihood trains on reference completions and samples "
+                                                         "nothing"}.get(self.loss_type)
+            if self.level == "token":
+                why = "a token-level head decides at every token, inside the engine's decoding loop"
+            if why:
+                raise ValueError(f"use_vllm with loss_type {self.loss_type!r}, level {self.level or 'from the head'}: "
+                                 f"{why}. Set use_vllm false (the engine).")
         if self.max_prompt_length < 1:
             raise ValueError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}.")
         if self.grid is None:

@@ -12,6 +12,7 @@ import torch
 
 from lpo_train.decoding import AdaptiveDecoderRule, FixedTemperature, SamplingParams, generate
 from lpo_train.decoding.engine import encode_prompts
+from lpo_train.decoding.vllm import sample_with
 from lpo_train.pairs import GroupFeatures, PairFeatures, SampleFeatures, SideFeatures, group_row
 from lpo_train.rewards import PRIVATE_COLUMN, reward_name, score_traces
 from lpo_train.trainers.lpo_io import unit_record
@@ -243,11 +244,11 @@ def sample(trainer, rows, head, rule=None, seeds: list[int] | None = None, for_l
     rule = rule or AdaptiveDecoderRule(head, args.selection, exploration=args.exploration,
                                        epsilon=args.exploration_epsilon)
     # traces keep their hidden states on the device: only the paired rows' are ever copied off it
-    traces = generate(trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,
-                      SamplingParams(max_new_tokens=args.max_completion_length, num_samples=args.num_generations,
-                                     prompt_seeds=seeds, **args.engine_options(),
-                                     batch_size=args.generation_batch_size, trace_hidden=True,
-                                     trace_choice_logps=for_loss and args.loss_type == "lpo_latent"))
+    traces = sample_with(args, trainer.lm, trainer.tokenizer, [r["prompt"] for r in rows], rule,
+                         SamplingParams(max_new_tokens=args.max_completion_length, num_samples=args.num_generations,
+                                        prompt_seeds=seeds, **args.engine_options(),
+                                        batch_size=args.generation_batch_size, trace_hidden=True,
+                                        trace_choice_logps=for_loss and args.loss_type == "lpo_latent"))
     head.train(was_training)
     trainer.lm.train(lm_was_training)
     return traces

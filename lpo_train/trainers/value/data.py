@@ -58,7 +58,8 @@ def load_prompts(data: ValueDataArguments) -> list[dict]:
 def sample_responses(data: ValueDataArguments, rows: list[dict] | None = None) -> list[dict]:
     """N responses per prompt from the sampler, each with its gold reward: records with ``prompt_index``,
     ``prompt`` (as in the dataset), ``completion`` (text), ``prompt_ids``, ``completion_ids``, ``reward``."""
-    from lpo_train.decoding import FixedTemperature, SamplingParams, generate
+    from lpo_train.decoding import FixedTemperature, SamplingParams
+    from lpo_train.decoding.vllm import sample_with
     from lpo_train.models.loading import load_causal_lm
     from lpo_train.rewards import resolve_rewards, score_traces
 
@@ -67,9 +68,10 @@ def sample_responses(data: ValueDataArguments, rows: list[dict] | None = None) -
         raise ValueError("The prompt dataset is empty.")
     funcs, weights = resolve_rewards(data.reward_funcs, data.reward_weights)
     model, tokenizer = load_causal_lm(data.sampler_model or data.model_name_or_path)
-    traces = generate(model, tokenizer, [r["prompt"] for r in rows], FixedTemperature(data.sampling_temperature),
-                      SamplingParams(max_new_tokens=data.max_completion_length, num_samples=data.num_generations,
-                                     seed=data.dataset_seed, batch_size=data.generation_batch_size, **data.engine_options()))
+    traces = sample_with(data, model, tokenizer, [r["prompt"] for r in rows], FixedTemperature(data.sampling_temperature),
+                         SamplingParams(max_new_tokens=data.max_completion_length, num_samples=data.num_generations,
+                                        seed=data.dataset_seed, batch_size=data.generation_batch_size,
+                                        **data.engine_options()), what="use_vllm (train-value)")
     rewards, _ = score_traces(funcs, weights, rows, traces)
     return [{"prompt_index": t.prompt_index, "prompt": rows[t.prompt_index]["prompt"], "completion": t.text,
              "prompt_ids": t.prompt_ids, "completion_ids": t.token_ids, "reward": float(r)}
