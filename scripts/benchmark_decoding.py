@@ -9,6 +9,8 @@ per method in a fresh subprocess (CPU: peak RSS over RSS before the call; CUDA: 
     python scripts/benchmark_decoding.py --model smollm2 --batch 16 --new-tokens 64
     python scripts/benchmark_decoding.py --model smollm2 --batch 32 --new-tokens 128 --eos --split \
         --methods hf_generate fixed_T fixed_T_dynamic_cache
+    python scripts/benchmark_decoding.py --model smollm2 --batch 64 --new-tokens 128 --eos \
+        --methods hf_generate fixed_T vllm_fixed_T ad_sequence vllm_ad_sequence     # use_vllm (needs vLLM)
 
 ``--lengths 64 128 256`` prints tokens/s per method at each length instead (is the cost per token flat?):
 
@@ -35,6 +37,7 @@ from pathlib import Path
 
 METHODS = ["hf_generate", "fixed_T", "fixed_T_dynamic_cache", "fixed_T_compiled", "ad_token", "ad_sequence", "edt",
            "kld"]
+VLLM_METHODS = ["vllm_fixed_T", "vllm_ad_sequence"]  # use_vllm (opt-in: they need vLLM; one in-process engine)
 
 
 @functools.lru_cache(maxsize=None)  # loaded once per process (--lengths builds its calls once per length)
@@ -93,6 +96,15 @@ def build_calls(args) -> dict:
     }
     rules["fixed_T_dynamic_cache"] = rules["fixed_T_compiled"] = rules["fixed_T"]
     calls = {"hf_generate": hf_generate}
+    if any(m in VLLM_METHODS for m in args.methods):  # the same rule, prompts and params, sampled by vLLM
+        from lpo_train.config import DecodingArguments
+        from lpo_train.decoding import vllm as backend
+
+        llm = backend.vllm_engine(backend.model_folder(model), DecodingArguments(use_vllm=True))
+        for name in VLLM_METHODS:
+            rule = rules[name.removeprefix("vllm_")]()
+            calls[name] = lambda rule=rule: sum(len(t.token_ids) for t in
+                                                backend.vllm_generate(llm, model, tok, prompts, rule, params))
     for name, make in rules.items():
         if name not in args.methods:
             continue
@@ -183,7 +195,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS + VLLM_METHODS)
     parser.add_argument("--eos", action="store_true", help="keep EOS active (default: decode every token)")
     parser.add_argument("--split", action="store_true", help="time the model's forward passes inside engine calls")
     parser.add_argument("--lengths", type=int, nargs="+",

@@ -10,6 +10,7 @@ never runs again, so the target is <= 1.15x the sampling time.
     python scripts/benchmark_lpo.py --model toy:small --prompts 16 --num-generations 8 --new-tokens 64
     python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 6 --new-tokens 32 --level sequence
     python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 6 --new-tokens 32 --trl-grpo
+    python scripts/benchmark_lpo.py --model smollm2 --prompts 8 --num-generations 8 --new-tokens 64 --level sequence --vllm
 
 ``--joint`` (joint LPO, Eq. 9 with a LoRA on the LM) adds a third call, the joint step (sampling with the
 current adapter + the LM teacher-forced on both paired responses, adapter on with gradient and off, + the
@@ -48,7 +49,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--joint", action="store_true", help="also time the joint head + LoRA step (use_peft)")
     parser.add_argument("--trl-grpo", action="store_true", help="time TRL's GRPOTrainer step instead")
+    parser.add_argument("--vllm", action="store_true", help="also time the step with use_vllm (sequence level)")
     args = parser.parse_args()
+    if args.vllm and (args.level != "sequence" or args.joint or args.loss_type in ("lpo_latent", "likelihood")):
+        parser.error("--vllm times the sequence-level step of a head-only objective that samples (use_vllm).")
     if args.trl_grpo:
         return trl_grpo_steps(args)
     if args.joint and args.loss_type != "lpo":
@@ -119,7 +123,16 @@ def main() -> None:
         trainer.completions_callback.writer.flush()  # the file is written off the training thread: wait for it, so its
         # cost is timed here and not in the next (sampling-only) call
 
+    def vllm_step():
+        """The same step with its rollout sampled by vLLM (use_vllm; one in-process engine, built at the warm-up)."""
+        config.use_vllm = True
+        try:
+            step()
+        finally:
+            config.use_vllm = False
+
     calls = {"sample_only": sample_only, "lpo_step": lpo_step, **({"joint_step": step} if args.joint else {}),
+             **({"lpo_step_vllm": vllm_step} if args.vllm else {}),
              **({"lpo_step_cached": lambda: step(cached=True)} if likelihood else {})}
     for call in calls.values():
         call()
@@ -143,6 +156,10 @@ def main() -> None:
           f"{paired:.3f}x (median of the rounds' paired ratios) (traced features: {bytes_per_pair:.0f} bytes per unit: a pair, or a group for lpo_regression)")
     if args.joint:
         print(f"joint step (head + LoRA) / head-only LPO step: {med['joint_step'] / med['lpo_step']:.2f}x")
+    if args.vllm:
+        paired = statistics.median(a / b for a, b in zip(times["lpo_step"], times["lpo_step_vllm"]))
+        print(f"LPO step, engine / vLLM sampling: {med['lpo_step'] / med['lpo_step_vllm']:.2f}x (ratio of the medians); "
+              f"{paired:.2f}x (median of the rounds' paired ratios)")
     torch.set_grad_enabled(True)
 
 

@@ -1,5 +1,7 @@
 """Integrated Value Guidance: token-level guidance rules, chunk scorers and chunk-level beam search."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -301,6 +303,22 @@ def test_reward_scorer_best_of_n(models):
                              params=_params())
     for i, ranked in enumerate(guided):
         assert ranked[0].score == max(len(t.text) for t in plain[i * n:(i + 1) * n])
+
+
+def test_best_of_sampled_ranks_as_the_engines_best_of_n(models):
+    """use_vllm's best-of-N: candidates sampled elsewhere (here the engine's own plain samples, the ones its
+    best-of-N draws) ranked by ``best_of_sampled`` give the engine's ranking and scores, in batches of whole groups."""
+    from lpo_train.guidance.search import best_of_sampled
+
+    base, tok, tuned, untuned, _ = models
+    n = 4
+    plain = generate(base, tok, PROMPTS, FixedTemperature(1.0), _params(num_samples=n))
+    for scorer in (ImplicitScorer(tuned, untuned), RewardScorer([lambda prompts, completions, **kw:
+                                                                 [float(len(c)) for c in completions]])):
+        engine = guided_generate(base, tok, PROMPTS, scorer=scorer, width=1, candidates=n, params=_params())
+        ours = best_of_sampled(plain, scorer, tok, PROMPTS, n, replace(_params(), batch_size=n + 1))
+        assert [[t.token_ids for t in g] for g in ours] == [[t.token_ids for t in g] for g in engine]
+        assert [t.score for g in ours for t in g] == pytest.approx([t.score for g in engine for t in g], abs=1e-4)
 
 
 def test_search_needs_a_scorer_and_counts_compute(models):

@@ -154,8 +154,10 @@ def test_what_vllm_cannot_sample_is_an_error_naming_use_vllm(smollm2, tiny_lm):
         LPOConfig(output_dir="unused", use_vllm=True, vllm_mode="server", dataset_name="toy")
     with pytest.raises(ValueError, match="min-p before top-k"):
         DecodingArguments(use_vllm=True, min_p=0.1, top_k=5).check_decoding()
-    with pytest.raises(ValueError, match="use_vllm samples plainly.*method 'bon'"):
-        GenerateConfig(method="bon", use_vllm=True, reward_funcs=["vllm_test_chars"], output_file="unused.jsonl")
+    with pytest.raises(ValueError, match="use_vllm samples plainly.*method 'args'"):
+        GenerateConfig(method="args", use_vllm=True, reward_funcs=["vllm_test_chars"], output_file="unused.jsonl")
+    with pytest.raises(ValueError, match="use_vllm samples plainly.*method 'cbs'.*chunk_length 5"):
+        GenerateConfig(method="cbs", use_vllm=True, tuned_model="a", untuned_model="b", output_file="unused.jsonl")
 
 
 def test_lpo_trains_a_sequence_head_with_vllm_rollouts(smollm2, tmp_path):
@@ -191,7 +193,7 @@ def test_lpo_trains_a_sequence_head_with_vllm_rollouts(smollm2, tmp_path):
 
 def test_evaluate_and_train_value_and_generate_on_vllm(smollm2, tmp_path, capsys):
     """The commands that sample plainly, through the CLI with --use_vllm: evaluate (its results keyed by the sampler:
-    an engine run never reuses vLLM's), train-value's sampling and generate --method base."""
+    an engine run never reuses vLLM's), train-value's sampling, generate --method base and bon."""
     from lpo_train.cli import main
 
     suite = tmp_path / "prompts.jsonl"
@@ -222,3 +224,8 @@ def test_evaluate_and_train_value_and_generate_on_vllm(smollm2, tmp_path, capsys
           "--temperature", "0", "--max_completion_length", "8", "--output_file", str(generated), "--use_vllm"])
     lines = [json.loads(x) for x in generated.read_text().splitlines()]
     assert len(lines) == 2 and all(x["response"] for x in lines)
+    main(["generate", "--method", "bon", "--model_name_or_path", "smollm2", "--dataset_name", str(suite),
+          "--reward_funcs", "vllm_test_chars", "--num_candidates", "3", "--temperature", "1.0",
+          "--max_completion_length", "8", "--output_file", str(generated), "--use_vllm"])
+    best = [json.loads(x) for x in generated.read_text().splitlines()]
+    assert all(x["score"] == len(x["response"]) for x in best)  # the best of 3 candidates, scored by the reward

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lpo_train.cli_args import help_field as _help
@@ -110,10 +110,12 @@ class GenerateConfig(PromptDataArguments, DecodingArguments, RewardArguments):
                 raise ValueError(f"implicit guidance needs untuned_model: tuned_model {self.tuned_model} is a full model, "
                                  "not a PEFT adapter (no adapter_config.json), so there is no adapter to switch off.")
         self.check_decoding()
-        if self.use_vllm and (self.token_guidance, self.chunk_guidance) != ("none", "none"):
-            raise ValueError(f"use_vllm samples plainly (method 'base'); method {self.method!r} (token guidance "
-                             f"{self.token_guidance!r}, chunk guidance {self.chunk_guidance!r}) steers or ranks inside "
-                             "the engine's decoding loop: set use_vllm false.")
+        plain = self.token_guidance == "none" and (self.chunk_guidance == "none" or self.chunk_length == 0)
+        if self.use_vllm and not plain:
+            raise ValueError(f"use_vllm samples plainly (method 'base', or best-of-N: 'bon' ranks finished samples); "
+                             f"method {self.method!r} (token guidance {self.token_guidance!r}, chunk guidance "
+                             f"{self.chunk_guidance!r}, chunk_length {self.chunk_length}) steers or ranks inside the "
+                             "engine's decoding loop: set use_vllm false.")
         if self.beam_width < 1 or self.num_candidates < 1 or self.chunk_length < 0:
             raise ValueError("Need beam_width >= 1, num_candidates >= 1 and chunk_length >= 0 (0 = at the end).")
 
@@ -204,11 +206,15 @@ def run(config: GenerateConfig, models: dict | None = None, rows: list[dict] | N
                             stop_strings=tuple(config.stop_strings or ()), batch_size=config.generation_batch_size,
                             prompt_seeds=[seed_for(config.seed, i) for i in range(len(rows))])
     stats, start = {}, time.time()
-    if config.use_vllm:  # plain sampling only (checked in the config): one response per prompt, from vLLM
+    if config.use_vllm:  # plain sampling (checked in the config): vLLM samples, best-of-N ranks the finished samples
         from lpo_train.decoding.vllm import sample_with
+        from lpo_train.guidance.search import best_of_sampled
 
-        ranked = [[t] for t in sample_with(config, model, tokenizer, [r["prompt"] for r in rows], rule, params,
-                                           what="use_vllm (generate)")]
+        prompts, n = [r["prompt"] for r in rows], config.beam_width * config.num_candidates
+        sampled = sample_with(config, model, tokenizer, prompts, rule, replace(params, num_samples=n),
+                              what="use_vllm (generate)")
+        ranked = best_of_sampled(sampled, scorer, tokenizer, prompts, n, params, rows, tokenizer.pad_token_id or 0,
+                                 device=next(model.parameters()).device) if scorer is not None else [[t] for t in sampled]
     else:
         ranked = guided_generate(model, tokenizer, [r["prompt"] for r in rows], rule=rule, scorer=scorer,
                                  width=config.beam_width, candidates=config.num_candidates,

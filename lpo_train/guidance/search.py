@@ -76,3 +76,26 @@ def guided_generate(model, tokenizer, prompts, rule: Rule | None = None, scorer:
                       params, search=search, stats=stats)
     g = search.group_size
     return group_slices(traces, g)
+
+
+def best_of_sampled(traces: list[Trace], scorer: ChunkScorer, tokenizer, prompts, candidates: int,
+                    params: SamplingParams, rows: list[dict] | None = None, pad_id: int = 0,
+                    device="cpu") -> list[list[Trace]]:
+    """Best-of-N over candidates sampled elsewhere (``use_vllm``): ``traces`` prompt-major, ``candidates`` per prompt,
+    scored once on their finished responses and ranked best first (``trace.score``), exactly as the engine's best-of-N
+    ranks them (``ChunkBeamSearch`` with W = 1 and only the final boundary), in the same row batches."""
+    search = ChunkBeamSearch(scorer, 1, candidates, None)
+    scorer.bind(tokenizer, prompts, rows)
+    step = max(1, params.batch_size // candidates) * candidates
+    ranked = []
+    for start in range(0, len(traces), step):
+        chunk = traces[start:start + step]
+        search.begin([t.prompt_index for t in chunk], [t.prompt_ids for t in chunk], params.max_new_tokens)
+        tokens = torch.full((len(chunk), params.max_new_tokens), pad_id, dtype=torch.long, device=device)
+        for r, t in enumerate(chunk):
+            tokens[r, :len(t.token_ids)] = torch.tensor(t.token_ids, dtype=torch.long, device=device)
+        lengths = torch.tensor([len(t.token_ids) for t in chunk], device=device)
+        finished = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+        src = search.boundary(tokens, lengths, finished, final=True)
+        ranked += [replace(chunk[s], score=float(search.final_scores[r])) for r, s in enumerate(src.tolist())]
+    return group_slices(ranked, candidates)
