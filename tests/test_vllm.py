@@ -17,7 +17,15 @@ if os.environ.get("LPO_TRAIN_REQUIRE_VLLM") != "1":
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from lpo_train.config import DecodingArguments  # noqa: E402
-from lpo_train.decoding import EDT, AdaptiveDecoderRule, FixedTemperature, SamplingParams, generate  # noqa: E402
+from lpo_train.decoding import (  # noqa: E402
+    EDT,
+    KLD,
+    AdaptiveDecoderRule,
+    Dynatemp,
+    FixedTemperature,
+    SamplingParams,
+    generate,
+)
 from lpo_train.decoding import vllm as backend  # noqa: E402
 from lpo_train.decoding.engine import encode_prompts, next_token_distribution  # noqa: E402
 from lpo_train.heads import AdaptiveDecoderHead  # noqa: E402
@@ -96,6 +104,33 @@ def test_first_tokens_follow_the_engines_exact_distribution(smollm2, temperature
     assert _chi_square_p(counts, probs) > 1e-3
 
 
+@pytest.mark.parametrize("rule, truncation", [(EDT(1.0, 1.0), {}), (Dynatemp(0.8, 0.5), {"top_k": 30})])
+def test_edt_and_dynatemp_run_inside_vllm_as_the_engines_rule(smollm2, rule, truncation):
+    """The logits processor: each sample's first token follows the engine's rule distribution (its temperature
+    from the logits, then the truncation: chi-square over 800 seeded samples), the applied temperatures come back
+    as the traces' values, equal to the engine's at the first token, and greedy steps stay greedy."""
+    from lpo_train.decoding.rules import StepInput
+
+    model, tokenizer, llm, _ = smollm2
+    prompt = PROMPTS[2]
+    ids = torch.tensor([encode_prompts(tokenizer, [prompt])[0]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, -1].float()
+    temperature = rule.step(StepInput(logits=logits[None], hidden=None, state={}, step=0)).temperature
+    probs = next_token_distribution(logits[None].double(), temperature.double().reshape(1), **truncation)[0].float()
+    traces = backend.vllm_generate(llm, model, tokenizer, [prompt], rule,
+                                   SamplingParams(max_new_tokens=1, num_samples=800, seed=13, **truncation))
+    firsts = torch.tensor([t.token_ids[0] for t in traces])
+    assert probs[firsts].min() > 0
+    assert _chi_square_p(torch.bincount(firsts, minlength=len(probs)).float(), probs) > 1e-3
+    assert [t.values[0] for t in traces] == pytest.approx([float(temperature)] * len(traces), rel=1e-4)
+    longer = backend.vllm_generate(llm, model, tokenizer, PROMPTS, rule, SamplingParams(max_new_tokens=10, seed=2))
+    engine = generate(model, tokenizer, PROMPTS, rule, SamplingParams(max_new_tokens=10, seed=2))
+    for a, b in zip(engine, longer):
+        assert len(b.values) == len(b.token_ids) and all(v >= 0 for v in b.values)
+        assert b.values[0] == pytest.approx(a.values[0], rel=1e-3)  # the same prompt: the same first temperature
+
+
 def test_seeded_samples_are_reproducible_and_do_not_depend_on_the_batch(smollm2):
     model, tokenizer, llm, _ = smollm2
     params = SamplingParams(max_new_tokens=12, num_samples=2, prompt_seeds=[7, 8, 9])
@@ -136,10 +171,12 @@ def test_what_vllm_cannot_sample_is_an_error_naming_use_vllm(smollm2, tiny_lm):
     model, tokenizer, llm, args = smollm2
     token_head = AdaptiveDecoderHead.for_model(model, level="token", grid=[0.0, 1.0])
     seq_head = AdaptiveDecoderHead.for_model(model, level="sequence", grid=[0.0, 1.0])
-    for rule, why in [(EDT(1.0, 1.0), "EDT"), (AdaptiveDecoderRule(token_head, "sample"), "token-level head"),
+    for rule, why in [(KLD(["x"], 1.0, 1.0), "KLD"), (AdaptiveDecoderRule(token_head, "sample"), "token-level head"),
                       (AdaptiveDecoderRule(seq_head, "mixture"), "mixture")]:
         with pytest.raises(ValueError, match=f"use_vllm.*{why}.*Set use_vllm false"):
             backend.sample_with(args, model, tokenizer, PROMPTS[:1], rule, SamplingParams(max_new_tokens=2))
+    with pytest.raises(ValueError, match="EDT.*with min_p: vLLM applies min-p before"):
+        backend.vllm_generate(llm, model, tokenizer, PROMPTS[:1], EDT(1.0, 1.0), SamplingParams(min_p=0.1))
     with pytest.raises(ValueError, match="lpo_latent.*use_vllm false"):
         backend.vllm_generate(llm, model, tokenizer, PROMPTS[:1], AdaptiveDecoderRule(seq_head, "sample"),
                               SamplingParams(max_new_tokens=2, trace_choice_logps=True))
@@ -229,3 +266,22 @@ def test_evaluate_and_train_value_and_generate_on_vllm(smollm2, tmp_path, capsys
           "--max_completion_length", "8", "--output_file", str(generated), "--use_vllm"])
     best = [json.loads(x) for x in generated.read_text().splitlines()]
     assert all(x["score"] == len(x["response"]) for x in best)  # the best of 3 candidates, scored by the reward
+
+
+def test_use_vllm_over_two_processes_is_a_clear_error(toy_lm_folder, tmp_path):
+    """DDP with use_vllm: each rank would build its own engine; a clear error before any sampling, not a hang."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(root / "tests" / "helpers" / "lpo_run.py"), "--config",
+                          str(root / "recipes" / "toy" / "lpo_seq.yaml"), "--use_vllm", "--max_steps", "1",
+                          "--toy_prompts_per_family", "4", "--output_dir", str(tmp_path / "out")],
+                         capture_output=True, text=True, cwd=root, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root),
+                              "ACCELERATE_USE_CPU": "1"})
+    assert out.returncode != 0
+    assert "use_vllm with 2 processes is not supported yet" in out.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -201,6 +201,11 @@ class Dynatemp(Rule):
         return StepOutput(temperature=dynatemp_temperature(h, self.temp, self.temp_range, self.exponent))
 
 
+# rules that set every token's temperature from that token's logits alone, with the fields that rebuild them (vLLM
+# runs them as a logits processor: lpo_train.decoding.vllm_processors)
+LOGITS_RULES = {"edt": (EDT, ("T0", "theta", "N")), "dynatemp": (Dynatemp, ("temp", "temp_range", "exponent"))}
+
+
 class KLD(Rule):
     """KL-divergence-guided temperature: a second stream decodes the evidence-free prompt.
 

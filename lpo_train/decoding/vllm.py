@@ -2,15 +2,19 @@
 
 vLLM samples a request at one temperature and fixed truncations; that covers a fixed temperature, min-p / top-p /
 top-k at a temperature, and a *sequence-level* temperature head (one decision per sample, made before the first
-token). ``vllm_generate`` takes the same rule and ``SamplingParams`` as the engine:
+token); EDT and dynatemp, which set each token's temperature from that token's logits, run inside vLLM as a logits
+processor (``vllm_processors.RuleLogitsProcessor``). ``vllm_generate`` takes the same rule and ``SamplingParams`` as the engine:
 
 - a sequence-level head decides exactly as on the engine: the engine runs the prompt once (the prefill plus one
   token) with the same rule, seeds and exploration, and its trace gives each sample's choice, the head's
   distribution and the hidden state the loss reads; vLLM then samples the response at ``grid[choice]``;
 - each sample is one request with its own seed (derived from the engine's row seed), so a run is reproducible and
   a sample does not depend on the batch it sits in;
-- what only the engine can do (token-level heads, EDT / dynatemp / KLD, guidance, the mixture selection, traced
-  per-token states) is a ``ValueError`` naming ``use_vllm``, never a silent fallback.
+- EDT / dynatemp: the processor computes the rule's temperature from the row's logits with the engine's own code,
+  divides (T = 0: keeps the argmax only), and vLLM samples at temperature 1 then applies top-k / top-p, the engine's
+  order; the applied temperatures come back as the traces' ``values`` (in-process engines);
+- what only the engine can do (token-level heads, KLD, guidance, the mixture selection, traced per-token states) is
+  a ``ValueError`` naming ``use_vllm``, never a silent fallback.
 
 Colocate mode: one ``vllm.LLM`` per process and model, built on first use and reused (``vllm_engine``). On a CPU
 (vLLM's CPU build) the engine runs in-process and uses every core unless the ``VLLM_CPU_*`` variables say
@@ -18,13 +22,14 @@ otherwise."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
 
 from lpo_train.decoding.engine import SamplingParams, encode_prompts, generate
 from lpo_train.decoding.randomness import seed_for
-from lpo_train.decoding.rules import MIN_TEMPERATURE, FixedTemperature
+from lpo_train.decoding.rules import LOGITS_RULES, MIN_TEMPERATURE, FixedTemperature
 from lpo_train.decoding.trace import Trace
 
 VLLM_MODES = ("colocate", "server")
@@ -82,6 +87,8 @@ def vllm_engine(path: str, args):
         _cpu_defaults()
         from vllm import LLM
 
+        from lpo_train.decoding.vllm_processors import RuleLogitsProcessor
+
         options = {"max_model_len": args.vllm_max_model_length} if args.vllm_max_model_length else {}
         if _on_cpu():  # vLLM 0.32's CPU build: a seeded request whose prefill is split over two steps rewinds its
             # random generator, which CPU generators cannot do (RuntimeError "CPU Generator does not use offset")
@@ -93,6 +100,7 @@ def vllm_engine(path: str, args):
         else:
             dtype = "auto"
         _ENGINES[key] = LLM(model=str(path), dtype=dtype, seed=0, enforce_eager=_on_cpu(),
+                            logits_processors=[RuleLogitsProcessor],  # imports vLLM: only when an engine is built
                             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
                             tensor_parallel_size=args.vllm_tensor_parallel_size, **options)
     return _ENGINES[key]
@@ -133,7 +141,7 @@ def _unsupported(rule, what: str) -> str | None:
     """Why vLLM cannot sample ``rule`` (None when it can)."""
     from lpo_train.decoding.adaptive import AdaptiveDecoderRule
 
-    if isinstance(rule, FixedTemperature):
+    if isinstance(rule, (FixedTemperature, *(cls for cls, _ in LOGITS_RULES.values()))):
         return None
     if isinstance(rule, AdaptiveDecoderRule):
         if rule.level != "sequence":
@@ -170,9 +178,13 @@ def vllm_generate(llm, model, tokenizer, prompts, rule, params: SamplingParams, 
         raise ValueError("ignore_eos with stop strings: pick one.")
     encoded = encode_prompts(tokenizer, prompts, params.chat_template)
     rows = [(i, s) for i in range(len(encoded)) for s in range(params.num_samples)]
-    if isinstance(rule, FixedTemperature):
-        decisions = None
-        temperatures = [rule.temperature] * len(rows)
+    per_token = _rule_spec(rule)
+    if per_token is not None and params.min_p > 0:
+        raise ValueError(f"{what}: {rule.name} with min_p: vLLM applies min-p before a logits processor's temperature, "
+                         "the engine after it. Use top_k / top_p, or use_vllm false.")
+    decisions = None
+    if isinstance(rule, FixedTemperature) or per_token is not None:
+        temperatures = [rule.temperature if per_token is None else 1.0] * len(rows)
     else:  # the head decides on the engine, as it would there: one token, the same seeds and exploration
         decisions = generate(model, tokenizer, [list(ids) for ids in encoded], rule,
                              replace(params, max_new_tokens=1, chat_template=False, stop_strings=()))
@@ -180,13 +192,23 @@ def vllm_generate(llm, model, tokenizer, prompts, rule, params: SamplingParams, 
     seeds = [seed_for(params.prompt_seeds[i], s) if params.prompt_seeds is not None else seed_for(params.seed, i, s)
              for i, s in rows]
     requests = [TokensPrompt(prompt_token_ids=list(encoded[i])) for i, _ in rows]
+    keys = [f"{id(requests)}-{r}" for r in range(len(rows))]  # the processor's record of each row's temperatures
     truncation = params.truncation
     sampling = [VLLMSamplingParams(
         n=1, temperature=0.0 if t <= MIN_TEMPERATURE else float(t), top_k=truncation.top_k or -1,
         top_p=truncation.top_p, min_p=truncation.min_p, seed=seed_for(seed, "vllm"),
         max_tokens=params.max_new_tokens, stop=list(params.stop_strings) or None, ignore_eos=params.ignore_eos,
-        include_stop_str_in_output=True, detokenize=bool(params.stop_strings)) for t, seed in zip(temperatures, seeds)]
-    outputs = llm.generate(requests, sampling, use_tqdm=False)
+        include_stop_str_in_output=True, detokenize=bool(params.stop_strings),
+        extra_args=None if per_token is None else {"lpo_rule": {**per_token, "key": key}})
+        for t, seed, key in zip(temperatures, seeds, keys)]
+    from lpo_train.decoding.vllm_processors import APPLIED
+
+    try:
+        outputs = llm.generate(requests, sampling, use_tqdm=False)
+        applied = [APPLIED.get(key) for key in keys] if per_token is not None else None
+    finally:
+        for key in keys:
+            APPLIED.pop(key, None)
     traces = []
     for r, ((i, s), out) in enumerate(zip(rows, outputs)):
         completion = out.outputs[0]
@@ -201,10 +223,23 @@ def vllm_generate(llm, model, tokenizer, prompts, rule, params: SamplingParams, 
         else:
             finish = "eos"
         decision = decisions[r] if decisions is not None else None
+        if applied is None:
+            values = [float(temperatures[r])] * len(token_ids)
+        else:  # one temperature per sampled token (none recorded: an engine in another process)
+            values = (applied[r] or [])[:len(token_ids)]
+            values = values if len(values) == len(token_ids) else [math.nan] * len(token_ids)
         traces.append(Trace(
             prompt_index=i, sample_index=s, prompt_ids=list(encoded[i]), token_ids=token_ids, text=text,
-            finish_reason=finish, values=[float(temperatures[r])] * len(token_ids), entropies=None,
+            finish_reason=finish, values=values, entropies=None,
             choices=decision.choices if decision is not None else None,
             hidden=decision.hidden if decision is not None else None,
             choice_probs=decision.choice_probs if decision is not None else None))
     return traces
+
+
+def _rule_spec(rule) -> dict | None:
+    """A logits-only rule as the processor rebuilds it (``LOGITS_RULES``), None for any other rule."""
+    for name, (cls, fields) in LOGITS_RULES.items():
+        if isinstance(rule, cls):
+            return {"name": name, "options": {f: getattr(rule, f) for f in fields}}
+    return None
