@@ -109,16 +109,17 @@ def main() -> None:
 
     def step(cached=False):
         if likelihood and not cached:  # the first epoch: every reference teacher-forced again
-            trainer._references.clear()
+            trainer.reference_cache.clear()
         features, counts = trainer.training_units(rows)  # as get_batch_samples
-        trainer._check_progress(counts)
+        trainer.check_progress(counts)
         inputs = trainer.collate(features, max(len(features), 1))
         loss = trainer.compute_loss(trainer.model, inputs)
         loss.backward()
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()
         trainer.state.global_step += 1  # as Trainer does: each step's completions are new, so each log writes them
-        last_bytes.extend(trainer._metrics.get("features/bytes_per_pair", trainer._metrics.get("features/bytes_per_group", [])))
+        pending = trainer.pending_metrics
+        last_bytes.extend(pending.get("features/bytes_per_pair", pending.get("features/bytes_per_group", [])))
         trainer.log({})  # logging every step (the metrics' reduction, the completions file) is part of the cost
         trainer.completions_callback.writer.flush()  # the file is written off the training thread: wait for it, so its
         # cost is timed here and not in the next (sampling-only) call

@@ -54,13 +54,13 @@ def test_the_shipped_recipe_learns_cold_arith_and_warm_stories_from_references_a
 
     rows = [json.loads(line) for line in (ROOT / "recipes" / "toy" / "data" / "references.jsonl").read_text().splitlines()]
     distinct = len({(str(r["prompt"]), r["completion"]) for r in rows})
-    assert len(trainer._references) == distinct
+    assert len(trainer.reference_cache) == distinct
     assert forwards["n"] <= distinct + 2  # one teacher-forced pass per reference over 4 epochs (+ input statistics)
     head = trainer.model.eval()
     mean_value = {}
     for family in ("arith", "story"):
         values = []
-        for features in trainer._references.values():
+        for features in trainer.reference_cache.values():
             if features.family == family:
                 with torch.no_grad():
                     values.append((head.log_probs(features.sample.hidden).exp() @ head.grid).mean().item())

@@ -38,7 +38,7 @@ def test_two_steps_train_only_the_head(toy_lm_folder, tmp_path, level):
     import pandas as pd
 
     written = pd.read_parquet(tmp_path / "out" / "completions" / f"completions_{trainer.state.global_step:05d}.parquet")
-    last = trainer._completions  # the last step's samples, labelled with the step they were sampled for
+    last = trainer.last_completions  # the last step's samples, labelled with the step they were sampled for
     assert written.to_dict("records")[0] == {"step": 2, **last[0], "choices": pytest.approx(last[0]["choices"])}
     assert len(written) == len(last) and set(written["step"]) == {2} and trainer.state.global_step == 2
     assert set(written["pair_role"]) <= {"", "chosen", "rejected"} and "chosen" in set(written["pair_role"])

@@ -75,7 +75,7 @@ class LPOTrainer(Trainer):
                 raise ValueError("An eval dataset is scored with the reward functions, and this run has none "
                                  "(loss_type 'likelihood' without reward_funcs): set reward_funcs, or drop "
                                  "eval_dataset / eval_dataset_name.")
-        self._references: dict = {}  # likelihood: each reference's teacher-forced features, computed once
+        self.reference_cache: dict = {}  # likelihood: each reference's teacher-forced features, computed once
         if head is None and args.head_name_or_path:
             head = AdaptiveDecoderHead.from_pretrained(args.head_name_or_path)
         if head is not None:
@@ -114,8 +114,8 @@ class LPOTrainer(Trainer):
         self.word_pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
         self._metrics: dict[str, list[float]] = defaultdict(list)
-        self._completions: list[dict] = []
-        self._completions_step = 0  # the optimizer step _completions were sampled for
+        self.last_completions: list[dict] = []  # the last rollout's samples (one row per response), as written
+        self.completions_step = 0  # the optimizer step last_completions were sampled for
         self.grad_norms, self.completions_callback = FamilyGradNormCallback(self), CompletionsCallback(self)
         for callback in (self.grad_norms, self.completions_callback, CollapseWarningCallback(len(head.config.grid))):
             self.add_callback(callback)
@@ -136,7 +136,7 @@ class LPOTrainer(Trainer):
             total = self._global_count(sum(map(len, features)))
             return [self.collate(f, total) for f in features], None
         features, counts = self.training_units([row for batch in batches for row in batch])
-        self._check_progress(counts)
+        self.check_progress(counts)
         total = self._global_count(len(features))
         return [self.collate(features[i::len(batches)], total) for i in range(len(batches))], None
 
@@ -150,7 +150,7 @@ class LPOTrainer(Trainer):
         teacher-forced features for the likelihood objective (no reward: every reference counts), else the pairs
         or groups of a fresh rollout (``comparisons``: sample pairs whose rewards differ)."""
         if self.objective.unit == "reference":
-            with torch.no_grad(), self._head_for_generation() as head:  # one gather per step on every rank
+            with torch.no_grad(), self.head_for_generation() as head:  # one gather per step on every rank
                 features = [lpo_rollout.reference_features(self, row, head) for row in rows]
             return features, torch.tensor([len(features)] * 3, dtype=torch.float64)
         features, _, counts = lpo_rollout.rollout_units(self, rows)
@@ -171,7 +171,7 @@ class LPOTrainer(Trainer):
         total = float(self.accelerator.reduce(count, reduction="sum").item())
         return max(total, 1.0) / self.accelerator.num_processes
 
-    def _check_progress(self, counts: torch.Tensor) -> None:
+    def check_progress(self, counts: torch.Tensor) -> None:
         """Stop loudly when the step had no valid reward, or when no two responses of a prompt have differed for
         ``max_steps_without_pairs`` consecutive steps (summed over processes: every rank decides alike)."""
         counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum").cpu()
@@ -200,7 +200,7 @@ class LPOTrainer(Trainer):
         return cached[1]
 
     @contextmanager
-    def _head_for_generation(self):
+    def head_for_generation(self):
         """The bare head. Under DeepSpeed ZeRO-3, transformers partitions the frozen LM at load
         time and the engine partitions the head: both are gathered for the duration."""
         head = self.bare_head()
@@ -233,6 +233,11 @@ class LPOTrainer(Trainer):
             return super().create_optimizer()
         self.optimizer = joint_optimizer(self)
         return self.optimizer
+
+    @property
+    def pending_metrics(self) -> dict[str, list[float]]:
+        """The metric values recorded since the last ``log`` (per call, this process only): a copy."""
+        return {k: list(v) for k, v in self._metrics.items()}
 
     def _record(self, values: dict) -> None:
         """Keep metric values locally; ``log`` reduces them over processes in one fixed set of collectives."""

@@ -57,9 +57,9 @@ class CompletionsCallback(TrainerCallback):
 
     def on_log(self, args, state, control, **kwargs):
         trainer = self.trainer
-        if trainer._completions and trainer._completions_step != self.written and trainer.is_world_process_zero():
-            self.writer.write(trainer._completions, args.output_dir, trainer._completions_step, args.report_to)
-            self.written = trainer._completions_step
+        if trainer.last_completions and trainer.completions_step != self.written and trainer.is_world_process_zero():
+            self.writer.write(trainer.last_completions, args.output_dir, trainer.completions_step, args.report_to)
+            self.written = trainer.completions_step
 
     def on_save(self, args, state, control, **kwargs):
         self.writer.flush()

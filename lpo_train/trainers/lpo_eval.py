@@ -77,7 +77,7 @@ def evaluate_head(trainer, dataset, prefix: str = "eval") -> dict[str, float]:
     rows = [dataset[i] for i in range(acc.process_index, len(dataset), acc.num_processes)]
     size = max(1, trainer.args.per_device_eval_batch_size)
     local: dict[str, list[float]] = defaultdict(list)
-    with trainer._head_for_generation() as head:  # under ZeRO-3 a collective gather: every rank enters it once
+    with trainer.head_for_generation() as head:  # under ZeRO-3 a collective gather: every rank enters it once
         rule = AdaptiveDecoderRule(head, "argmax")
         for first in range(0, len(rows), size):
             chunk = rows[first:first + size]

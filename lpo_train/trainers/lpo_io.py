@@ -238,4 +238,4 @@ def save_head_artifact(trainer, output_dir: str, state: dict, write_state: bool)
     head.save_pretrained(output_dir, state_dict=state, model_card_kwargs={"extra_sections": rows})
     if write_state:  # a checkpoint's trainer_state.json is Trainer's, written last (its "complete" mark)
         trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, by the head
-    plot_choices(trainer._completions, head.config.grid, args.knob, Path(output_dir))
+    plot_choices(trainer.last_completions, head.config.grid, args.knob, Path(output_dir))

@@ -58,11 +58,11 @@ def build_pairs_dataset(trainer, prompts, path: str | Path | None = None, chunk_
         _, stored, counts = rollout_units(trainer, chunk, keep_records=True)
         records += stored
         informative += int(counts[0])
-        completions += trainer._completions
+        completions += trainer.last_completions
         logger.info("offline units: %d from %d prompts", len(records), min(start + chunk_size, len(prompts)))
     if not records or not informative:
         raise LPOTrainingFailed("No pair could be built from the prompts: every group tied or had no valid reward.")
-    trainer._completions, trainer._completions_step = completions, 0  # every sample, once, as "step 0": before training
+    trainer.last_completions, trainer.completions_step = completions, 0  # every sample, once, as "step 0": before training
     # the pair-building's own sampling metrics, under their own names: not mixed into the first step's
     built = {f"pairs_build/{k}": v for k, v in trainer._metrics.items()}
     trainer._metrics.clear()

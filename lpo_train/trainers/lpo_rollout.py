@@ -124,7 +124,7 @@ def set_input_statistics(trainer, dataset, max_prompts: int = 256) -> None:
     first generated positions too for a token-level one. The same prompts on every process."""
     prompts = dataset["prompt"][:max_prompts]
     token_level = trainer.args.level == "token"
-    with trainer._head_for_generation() as head:
+    with trainer.head_for_generation() as head:
         traces = generate(trainer.lm, trainer.tokenizer, prompts, FixedTemperature(1.0 if token_level else 0.0),
                           SamplingParams(max_new_tokens=min(16, trainer.args.max_completion_length) if token_level
                                          else 1, trace_hidden=True, seed=trainer.args.seed,
@@ -153,7 +153,7 @@ def drop_long_prompts(trainer, dataset, args, what: str = "train"):
 def rollout(trainer, rows: list[dict]) -> Rollout:
     """Sample N responses per prompt with the head choosing (the configured exploration), score them, and
     group them as the objectives read them (``GroupDraw``s)."""
-    with trainer._head_for_generation() as head:
+    with trainer.head_for_generation() as head:
         traces = sample(trainer, rows, head) if rows else []
     rewards, per_func = score_traces(trainer.reward_funcs, trainer.reward_weights, rows, traces)
     draws = group_draws(rows, traces, rewards, per_func, trainer.args, [prompt_seed(trainer, r) for r in rows],
@@ -197,14 +197,14 @@ def reference_features(trainer, row, head) -> SampleFeatures:
     (cached: later epochs reuse it), keeping what the head's loss needs, as a trace does: the hidden
     states that predict each reference token (the prompt's last one for a sequence-level head) and
     log P(y_t | choice k) under every grid choice, with the call's truncations. ``head``: the bare head, inside the
-    caller's one ``_head_for_generation`` per step (under ZeRO-3 a collective gather: every rank enters it once
+    caller's one ``head_for_generation`` per step (under ZeRO-3 a collective gather: every rank enters it once
     per step whatever its cache holds, so the ranks make the same collective calls)."""
     args = trainer.args
     reference = row[args.reference_column]
     if isinstance(reference, list):  # TRL conversational completion: the assistant's content
         reference = "".join(m["content"] for m in reference if m.get("role", "assistant") == "assistant")
     key = (str(row["prompt"]), str(reference))
-    if key not in trainer._references:
+    if key not in trainer.reference_cache:
         from lpo_train.decoding.stream import head_logits
 
         prompt_ids = encode_prompts(trainer.tokenizer, [row["prompt"]])[0]
@@ -221,8 +221,8 @@ def reference_features(trainer, row, head) -> SampleFeatures:
                                                              args.decoding_truncation())
         hidden = states if args.level == "token" else states[:1]
         side = SideFeatures(hidden, torch.zeros(len(hidden), dtype=torch.long), token_logps.float())
-        trainer._references[key] = SampleFeatures(side, math.nan, 0.0, row.get("family"))
-    return trainer._references[key]
+        trainer.reference_cache[key] = SampleFeatures(side, math.nan, 0.0, row.get("family"))
+    return trainer.reference_cache[key]
 
 
 def prompt_seed(trainer, row) -> int:
@@ -283,8 +283,8 @@ def log_generation(trainer, rows, traces, rewards, per_func, roles, stats) -> No
                                  [reward_name(f) for f in trainer.reward_funcs], grid, entropies, expected,
                                  "pairs" if trainer.objective.unit == "pair" else "comparisons")
     trainer._record(metrics)
-    trainer._completions_step = trainer.state.global_step + 1  # the optimizer step these samples are for
-    trainer._completions = [{
+    trainer.completions_step = trainer.state.global_step + 1  # the optimizer step these samples are for
+    trainer.last_completions = [{
         "prompt": str(rows[t.prompt_index]["prompt"]), "completion": t.text,
         "reward": reward, "choices": [grid[c] for c in (t.choices or [])],
         "family": rows[t.prompt_index].get("family"), "pair_role": roles.get((t.prompt_index, t.sample_index), ""),

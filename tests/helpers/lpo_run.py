@@ -24,7 +24,7 @@ def main():
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     rank = trainer.accelerator.process_index
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    with trainer._head_for_generation() as head:  # gathers ZeRO-3 shards on every rank
+    with trainer.head_for_generation() as head:  # gathers ZeRO-3 shards on every rank
         state = {k: v.detach().clone().contiguous().cpu() for k, v in head.state_dict().items()}
         if config.use_peft:  # the jointly trained LoRA adapter too
             from peft import get_peft_model_state_dict
