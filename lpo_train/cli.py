@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("generate", help="guided decoding to JSONL: --method base|bon|eft|tokenrm|cbs|ivg|args [--config ...]")
     sub.add_parser("check-objective", help="train heads on bandits with known optima: does an objective reach the "
                    "expected-reward optimum? (docs/objectives.md)")
+    sub.add_parser("serve", help="serve a trained head inside vLLM's OpenAI-compatible server: HEAD [--selection ...] "
+                   "[vllm serve flags] (docs/serving.md section B)")
 
     p = sub.add_parser("toy-pretrain", help="pretrain the toy world's LM and cache it")
     p.add_argument("--size", default="small", choices=["small", "base"])
@@ -138,8 +140,51 @@ def dispatch(argv: list[str]) -> None:
         if check_main(argv[1:]):
             raise SystemExit(1)
         return
+    if argv and argv[0] == "serve":
+        serve(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     args.func(args)
+
+
+def serve_command(argv: list[str]) -> list[str]:
+    """The ``vllm serve`` command line that ``lpo-train serve`` runs (``vllm.head_engine_args`` as flags), through
+    ``decoding/vllm_serve.py`` (``vllm serve`` itself, which also runs on vLLM's CPU build)."""
+    import json
+
+    from lpo_train.decoding.vllm import head_engine_args
+    from lpo_train.heads import SELECTIONS
+
+    p = argparse.ArgumentParser(prog="lpo-train serve", description="Serve a trained AdaptiveDecoder head inside "
+                                "vLLM's OpenAI-compatible server: the head chooses the decoding knob of every "
+                                "request (send temperature 1, the default, and no top_k / top_p / min_p: the head's "
+                                "distribution is the model's output). Unknown flags go to `vllm serve` unchanged.")
+    p.add_argument("head", help="the head's folder or Hub id (its config names the base model)")
+    p.add_argument("--selection", default="argmax", choices=SELECTIONS)
+    p.add_argument("--top_k", type=int, default=0, help="a fixed truncation after the head's knob (0: off)")
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--min_p", type=float, default=0.0)
+    p.add_argument("--base_model", default=None, help="default: the base model the head's config names")
+    p.add_argument("--served_model_name", default=None, help="the `model` of requests (default: HEAD as given)")
+    args, rest = p.parse_known_args(argv)
+    engine = head_engine_args(args.head, args.selection, args.top_k, args.top_p, args.min_p, args.base_model)
+    command = [sys.executable, "-m", "lpo_train.decoding.vllm_serve", engine["model"],
+               "--hf-overrides", json.dumps(engine["hf_overrides"]), "--generation-config", engine["generation_config"],
+               "--dtype", engine["dtype"], "--served-model-name", args.served_model_name or args.head]
+    if engine["enforce_eager"]:
+        command.append("--enforce-eager")
+    if engine["enable_chunked_prefill"] is False:
+        command.append("--no-enable-chunked-prefill")
+    return command + rest
+
+
+def serve(argv: list[str]) -> None:
+    """``lpo-train serve HEAD ...``: replaces this process with ``vllm serve`` (``serve_command``)."""
+    import os
+
+    command = serve_command(argv)
+    print("lpo-train serve: " + " ".join(command), file=sys.stderr, flush=True)
+    os.execv(command[0], command)
 
 
 def main(argv: list[str] | None = None) -> None:

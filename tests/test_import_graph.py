@@ -98,8 +98,8 @@ def test_no_import_cycle_within_the_package(package, edge):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_each_decoding_module_imports_alone(module):
-    if module.endswith("vllm_processors") and os.environ.get("LPO_TRAIN_REQUIRE_VLLM") != "1":
-        pytest.importorskip("vllm", reason="vLLM's processors import vLLM (make test installs it)")
+    if module.endswith(("vllm_processors", "vllm_head", "vllm_serve")) and os.environ.get("LPO_TRAIN_REQUIRE_VLLM") != "1":
+        pytest.importorskip("vllm", reason="vLLM's processors and head model import vLLM (make test installs it)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True,
                           timeout=300)

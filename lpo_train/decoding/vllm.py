@@ -30,9 +30,12 @@ from pathlib import Path
 from lpo_train.decoding.engine import SamplingParams, encode_prompts, generate
 from lpo_train.decoding.randomness import seed_for
 from lpo_train.decoding.rules import LOGITS_RULES, MIN_TEMPERATURE, FixedTemperature
+from lpo_train.decoding.sampling import Truncation
 from lpo_train.decoding.trace import Trace
 
 VLLM_MODES = ("colocate", "server")
+HEAD_ARCHITECTURE = "LPOAdaptiveLlamaForCausalLM"  # vllm_head.AdaptiveLlamaForCausalLM, registered by the plugin
+HEAD_BASES = ("LlamaForCausalLM",)  # base architectures a head can be served on inside vLLM
 _ENGINES: dict[tuple, object] = {}
 
 
@@ -90,20 +93,83 @@ def vllm_engine(path: str, args):
         from lpo_train.decoding.vllm_processors import RuleLogitsProcessor
 
         options = {"max_model_len": args.vllm_max_model_length} if args.vllm_max_model_length else {}
-        if _on_cpu():  # vLLM 0.32's CPU build: a seeded request whose prefill is split over two steps rewinds its
-            # random generator, which CPU generators cannot do (RuntimeError "CPU Generator does not use offset")
-            options["enable_chunked_prefill"] = False
-        if Path(path).is_dir() and (Path(path) / "config.json").exists():
-            import json
-
-            dtype = json.loads((Path(path) / "config.json").read_text()).get("dtype") or "auto"
-        else:
-            dtype = "auto"
-        _ENGINES[key] = LLM(model=str(path), dtype=dtype, seed=0, enforce_eager=_on_cpu(),
+        _ENGINES[key] = LLM(model=str(path), seed=0, **engine_options(path),
                             logits_processors=[RuleLogitsProcessor],  # imports vLLM: only when an engine is built
                             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
                             tensor_parallel_size=args.vllm_tensor_parallel_size, **options)
     return _ENGINES[key]
+
+
+def engine_options(path) -> dict:
+    """``vllm.LLM`` options every lpo-train engine takes: the checkpoint's own dtype; on a CPU, eager mode and no
+    chunked prefill (vLLM 0.32's CPU build: a seeded request whose prefill is split over two steps rewinds its
+    random generator, which CPU generators cannot do: RuntimeError "CPU Generator does not use offset")."""
+    dtype = "auto"
+    if Path(path).is_dir() and (Path(path) / "config.json").exists():
+        import json
+
+        dtype = json.loads((Path(path) / "config.json").read_text()).get("dtype") or "auto"
+    _cpu_defaults()
+    return {"dtype": dtype, "enforce_eager": _on_cpu(), **({"enable_chunked_prefill": False} if _on_cpu() else {})}
+
+
+def head_engine(head_name_or_path, selection: str = "argmax", **kwargs):
+    """This process's ``vllm.LLM`` serving a trained head (``head_engine_args``; ``kwargs``: its truncations and
+    ``base_model``), built once and reused; ``shutdown`` drops it."""
+    key = ("head", str(head_name_or_path), selection, tuple(sorted(kwargs.items())))
+    if key not in _ENGINES:
+        from vllm import LLM
+
+        _ENGINES[key] = LLM(seed=0, **head_engine_args(head_name_or_path, selection, **kwargs))
+    return _ENGINES[key]
+
+
+def register_plugin() -> None:
+    """vLLM's ``vllm.general_plugins`` entry point (pyproject.toml): makes ``HEAD_ARCHITECTURE`` a model vLLM can
+    load, in every vLLM process of an environment where lpo-train is installed."""
+    from vllm import ModelRegistry
+
+    if HEAD_ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(HEAD_ARCHITECTURE, "lpo_train.decoding.vllm_head:AdaptiveLlamaForCausalLM")
+
+
+def head_engine_args(head_name_or_path, selection: str = "argmax", top_k: int = 0, top_p: float = 1.0,
+                     min_p: float = 0.0, base_model: str | None = None) -> dict:
+    """The ``vllm.LLM`` (or ``vllm serve``) arguments that serve a trained head inside vLLM: the base model its
+    config names (or ``base_model``), ``hf_overrides`` selecting ``HEAD_ARCHITECTURE`` with the head, its
+    ``selection`` and fixed truncations, and ``generation_config="vllm"`` (the base model's own sampling defaults
+    would otherwise apply to requests: they must sample at temperature 1 with no truncation, the head's distribution
+    being the logits). ``vllm.LLM(**head_engine_args(head))``; ``lpo-train serve`` passes the same as flags."""
+    import json
+
+    from lpo_train.heads import SELECTIONS, AdaptiveDecoderHead
+    from lpo_train.models.loading import resolve_model_path
+
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}.")
+    Truncation(top_k, top_p, min_p)  # checks the values
+    head = AdaptiveDecoderHead.from_pretrained(head_name_or_path)
+    if head.config.extra.get("adapter_in_repo") or head.config.extra.get("adapter"):
+        raise ValueError(f"The head {head_name_or_path!r} was trained on a LoRA-adapted LM; serving inside vLLM loads "
+                         "the base model only: merge the adapter into the base model and pass the merged folder as "
+                         "base_model (--base_model).")
+    spec = base_model or head.config.base_model
+    if not spec:
+        raise ValueError(f"The head {head_name_or_path!r} records no base model (config.json base_model): give "
+                         "base_model (--base_model FOLDER_OR_HUB_ID).")
+    path = resolve_model_path(spec)
+    config = Path(path) / "config.json"
+    architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
+    if config.is_file() and not set(architectures) & set(HEAD_BASES):
+        raise ValueError(f"{config}: architectures {architectures}; a head is served inside vLLM on {HEAD_BASES} "
+                         "only for now (vllm_head.py subclasses vLLM's Llama). Sample with lpo-train's engine "
+                         "(AdaptiveDecoderForCausalLM) instead.")
+    overrides = {"architectures": [HEAD_ARCHITECTURE], "lpo_head": str(head_name_or_path), "lpo_selection": selection,
+                 "lpo_top_k": top_k, "lpo_top_p": top_p, "lpo_min_p": min_p}
+    # no chunked prefill anywhere: a row whose prompt is only partly prefilled would otherwise reach compute_logits
+    # with a hidden state that is not its prompt's last, and a sequence-level head decides there
+    return {"model": str(path), "hf_overrides": overrides, "generation_config": "vllm", **engine_options(path),
+            "enable_chunked_prefill": False}
 
 
 def shutdown() -> None:
