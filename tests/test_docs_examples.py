@@ -131,6 +131,9 @@ def test_runnable_examples(group: list[Example], toy_lm_folder, tmp_path, monkey
     import lpo_train
     from lpo_train.trainers import LPOConfig
 
+    if any(re.search(r"^from vllm|^import vllm", e.code, flags=re.MULTILINE) for e in group) and \
+            os.environ.get("LPO_TRAIN_REQUIRE_VLLM") != "1":
+        pytest.importorskip("vllm", reason="the page's examples use vLLM (make test installs its CPU build)")
     work = tmp_path / "work"
     work.mkdir()
     for name in LINKED_IN:

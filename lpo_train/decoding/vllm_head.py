@@ -25,6 +25,8 @@ which request sits in which row of the batch; its ``update_state`` runs before t
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.v1.sample.logits_processor import LogitsProcessor
@@ -74,8 +76,9 @@ def _new_row(params, prompt_ids, output_ids) -> dict:
     generator = None
     if params is not None and params.seed is not None:
         generator = torch.Generator().manual_seed(int(params.seed) ^ 0x5EED)  # not the token sampler's stream
+    # a request that arrives with output already is one vLLM preempted and now recomputes: its first choice is gone
     return {"output": output_ids, "choice": None, "probs": None, "generator": generator, "key": extra.get("lpo_key"),
-            "selection": extra.get("lpo_selection")}
+            "selection": extra.get("lpo_selection"), "resumed": bool(output_ids)}
 
 
 class AdaptiveLlamaForCausalLM(LlamaForCausalLM):
@@ -122,6 +125,11 @@ class AdaptiveLlamaForCausalLM(LlamaForCausalLM):
         selections = [row["selection"] or self.lpo_selection for row in rows]
         if not token_level:  # one decision per request, at its first token, kept after
             for i, row in enumerate(rows):
+                if row["choice"] is None and row["resumed"]:
+                    warnings.warn("vLLM preempted a request served by a sequence-level head and recomputes it: its "
+                                  "choice is made again, from the hidden state of its last token, not its prompt's. "
+                                  "Give the engine more KV cache (gpu_memory_utilization, VLLM_CPU_KVCACHE_SPACE) or "
+                                  "fewer concurrent requests (max_num_seqs).", RuntimeWarning, stacklevel=2)
                 if row["choice"] is None:
                     row["probs"] = probs[i].clone()
                     row["choice"] = int(torch.multinomial(probs[i].float().cpu(), 1, generator=row["generator"])) \

@@ -361,4 +361,4 @@ def load_suite(spec: str, seed: int = 0, split: str = "train", **options) -> lis
 
 register_reward(NAME, smollm2_mix_reward)
 register_reward("real_mix", real_mix_reward)
-register_dataset(NAME, load_suite)
+register_dataset(NAME, load_suite, default_rewards=[NAME])  # its families' own rewards
