@@ -50,10 +50,15 @@ class VLLMArguments:
 
     use_vllm: bool = _help("Sample with vLLM instead of lpo-train's engine (fixed temperatures, truncations and "
                            "sequence-level temperature heads; anything decided per token needs the engine).", False)
-    vllm_mode: str = _help("'colocate': vLLM inside this process ('server' is not supported yet).", "colocate")
+    vllm_mode: str = _help("'colocate': vLLM inside this process; 'server': a running vLLM server on the same model "
+                           "(vllm_server_*; docs/serving.md).", "colocate")
     vllm_gpu_memory_utilization: float = _help("Fraction of GPU memory vLLM may take (colocate; unused on CPU).", 0.3)
     vllm_tensor_parallel_size: int = _help("GPUs vLLM shards the model over (colocate).", 1)
     vllm_max_model_length: int | None = _help("vLLM's context window (default: the model's).", None)
+    vllm_server_base_url: str | None = _help("Server mode: the server's URL (overrides host and port).", None)
+    vllm_server_host: str = _help("Server mode: the server's host.", "0.0.0.0")
+    vllm_server_port: int = _help("Server mode: the server's port.", 8000)
+    vllm_server_timeout: float = _help("Server mode: seconds to wait for the server (and for one request).", 240.0)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from lpo_train.decoding import (  # noqa: E402
 from lpo_train.decoding import vllm as backend  # noqa: E402
 from lpo_train.decoding.engine import encode_prompts, next_token_distribution  # noqa: E402
 from lpo_train.heads import AdaptiveDecoderHead  # noqa: E402
+from tests.helpers.stats import chi_square_p  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Name a colour.", [{"role": "user", "content": "What is 2+3?"}], "Write one word about the sea."]
@@ -70,24 +71,10 @@ def test_greedy_responses_equal_the_engines(smollm2):
     assert all(t.token_ids[-1] == tokenizer.eos_token_id for t in theirs)
 
 
-def _chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    """Pearson's chi-square p-value of ``counts`` against ``probs``; bins of expected count < 5 pooled into one."""
-    n = counts.sum().item()
-    big = probs * n >= 5
-    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
-    expected = torch.cat([probs[big], probs[~big].sum()[None]]).double() * n
-    keep = expected > 0
-    observed, expected = observed[keep], expected[keep]
-    expected *= observed.sum() / expected.sum()  # float rounding of the support's mass
-    statistic = ((observed - expected) ** 2 / expected).sum()
-    dof = torch.tensor(len(observed) - 1, dtype=torch.float64)
-    return float(torch.special.gammaincc(dof / 2, statistic / 2))  # the chi-square survival function
-
-
 @pytest.mark.parametrize("temperature, truncation", [(1.0, {}), (0.7, {"top_p": 0.9}), (1.3, {"top_k": 20}),
                                                       (1.0, {"min_p": 0.05})])
 def test_first_tokens_follow_the_engines_exact_distribution(smollm2, temperature, truncation):
-    """800 seeded one-token samples from vLLM, against the distribution the engine samples from (temperature then
+    """400 seeded one-token samples from vLLM, against the distribution the engine samples from (temperature then
     the truncation, as HF ``generate``): a chi-square test, and no token outside the truncated support."""
     model, tokenizer, llm, _ = smollm2
     prompt = PROMPTS[2]
@@ -97,17 +84,17 @@ def test_first_tokens_follow_the_engines_exact_distribution(smollm2, temperature
     probs = next_token_distribution(logits[None], torch.tensor([temperature], dtype=torch.float64),
                                     **truncation)[0].float()
     traces = backend.vllm_generate(llm, model, tokenizer, [prompt], FixedTemperature(temperature),
-                                   SamplingParams(max_new_tokens=1, num_samples=800, seed=11, **truncation))
+                                   SamplingParams(max_new_tokens=1, num_samples=400, seed=11, **truncation))
     firsts = torch.tensor([t.token_ids[0] for t in traces])
     assert probs[firsts].min() > 0, "vLLM sampled a token outside the truncated support"
     counts = torch.bincount(firsts, minlength=len(probs)).float()
-    assert _chi_square_p(counts, probs) > 1e-3
+    assert chi_square_p(counts, probs) > 1e-3
 
 
 @pytest.mark.parametrize("rule, truncation", [(EDT(1.0, 1.0), {}), (Dynatemp(0.8, 0.5), {"top_k": 30})])
 def test_edt_and_dynatemp_run_inside_vllm_as_the_engines_rule(smollm2, rule, truncation):
     """The logits processor: each sample's first token follows the engine's rule distribution (its temperature
-    from the logits, then the truncation: chi-square over 800 seeded samples), the applied temperatures come back
+    from the logits, then the truncation: chi-square over 400 seeded samples), the applied temperatures come back
     as the traces' values, equal to the engine's at the first token, and greedy steps stay greedy."""
     from lpo_train.decoding.rules import StepInput
 
@@ -119,10 +106,10 @@ def test_edt_and_dynatemp_run_inside_vllm_as_the_engines_rule(smollm2, rule, tru
     temperature = rule.step(StepInput(logits=logits[None], hidden=None, state={}, step=0)).temperature
     probs = next_token_distribution(logits[None].double(), temperature.double().reshape(1), **truncation)[0].float()
     traces = backend.vllm_generate(llm, model, tokenizer, [prompt], rule,
-                                   SamplingParams(max_new_tokens=1, num_samples=800, seed=13, **truncation))
+                                   SamplingParams(max_new_tokens=1, num_samples=400, seed=13, **truncation))
     firsts = torch.tensor([t.token_ids[0] for t in traces])
     assert probs[firsts].min() > 0
-    assert _chi_square_p(torch.bincount(firsts, minlength=len(probs)).float(), probs) > 1e-3
+    assert chi_square_p(torch.bincount(firsts, minlength=len(probs)).float(), probs) > 1e-3
     assert [t.values[0] for t in traces] == pytest.approx([float(temperature)] * len(traces), rel=1e-4)
     longer = backend.vllm_generate(llm, model, tokenizer, PROMPTS, rule, SamplingParams(max_new_tokens=10, seed=2))
     engine = generate(model, tokenizer, PROMPTS, rule, SamplingParams(max_new_tokens=10, seed=2))
@@ -187,8 +174,8 @@ def test_what_vllm_cannot_sample_is_an_error_naming_use_vllm(smollm2, tiny_lm):
     for loss, level in [("lpo_latent", None), ("lpo_joint", None), ("lpo_regression", "token")]:
         with pytest.raises(ValueError, match=f"use_vllm with loss_type '{loss}'.*Set use_vllm false"):
             LPOConfig(output_dir="unused", use_vllm=True, loss_type=loss, level=level, dataset_name="toy")
-    with pytest.raises(ValueError, match="vllm_mode 'server' is not supported yet"):
-        LPOConfig(output_dir="unused", use_vllm=True, vllm_mode="server", dataset_name="toy")
+    with pytest.raises(ValueError, match="vllm_mode must be one of"):
+        LPOConfig(output_dir="unused", use_vllm=True, vllm_mode="remote", dataset_name="toy")
     with pytest.raises(ValueError, match="min-p before top-k"):
         DecodingArguments(use_vllm=True, min_p=0.1, top_k=5).check_decoding()
     with pytest.raises(ValueError, match="use_vllm samples plainly.*method 'args'"):

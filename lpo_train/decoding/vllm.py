@@ -16,7 +16,8 @@ processor (``vllm_processors.RuleLogitsProcessor``). ``vllm_generate`` takes the
 - what only the engine can do (token-level heads, KLD, guidance, the mixture selection, traced per-token states) is
   a ``ValueError`` naming ``use_vllm``, never a silent fallback.
 
-Colocate mode: one ``vllm.LLM`` per process and model, built on first use and reused (``vllm_engine``). On a CPU
+Colocate mode: one ``vllm.LLM`` per process and model, built on first use and reused (``vllm_engine``); server
+mode: a running vLLM server answers the same requests (``vllm_client``). On a CPU
 (vLLM's CPU build) the engine runs in-process and uses every core unless the ``VLLM_CPU_*`` variables say
 otherwise."""
 
@@ -37,6 +38,7 @@ VLLM_MODES = ("colocate", "server")
 HEAD_ARCHITECTURE = "LPOAdaptiveLlamaForCausalLM"  # vllm_head.AdaptiveLlamaForCausalLM, registered by the plugin
 HEAD_BASES = ("LlamaForCausalLM",)  # base architectures a head can be served on inside vLLM
 _ENGINES: dict[tuple, object] = {}
+_CLIENTS: dict[tuple, object] = {}  # server mode: one client per server and model
 
 
 def check_vllm_args(args, what: str = "this command") -> None:
@@ -45,9 +47,6 @@ def check_vllm_args(args, what: str = "this command") -> None:
         return
     if args.vllm_mode not in VLLM_MODES:
         raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {args.vllm_mode!r}.")
-    if args.vllm_mode == "server":
-        raise ValueError("vllm_mode 'server' is not supported yet: use vllm_mode 'colocate' (vLLM inside this "
-                         "process), or use_vllm false for the engine.")
     if args.min_p > 0 and (args.top_k > 0 or args.top_p < 1):
         raise ValueError("use_vllm with min_p and top_k / top_p together: vLLM applies min-p before top-k / top-p, "
                          "HF generate (and the engine) after them, so the distributions differ. Use one truncation, "
@@ -84,7 +83,15 @@ def model_folder(model) -> str:
 
 
 def vllm_engine(path: str, args):
-    """The process's ``vllm.LLM`` for ``path`` under ``args``' vLLM fields, built once and reused."""
+    """The process's ``vllm.LLM`` for ``path`` under ``args``' vLLM fields, built once and reused; in server mode a
+    client of the server (``vllm_client.VLLMServerClient``: the same ``generate``), checked to serve ``path``."""
+    if args.vllm_mode == "server":
+        from lpo_train.decoding.vllm_client import VLLMServerClient, server_url
+
+        key = ("server", server_url(args), str(path))
+        if key not in _CLIENTS:
+            _CLIENTS[key] = VLLMServerClient(server_url(args), str(path), args.vllm_server_timeout)
+        return _CLIENTS[key]
     key = (str(path), args.vllm_gpu_memory_utilization, args.vllm_tensor_parallel_size, args.vllm_max_model_length)
     if key not in _ENGINES:
         _cpu_defaults()
@@ -176,6 +183,7 @@ def shutdown() -> None:
     """Drop this process's vLLM engines (their memory is freed once nothing else holds them)."""
     import gc
 
+    _CLIENTS.clear()
     if not _ENGINES:
         return
     _ENGINES.clear()

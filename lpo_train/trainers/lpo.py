@@ -103,8 +103,8 @@ class LPOTrainer(Trainer):
             vllm_backend.check_rule(AdaptiveDecoderRule(head, args.selection), "use_vllm (train)")
             vllm_backend.model_folder(self.lm)
             if args.world_size > 1:
-                raise ValueError(f"use_vllm with {args.world_size} processes is not supported yet (each rank would "
-                                 "build its own vLLM engine): train with one process, or use_vllm false.")
+                raise ValueError(f"use_vllm with {args.world_size} processes is not supported yet (colocate: each "
+                                 "rank would build its own engine; server: not tested): one process, or use_vllm false.")
         super().__init__(model=JointHeadLM(head, self.lm) if args.use_peft else head, args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=lambda rows: rows,
                          callbacks=callbacks)
