@@ -5,7 +5,6 @@ build and sets LPO_TRAIN_REQUIRE_VLLM=1."""
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import subprocess
@@ -105,8 +104,9 @@ def test_server_samples_follow_the_exact_distribution_and_repeat_with_their_seed
     assert [t.token_ids for t in again] == [t.token_ids for t in traces[:40]]
 
 
-def test_lpo_trains_with_server_rollouts(server, tmp_path):
-    """A 2-step LPO run on SmolLM2 whose responses the server samples; its groups carry the engine path's choices."""
+def test_server_rollouts_carry_the_engine_paths_choices(server, tmp_path):
+    """An LPO rollout (SmolLM2) whose responses the server samples: the same choices as the engine path's rollout,
+    each response sampled at its choice's temperature (the DDP test below trains on such rollouts)."""
     from datasets import Dataset
 
     from lpo_train.registry import REWARDS, register_reward
@@ -116,23 +116,23 @@ def test_lpo_trains_with_server_rollouts(server, tmp_path):
         float(len(c if isinstance(c, str) else c[0]["content"])) for c in completions])
     model, tokenizer, _, args = server
     rows = [{"prompt": [{"role": "user", "content": f"Count to {n}."}]} for n in (3, 5)]
-    common = dict(model_name_or_path="smollm2", reward_funcs=["server_test_chars"], num_generations=3, max_completion_length=12,
-                  per_device_train_batch_size=2, max_steps=2, learning_rate=0.05, grid=[0.0, 0.7, 1.2],
-                  level="sequence", logging_steps=1, report_to=[], save_strategy="no", seed=4)
-    trainer = LPOTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
-                         args=LPOConfig(output_dir=str(tmp_path / "server"), use_vllm=True, vllm_mode="server",
-                                        vllm_server_host=args.vllm_server_host,
-                                        vllm_server_port=args.vllm_server_port, **common))
-    engine = LPOTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
-                        args=LPOConfig(output_dir=str(tmp_path / "engine"), **common))
-    batch = [trainer.train_dataset[i] for i in range(len(rows))]
-    assert [d.choices for d in trainer.rollout(batch).draws] == [d.choices for d in engine.rollout(batch).draws]
-    before = [p.detach().clone() for p in trainer.bare_head().parameters()]
-    trainer.train()
-    assert trainer.state.global_step == 2
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.bare_head().parameters()))
-    assert all(math.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
-    REWARDS.unregister("server_test_chars")
+    common = dict(model_name_or_path="smollm2", reward_funcs=["server_test_chars"], num_generations=3,
+                  max_completion_length=12, per_device_train_batch_size=2, max_steps=2, grid=[0.0, 0.7, 1.2],
+                  level="sequence", report_to=[], save_strategy="no", seed=4)
+    try:
+        trainer = LPOTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
+                             args=LPOConfig(output_dir=str(tmp_path / "server"), use_vllm=True, vllm_mode="server",
+                                            vllm_server_host=args.vllm_server_host,
+                                            vllm_server_port=args.vllm_server_port, **common))
+        engine = LPOTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
+                            args=LPOConfig(output_dir=str(tmp_path / "engine"), **common))
+        batch = [trainer.train_dataset[i] for i in range(len(rows))]
+        ours, theirs = engine.rollout(batch), trainer.rollout(batch)
+    finally:
+        REWARDS.unregister("server_test_chars")
+    assert [d.choices for d in theirs.draws] == [d.choices for d in ours.draws]
+    for a, b in zip(ours.traces, theirs.traces, strict=True):
+        assert b.choices == a.choices and set(b.values) == {a.values[0]} and b.token_ids
 
 
 def test_server_mode_errors_name_the_fix(server, tmp_path):
@@ -147,3 +147,29 @@ def test_server_mode_errors_name_the_fix(server, tmp_path):
                                vllm_server_timeout=1.0)
     with pytest.raises(UserError, match="no vLLM server answered.*vllm_server_timeout"):
         backend.vllm_engine(str(other), nobody)
+
+
+def test_two_ddp_processes_sample_from_one_server(server, tmp_path):
+    """TRL's reason for server mode: 2 DDP processes (CPU, gloo), each a client of the one server, train one step
+    of the SmolLM2 recipe; both ranks end with the same head, and it moved from the initial (uniform) head."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    _, _, _, args = server
+    root = Path(__file__).resolve().parents[1]
+    common = [str(root / "tests" / "helpers" / "lpo_run.py"), "--config",
+              str(root / "recipes" / "smollm2-135m" / "lpo_seq.yaml"), "--max_steps", "1", "--num_generations", "3",
+              "--grid", "0", "0.7", "1.2", "--max_completion_length", "8", "--per_device_train_batch_size", "2",
+              "--learning_rate", "0.05", "--warmup_steps", "0", "--report_to", "none", "--save_strategy", "no"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root),
+           "ACCELERATE_USE_CPU": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *common, "--use_vllm", "--vllm_mode", "server", "--vllm_server_host", args.vllm_server_host,
+                          "--vllm_server_port", str(args.vllm_server_port), "--output_dir", str(tmp_path / "ddp")],
+                         capture_output=True, text=True, cwd=root, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    heads = [load_file(str(tmp_path / "ddp" / f"head_rank{r}.safetensors")) for r in (0, 1)]
+    assert heads[0].keys() == heads[1].keys() and all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    # a fresh head's output layer is all zeros (it starts uniform): one step of training moves it on both ranks
+    assert heads[0]["mlp.4.weight"].abs().sum() > 0, "the DDP step did not move the head"

@@ -102,9 +102,9 @@ class LPOTrainer(Trainer):
         if args.use_vllm:  # what vLLM cannot sample, named before any sampling
             vllm_backend.check_rule(AdaptiveDecoderRule(head, args.selection), "use_vllm (train)")
             vllm_backend.model_folder(self.lm)
-            if args.world_size > 1:
-                raise ValueError(f"use_vllm with {args.world_size} processes is not supported yet (colocate: each "
-                                 "rank would build its own engine; server: not tested): one process, or use_vllm false.")
+            if args.world_size > 1 and args.vllm_mode == "colocate":
+                raise ValueError(f"use_vllm with {args.world_size} processes is not supported yet in colocate mode (each "
+                                 "rank would build its own engine): use vllm_mode 'server', or use_vllm false.")
         super().__init__(model=JointHeadLM(head, self.lm) if args.use_peft else head, args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=lambda rows: rows,
                          callbacks=callbacks)
