@@ -344,6 +344,12 @@ def test_a_joint_head_as_the_start_continues_with_its_adapter_or_drops_the_claim
     saved = AdaptiveDecoderForCausalLM.from_pretrained(folder).model
     want, got = get_peft_model_state_dict(saved), get_peft_model_state_dict(joint.lm)
     assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)  # not a fresh B = 0 adapter
+    bare = tmp_path / "head_without_its_adapter"  # the head's files alone: its adapter cannot be continued
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(ValueError, match="trained jointly with a LoRA adapter, which is not in a local folder"):
+        LPOTrainer(model=str(toy_lm_folder), args=_joint(tmp_path / "c", head_name_or_path=str(bare)))
     head_only = LPOTrainer(model=str(toy_lm_folder), args=toy_lpo_config(tmp_path / "b", max_steps=1,
                                                                          head_name_or_path=str(folder)))
     head_only.train()

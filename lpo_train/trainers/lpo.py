@@ -27,7 +27,13 @@ from lpo_train.rewards import resolve_rewards, reward_name
 from lpo_train.trainers import lpo_batches, lpo_eval, lpo_offline, lpo_rollout
 from lpo_train.trainers.lpo_callbacks import CollapseWarningCallback, CompletionsCallback, FamilyGradNormCallback
 from lpo_train.trainers.lpo_config import LPOConfig
-from lpo_train.trainers.lpo_io import check_output_dir, model_card_rows, save_head_artifact, stored_features
+from lpo_train.trainers.lpo_io import (
+    check_output_dir,
+    model_card_rows,
+    resolve_checkpoint,
+    save_head_artifact,
+    stored_features,
+)
 from lpo_train.trainers.lpo_joint import (
     JointHeadLM,
     check_peft_config,
@@ -37,10 +43,6 @@ from lpo_train.trainers.lpo_joint import (
 )
 from lpo_train.trainers.lpo_metrics import reduce_across_processes
 from lpo_train.trainers.lpo_rollout import LPOTrainingFailed, Rollout, check_head_matches, check_prompts  # noqa: F401
-
-
-def model_grid(trainer) -> tuple[float, ...]:
-    return trainer.bare_head().config.grid
 
 
 class LPOTrainer(Trainer):
@@ -90,14 +92,7 @@ class LPOTrainer(Trainer):
         if eval_dataset is not None:
             eval_dataset = lpo_eval.each(eval_dataset, lambda d, name: lpo_eval.prepare(self, args, d, name))
         if args.use_peft:  # Eq. 9 with a trainable LM: the Trainer optimises the head and a LoRA adapter together
-            self.lm = peft_lm_for_joint(self.lm, self.lora_config)
-            if head.config.extra.get("adapter_in_repo"):  # a jointly trained head continues with its own adapter
-                folder = Path(str(args.head_name_or_path or ""))
-                if not (folder / "adapter_model.safetensors").is_file():
-                    raise ValueError(f"The head {args.head_name_or_path!r} was trained jointly with a LoRA adapter, "
-                                     "which is not in a local folder here: download the repo and give its folder "
-                                     "as head_name_or_path, or continue the run with resume_from_checkpoint.")
-                load_adapter_weights(self.lm, folder)
+            self.lm = peft_lm_for_joint(self.lm, self.lora_config, head, args.head_name_or_path)
         head.check_compatible(self.lm)
         if args.use_vllm:  # what vLLM cannot sample, named before any sampling
             vllm_backend.check_rule(AdaptiveDecoderRule(head, args.selection), "use_vllm (train)")
@@ -268,16 +263,7 @@ class LPOTrainer(Trainer):
     def train(self, resume_from_checkpoint=None, **kwargs):
         """``resume_from_checkpoint``: a checkpoint folder, or True / "true" / "latest" for the latest
         ``checkpoint-*`` in ``output_dir`` (Trainer's convention)."""
-        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "latest"):
-            resume_from_checkpoint = True
-        if resume_from_checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            found = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
-            if found is None:
-                raise FileNotFoundError(f"resume_from_checkpoint=true but {self.args.output_dir} holds no "
-                                        "checkpoint-* folder; give a checkpoint path or train from scratch.")
-            resume_from_checkpoint = found
+        resume_from_checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
         # Trainer.train aligns a tokenizer's special tokens into ``model.config``, a transformers config; the
         # trained model is the head, whose config has no token ids: hidden for the call
         self.processing_class = None

@@ -239,3 +239,19 @@ def save_head_artifact(trainer, output_dir: str, state: dict, write_state: bool)
     if write_state:  # a checkpoint's trainer_state.json is Trainer's, written last (its "complete" mark)
         trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the log history, by the head
     plot_choices(trainer.last_completions, head.config.grid, args.knob, Path(output_dir))
+
+
+def resolve_checkpoint(resume, output_dir: str):
+    """``resume_from_checkpoint`` as Trainer takes it: True / "true" / "latest" become the latest ``checkpoint-*``
+    in ``output_dir`` (an error when there is none); a path or None is returned as given."""
+    if isinstance(resume, str) and resume.lower() in ("true", "latest"):
+        resume = True
+    if resume is not True:
+        return resume
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if found is None:
+        raise FileNotFoundError(f"resume_from_checkpoint=true but {output_dir} holds no checkpoint-* folder; give a "
+                                "checkpoint path or train from scratch.")
+    return found

@@ -111,9 +111,10 @@ def check_peft_config(peft_config, args):
     return lora_config
 
 
-def peft_lm_for_joint(lm, lora_config):
-    """The frozen LM with a fresh LoRA adapter (``lora_config``, from ``check_peft_config``) whose saved config
-    names the base by its portable spec (never a local cache path)."""
+def peft_lm_for_joint(lm, lora_config, head=None, head_name_or_path=None):
+    """The frozen LM with a LoRA adapter (``lora_config``, from ``check_peft_config``) whose saved config names the
+    base by its portable spec (never a local cache path): fresh, or, for a ``head`` trained jointly, that head's own
+    adapter from its folder ``head_name_or_path``."""
     from peft import get_peft_model
 
     from lpo_train.models.adapters import is_peft_model
@@ -126,6 +127,13 @@ def peft_lm_for_joint(lm, lora_config):
     lm.requires_grad_(False)
     model = get_peft_model(lm, lora_config)
     model.peft_config["default"].base_model_name_or_path = base_name
+    if head is not None and head.config.extra.get("adapter_in_repo"):  # a jointly trained head continues with its own
+        folder = Path(str(head_name_or_path or ""))
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise ValueError(f"The head {head_name_or_path!r} was trained jointly with a LoRA adapter, which is not in "
+                             "a local folder here: download the repo and give its folder as head_name_or_path, or "
+                             "continue the run with resume_from_checkpoint.")
+        load_adapter_weights(model, folder)
     return model
 
 
