@@ -159,7 +159,9 @@ def main() -> None:
     per_seed = {str(s): run_seed(s, args, models) for s in args.seeds}
     summary = summarise(per_seed, args)
     summary["seconds"] = round(time.time() - start, 1)
-    Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+    from lpo_train.utils.io import write_results_json
+
+    write_results_json(args.summary, summary, ROOT)
     print("\n| method | mean gold reward (mean ± std over seeds) | base forward tokens |\n|---|---|---|")
     for m in args.methods:
         print(f"| {m} | {summary['mean_gold_reward'][m]:.4f} ± {summary['std_gold_reward'][m]:.4f} | "

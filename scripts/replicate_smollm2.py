@@ -47,6 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 from lpo_train.heads import DEFAULT_GRID  # noqa: E402
 from lpo_train.tasks.smollm2_mix import DEFAULT_FAMILIES  # noqa: E402
+from lpo_train.utils.io import write_results_json  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "smollm2-135m" / "lpo_seq.yaml"
 TEMPS = list(DEFAULT_GRID)
@@ -201,7 +202,7 @@ def objectives(args) -> dict:
                    + " --objectives " + " ".join(args.objectives)
                    + (" --train-args " + " ".join(args.train_args) if args.train_args else ""),
     }
-    Path(args.json_dir, "objectives_smollm2.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results_json(Path(args.json_dir, "objectives_smollm2.json"), result, ROOT)
     print(json.dumps({k: result[k] for k in ("mean_reward", "best_fixed_temperature", "win_rate_vs_best_fixed",
                                              "mean_temperature_by_family")}, indent=1), flush=True)
     return result
@@ -368,7 +369,7 @@ def summarise_runs(args, per_seed: dict, timings: dict, train_args: list[str]) -
                                 + (["--train-args", *args.train_args] if args.train_args else [])),
         }
         name = result_name(config.loss_type, protocol, args.tag)
-        Path(args.json_dir, name).write_text(json.dumps(result, indent=2) + "\n")
+        write_results_json(Path(args.json_dir, name), result, ROOT)
         results[protocol] = result
         print(json.dumps({k: result[k] for k in ("protocol", "aim", "mean_reward", "meanshift_mean_reward",
                                                  "win_rate_vs_best_single_fixed_T", "mean_temperature_by_family")},

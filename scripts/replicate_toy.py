@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "toy"
+from lpo_train.utils.io import write_results_json  # noqa: E402
 
 REGRESSION = ["--loss_type", "lpo_regression", "--beta", "0.1"]
 # name -> (train recipe or None, evaluation recipe, {head label: train overrides}[, evaluation overrides])
@@ -309,8 +310,7 @@ def main(argv=None) -> dict:
     per_seed = [run_seed(args.replication, s, out) for s in args.seeds]
     agg = aggregate(args.replication, per_seed, args.seeds)
     result = {**headline(args.replication, agg), **agg}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_results_json(path, result, ROOT)
     print(markdown_table(result))
     print(f"wrote {path}")
     return result

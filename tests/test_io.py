@@ -1,5 +1,6 @@
 """lpo_train.utils.io: atomic writes (files and folders), JSON lines, fingerprints."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from lpo_train.utils.io import (
     read_json_lines,
     texts_fingerprint,
     write_json_lines,
+    write_results_json,
     write_text_atomic,
 )
 
@@ -119,6 +121,27 @@ def test_json_lines_round_trip(tmp_path):
     with pytest.raises(TypeError):  # not rows: nothing is left behind
         write_json_lines(tmp_path / "bad.jsonl", 5)
     assert not list(tmp_path.glob("bad.jsonl*"))
+
+
+def test_results_json_names_no_machine_path(tmp_path):
+    root = tmp_path / "repo"
+    head = f"{root.resolve()}/outputs/seed0/head"
+    value = {"verdict": f"**head:{head} beats every baseline: no**", f"meanshift(head:{head})": [f"{head}:sample", 1.5],
+             "other": f"{tmp_path}/elsewhere", "n": None}
+    out = write_results_json(tmp_path / "results" / "r.json", value, root)
+    assert json.loads(out.read_text()) == {"verdict": "**head:outputs/seed0/head beats every baseline: no**",
+                                           "meanshift(head:outputs/seed0/head)": ["outputs/seed0/head:sample", 1.5],
+                                           "other": f"{tmp_path}/elsewhere", "n": None}  # outside root: kept as is
+
+
+def test_committed_results_name_no_machine_path():
+    """What the replication scripts wrote into docs/results/ holds no absolute path of the machine that ran them."""
+    import re
+
+    pattern = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|Users|mnt)/")
+    found = [f"{p.name}: {m.group(0)}" for p in Path(__file__).resolve().parents[1].glob("docs/results/*.json")
+             for m in pattern.finditer(p.read_text())]
+    assert not found, found
 
 
 def test_fingerprints():

@@ -82,6 +82,24 @@ def write_json_lines(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return path
 
 
+def write_results_json(path: str | os.PathLike, value, root: str | os.PathLike) -> Path:
+    """``value`` as indented JSON, written atomically, with ``root``'s absolute path cut out of every string and key
+    (``/repo/outputs/x`` -> ``outputs/x``): results files committed to a repository name no machine's paths."""
+    prefix = str(Path(root).resolve()) + os.sep
+
+    def portable(v):
+        if isinstance(v, str):
+            return v.replace(prefix, "")
+        if isinstance(v, dict):
+            return {portable(k): portable(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [portable(x) for x in v]
+        return v
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, json.dumps(portable(value), indent=2) + "\n")
+
+
 def read_json_lines(path: str | os.PathLike) -> list:
     """The objects of a JSON-lines file (blank lines skipped)."""
     with Path(path).open() as f:
